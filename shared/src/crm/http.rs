@@ -1,0 +1,165 @@
+//! The HTTP client every adapter shares: timeouts, retries that honour `Retry-After`, and the
+//! mapping of common HTTP statuses to our errors.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::{Client, RequestBuilder};
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Tries per call, the first included.
+    pub attempts: u32,
+    /// A `Retry-After` longer than this is not waited for; the caller gets `RateLimited`.
+    pub max_wait: Duration,
+    /// First backoff when the CRM gives no wait; doubled on each retry.
+    pub base_backoff: Duration,
+}
+
+/// One reqwest client (connection pool) for the life of a Lambda container.
+#[derive(Debug, Clone)]
+pub struct CrmHttp {
+    client: Client,
+    policy: RetryPolicy,
+    timeout: Duration,
+}
+
+/// A CRM's answer, body already read.
+#[derive(Debug, Clone)]
+pub struct CrmResponse {
+    pub status: u16,
+    pub headers: HeaderMap,
+    /// The body as JSON, or `Value::Null` when empty or not JSON.
+    pub body: Value,
+    pub text: String,
+}
+
+impl CrmResponse {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        retry_after(&self.headers)
+    }
+}
+
+/// Whether repeating a request is harmless. Creates are not: a timeout may hide a success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idempotency {
+    Idempotent,
+    NotIdempotent,
+}
+
+impl CrmHttp {
+    pub fn new(config: &Config) -> Self {
+        let policy = RetryPolicy {
+            attempts: config.crm_attempts,
+            max_wait: config.max_retry_wait,
+            base_backoff: Duration::from_millis(200),
+        };
+        Self::with_policy(config.crm_timeout, policy)
+    }
+
+    pub fn with_policy(timeout: Duration, policy: RetryPolicy) -> Self {
+        let client = Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(3)))
+            .user_agent(concat!("crm-sync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("the TLS backend initialises");
+        CrmHttp { client, policy, timeout }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Sends the request `build` makes, again if the CRM is rate limiting (within the policy's
+    /// wait) or, for idempotent requests, failing with 5xx or timing out.
+    pub async fn send(&self, idempotency: Idempotency, build: impl Fn(&Client) -> RequestBuilder) -> Result<CrmResponse> {
+        let mut backoff = self.policy.base_backoff;
+        let mut attempt = 1;
+        loop {
+            let last = attempt >= self.policy.attempts;
+            let wait = match build(&self.client).send().await {
+                Err(e) => {
+                    // A refused connection sent nothing, so it is always safe to try again.
+                    let retryable = e.is_connect() || (idempotency == Idempotency::Idempotent && e.is_timeout());
+                    if last || !retryable {
+                        return Err(Error::CrmUnavailable(self.describe(&e)));
+                    }
+                    tracing::warn!(attempt, error = %self.describe(&e), "CRM request failed; retrying");
+                    backoff
+                }
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let headers = response.headers().clone();
+                    let text = response.text().await.unwrap_or_default();
+                    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+                    let response = CrmResponse { status, headers, body, text };
+                    let wait = match status {
+                        429 => match response.retry_after() {
+                            Some(asked) if asked > self.policy.max_wait => return Ok(response),
+                            Some(asked) => asked,
+                            None => backoff,
+                        },
+                        500..=599 if idempotency == Idempotency::Idempotent => backoff,
+                        _ => return Ok(response),
+                    };
+                    if last {
+                        return Ok(response);
+                    }
+                    tracing::warn!(attempt, status, wait_ms = wait.as_millis() as u64, "CRM asked us to back off; retrying");
+                    wait
+                }
+            };
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(self.policy.max_wait);
+            attempt += 1;
+        }
+    }
+
+    /// A transport error in words, without the URL (some CRMs put tokens in query strings).
+    fn describe(&self, e: &reqwest::Error) -> String {
+        if e.is_timeout() {
+            format!("no answer within {} ms", self.timeout.as_millis())
+        } else if e.is_connect() {
+            "could not connect to the CRM".into()
+        } else {
+            let mut message = "the request to the CRM failed".to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                message = format!("{message}: {cause}");
+                source = cause.source();
+            }
+            message
+        }
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<f64>() {
+        return (seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    Some((at.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO))
+}
+
+/// Maps a non-success answer to our error, with the CRM's own `message`.
+pub fn status_error(response: &CrmResponse, message: String) -> Error {
+    match response.status {
+        401 | 403 => Error::CrmAuth(message),
+        404 | 410 => Error::NotFound(message),
+        409 => Error::CrmDuplicate { existing_id: None, message },
+        429 => Error::RateLimited { retry_after: response.retry_after() },
+        500..=599 => Error::CrmUnavailable(format!("HTTP {}: {message}", response.status)),
+        _ => Error::CrmRejected { message },
+    }
+}

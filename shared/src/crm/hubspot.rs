@@ -1,0 +1,303 @@
+//! HubSpot CRM v3: contacts, meetings associated with the contact, and the leads object.
+//!
+//! Auth is a private-app token (`Authorization: Bearer`). Paths, properties and association
+//! type ids follow developers.hubspot.com (CRM objects v3, search, meetings, leads).
+
+use async_trait::async_trait;
+use reqwest::Method;
+use serde_json::{Map, Value, json};
+
+use super::http::{CrmHttp, CrmResponse, Idempotency, status_error};
+use super::{AccountInfo, ContactLookup, CrmAdapter, CrmContact, customer_fields, map_properties, property_name};
+use crate::connection::{Connection, ConnectionSettings, SecretString};
+use crate::domain::{Appointment, AppointmentStatus, CrmType, Customer, Lead};
+use crate::error::{Error, Result};
+
+pub const DEFAULT_BASE_URL: &str = "https://api.hubapi.com";
+/// HUBSPOT_DEFINED association type ids (directional).
+pub const MEETING_TO_CONTACT: u32 = 200;
+pub const LEAD_TO_PRIMARY_CONTACT: u32 = 578;
+
+/// Our customer field -> HubSpot contact property.
+const CONTACT_PROPERTIES: &[(&str, &str)] = &[
+    ("firstName", "firstname"),
+    ("lastName", "lastname"),
+    ("email", "email"),
+    ("phone", "phone"),
+    ("address", "address"),
+    ("city", "city"),
+    ("state", "state"),
+    ("zipCode", "zip"),
+    ("country", "country"),
+];
+
+pub struct HubSpotAdapter {
+    http: CrmHttp,
+    base_url: String,
+    token: SecretString,
+    settings: ConnectionSettings,
+}
+
+impl HubSpotAdapter {
+    pub fn new(connection: &Connection, http: CrmHttp) -> Result<Self> {
+        Ok(HubSpotAdapter {
+            http,
+            base_url: connection.settings.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL).trim_end_matches('/').into(),
+            token: connection.credential("accessToken")?.clone(),
+            settings: connection.settings.clone(),
+        })
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<&Value>, idempotency: Idempotency) -> Result<CrmResponse> {
+        let url = format!("{}{path}", self.base_url);
+        let response = self
+            .http
+            .send(idempotency, |client| {
+                let request = client.request(method.clone(), &url).bearer_auth(self.token.expose());
+                match body {
+                    Some(body) => request.json(body),
+                    None => request,
+                }
+            })
+            .await?;
+        if response.is_success() { Ok(response) } else { Err(hubspot_error(&response)) }
+    }
+
+    fn contact_property_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = CONTACT_PROPERTIES
+            .iter()
+            .filter_map(|(ours, _)| property_name("contact", ours, CONTACT_PROPERTIES, &self.settings))
+            .collect();
+        names.push("mobilephone");
+        names
+    }
+
+    fn contact_properties(&self, customer: &Customer) -> Map<String, Value> {
+        map_properties("contact", &customer_fields(customer), CONTACT_PROPERTIES, &self.settings)
+    }
+
+    fn to_contact(&self, object: &Value) -> Option<CrmContact> {
+        let props = object.get("properties")?;
+        let read = |ours: &str| {
+            property_name("contact", ours, CONTACT_PROPERTIES, &self.settings)
+                .and_then(|name| props.get(name))
+                .and_then(Value::as_str)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        let phones = ["phone", "mobilephone"]
+            .iter()
+            .filter_map(|name| props.get(*name).and_then(Value::as_str).filter(|v| !v.is_empty()))
+            .map(str::to_string)
+            .collect();
+        Some(CrmContact {
+            crm_id: object.get("id")?.as_str()?.to_string(),
+            first_name: read("firstName"),
+            last_name: read("lastName"),
+            email: read("email"),
+            phones,
+            address: read("address"),
+            city: read("city"),
+            state: read("state"),
+            zip_code: read("zipCode"),
+            country: read("country"),
+        })
+    }
+
+    async fn search(&self, object_type: &str, filter_groups: Value, properties: Vec<&str>) -> Result<Vec<Value>> {
+        let body = json!({"filterGroups": filter_groups, "properties": properties, "limit": 10});
+        let path = format!("/crm/v3/objects/{object_type}/search");
+        let response = self.call(Method::POST, &path, Some(&body), Idempotency::Idempotent).await?;
+        Ok(response.body.get("results").and_then(Value::as_array).cloned().unwrap_or_default())
+    }
+
+    async fn create(&self, object_type: &str, body: Value) -> Result<String> {
+        let path = format!("/crm/v3/objects/{object_type}");
+        let response = self.call(Method::POST, &path, Some(&body), Idempotency::NotIdempotent).await?;
+        object_id(&response)
+    }
+
+    async fn update(&self, object_type: &str, id: &str, properties: Map<String, Value>) -> Result<()> {
+        let path = format!("/crm/v3/objects/{object_type}/{}", path_segment(id)?);
+        let body = json!({ "properties": properties });
+        self.call(Method::PATCH, &path, Some(&body), Idempotency::Idempotent).await.map(|_| ())
+    }
+
+    fn meeting_properties(&self, appointment: &Appointment) -> Map<String, Value> {
+        let iso = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut props = Map::new();
+        props.insert("hs_timestamp".into(), iso(appointment.window.start()).into());
+        props.insert("hs_meeting_title".into(), appointment.title.clone().into());
+        props.insert("hs_meeting_start_time".into(), iso(appointment.window.start()).into());
+        props.insert("hs_meeting_end_time".into(), iso(appointment.window.end()).into());
+        let outcome = match appointment.status {
+            AppointmentStatus::Scheduled => "SCHEDULED",
+            AppointmentStatus::Cancelled => "CANCELED",
+        };
+        props.insert("hs_meeting_outcome".into(), outcome.into());
+        if let Some(notes) = &appointment.notes {
+            props.insert("hs_meeting_body".into(), notes.clone().into());
+        }
+        if let Some(location) = &appointment.location {
+            props.insert("hs_meeting_location".into(), location.clone().into());
+        }
+        // HubSpot shows times in the viewer's zone; the zone it was booked in is kept for people.
+        let booked = format!(
+            "Booked for {} {} ({})",
+            appointment.start_local().format("%Y-%m-%d %H:%M"),
+            appointment.start_local().format("%Z"),
+            appointment.timezone.name()
+        );
+        props.insert("hs_internal_meeting_notes".into(), booked.into());
+        props
+    }
+
+    fn lead_properties(&self, lead: &Lead) -> Map<String, Value> {
+        let mut fields: Vec<(&'static str, String)> = vec![("title", lead.title())];
+        fields.extend(lead.source.clone().map(|s| ("source", s)));
+        fields.extend(lead.notes.clone().map(|n| ("notes", n)));
+        // Only the name has a standard property; source and notes go where the connection maps them.
+        map_properties("lead", &fields, &[("title", "hs_lead_name")], &self.settings)
+    }
+}
+
+#[async_trait]
+impl CrmAdapter for HubSpotAdapter {
+    fn crm_type(&self) -> CrmType {
+        CrmType::Hubspot
+    }
+
+    async fn test_connection(&self) -> Result<AccountInfo> {
+        let response = self.call(Method::GET, "/account-info/v3/details", None, Idempotency::Idempotent).await?;
+        let portal = response.body.get("portalId").map(|p| p.to_string()).unwrap_or_else(|| "unknown".into());
+        let domain = response.body.get("uiDomain").and_then(Value::as_str).unwrap_or("app.hubspot.com");
+        Ok(AccountInfo { account: format!("HubSpot portal {portal} ({domain})") })
+    }
+
+    async fn find_contacts(&self, lookup: &ContactLookup) -> Result<Vec<CrmContact>> {
+        let properties = self.contact_property_names();
+        let objects = match lookup {
+            ContactLookup::Id(id) => {
+                let path = format!("/crm/v3/objects/contacts/{}?properties={}", path_segment(id)?, properties.join(","));
+                match self.call(Method::GET, &path, None, Idempotency::Idempotent).await {
+                    Ok(response) => vec![response.body],
+                    Err(Error::NotFound(_)) => vec![],
+                    Err(e) => return Err(e),
+                }
+            }
+            ContactLookup::Email(email) => {
+                let name = property_name("contact", "email", CONTACT_PROPERTIES, &self.settings).unwrap_or("email");
+                let groups = json!([{"filters": [{"propertyName": name, "operator": "EQ", "value": email.as_str()}]}]);
+                self.search("contacts", groups, properties).await?
+            }
+            ContactLookup::Phone(phone) => {
+                // phone/mobilephone hold what was typed; the calculated properties hold digits only.
+                // Each may miss, so all four are asked and the adapter's caller compares in E.164.
+                let national = phone.national_number();
+                let groups = json!([
+                    {"filters": [{"propertyName": "phone", "operator": "EQ", "value": phone.as_str()}]},
+                    {"filters": [{"propertyName": "mobilephone", "operator": "EQ", "value": phone.as_str()}]},
+                    {"filters": [{"propertyName": "hs_searchable_calculated_phone_number", "operator": "EQ", "value": national}]},
+                    {"filters": [{"propertyName": "hs_searchable_calculated_mobile_number", "operator": "EQ", "value": national}]},
+                ]);
+                self.search("contacts", groups, properties).await?
+            }
+        };
+        Ok(objects.iter().filter_map(|o| self.to_contact(o)).collect())
+    }
+
+    async fn create_contact(&self, customer: &Customer) -> Result<String> {
+        self.create("contacts", json!({ "properties": self.contact_properties(customer) })).await
+    }
+
+    async fn update_contact(&self, crm_id: &str, customer: &Customer) -> Result<()> {
+        self.update("contacts", crm_id, self.contact_properties(customer)).await
+    }
+
+    fn lead_needs_contact(&self) -> bool {
+        true
+    }
+
+    async fn find_lead(&self, _lead: &Lead, contact_id: Option<&str>) -> Result<Option<String>> {
+        let Some(contact_id) = contact_id else { return Ok(None) };
+        let groups = json!([{"filters": [{"propertyName": "associations.contact", "operator": "EQ", "value": contact_id}]}]);
+        let found = self.search("leads", groups, vec!["hs_lead_name"]).await?;
+        Ok(found.first().and_then(|o| o.get("id")).and_then(Value::as_str).map(str::to_string))
+    }
+
+    async fn create_lead(&self, lead: &Lead, contact_id: Option<&str>) -> Result<String> {
+        let contact_id = contact_id.ok_or_else(|| Error::CrmRejected {
+            message: "a HubSpot lead must be associated with a contact".into(),
+        })?;
+        let body = json!({
+            "properties": self.lead_properties(lead),
+            "associations": [association(contact_id, LEAD_TO_PRIMARY_CONTACT)],
+        });
+        self.create("leads", body).await
+    }
+
+    async fn update_lead(&self, crm_id: &str, lead: &Lead, _contact_id: Option<&str>) -> Result<()> {
+        self.update("leads", crm_id, self.lead_properties(lead)).await
+    }
+
+    async fn create_appointment(&self, appointment: &Appointment, contact_id: &str) -> Result<String> {
+        let body = json!({
+            "properties": self.meeting_properties(appointment),
+            "associations": [association(contact_id, MEETING_TO_CONTACT)],
+        });
+        self.create("meetings", body).await
+    }
+
+    async fn update_appointment(&self, crm_id: &str, appointment: &Appointment, _contact_id: &str) -> Result<()> {
+        self.update("meetings", crm_id, self.meeting_properties(appointment)).await
+    }
+}
+
+fn association(to_id: &str, type_id: u32) -> Value {
+    json!({"to": {"id": to_id}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": type_id}]})
+}
+
+/// CRM ids go into paths, so anything but a plain id is refused rather than escaped.
+fn path_segment(id: &str) -> Result<&str> {
+    if !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        Ok(id)
+    } else {
+        Err(Error::validation("customerId", "is not a valid HubSpot record id"))
+    }
+}
+
+fn object_id(response: &CrmResponse) -> Result<String> {
+    response
+        .body
+        .get("id")
+        .and_then(|id| id.as_str().map(str::to_string).or_else(|| id.as_u64().map(|n| n.to_string())))
+        .ok_or_else(|| Error::CrmUnavailable("HubSpot answered without a record id".into()))
+}
+
+/// HubSpot errors: `{"status":"error","message":…,"category":…}`; a 409 names the existing id.
+fn hubspot_error(response: &CrmResponse) -> Error {
+    let message = response.body.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| {
+        format!("HTTP {} {}", response.status, response.text.chars().take(200).collect::<String>())
+    });
+    match status_error(response, message.clone()) {
+        Error::CrmDuplicate { .. } => Error::CrmDuplicate { existing_id: existing_id(&message), message },
+        other => other,
+    }
+}
+
+fn existing_id(message: &str) -> Option<String> {
+    let (_, rest) = message.split_once("Existing ID:")?;
+    let id: String = rest.trim_start().chars().take_while(char::is_ascii_digit).collect();
+    (!id.is_empty()).then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_existing_id_is_read_from_a_conflict_message() {
+        assert_eq!(existing_id("Contact already exists. Existing ID: 37765128953").as_deref(), Some("37765128953"));
+        assert_eq!(existing_id("Conflict"), None);
+    }
+}

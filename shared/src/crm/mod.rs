@@ -1,0 +1,283 @@
+//! The `CrmAdapter` port, one module per CRM, and the upsert logic every adapter shares.
+
+pub mod http;
+pub mod hubspot;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::connection::{Connection, ConnectionSettings};
+use crate::domain::{Appointment, CrmType, Customer, E164Phone, Lead};
+use crate::error::{Error, Result};
+pub use http::CrmHttp;
+
+/// How a contact is looked up.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ContactLookup {
+    Id(String),
+    Email(crate::domain::Email),
+    Phone(E164Phone),
+}
+
+/// A contact as the CRM holds it, in our vocabulary.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CrmContact {
+    pub crm_id: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub email: Option<String>,
+    /// Every phone number on the record, as the CRM stores them (not necessarily E.164).
+    pub phones: Vec<String>,
+    pub address: Option<String>,
+    pub city: Option<String>,
+    pub state: Option<String>,
+    pub zip_code: Option<String>,
+    pub country: Option<String>,
+}
+
+/// What the CRM answered about the account behind a connection.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountInfo {
+    /// A human-readable name of the account (portal id, org, company domain).
+    pub account: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upserted {
+    pub crm_id: String,
+    pub outcome: Outcome,
+}
+
+/// One CRM's API, spoken in our model. Adapters only map; the upsert logic lives here.
+#[async_trait]
+pub trait CrmAdapter: Send + Sync {
+    fn crm_type(&self) -> CrmType;
+    /// A cheap authenticated call that proves the credentials work.
+    async fn test_connection(&self) -> Result<AccountInfo>;
+    /// Every contact that matches; an unknown id gives an empty list.
+    async fn find_contacts(&self, lookup: &ContactLookup) -> Result<Vec<CrmContact>>;
+    async fn create_contact(&self, customer: &Customer) -> Result<String>;
+    async fn update_contact(&self, crm_id: &str, customer: &Customer) -> Result<()>;
+    /// Whether this CRM's lead must be attached to a contact (then one is upserted first).
+    fn lead_needs_contact(&self) -> bool;
+    /// An existing lead for this person, if the CRM can tell.
+    async fn find_lead(&self, lead: &Lead, contact_id: Option<&str>) -> Result<Option<String>>;
+    async fn create_lead(&self, lead: &Lead, contact_id: Option<&str>) -> Result<String>;
+    async fn update_lead(&self, crm_id: &str, lead: &Lead, contact_id: Option<&str>) -> Result<()>;
+    async fn create_appointment(&self, appointment: &Appointment, contact_id: &str) -> Result<String>;
+    /// Moves, renames or cancels an existing appointment (`NotFound` if it was deleted).
+    async fn update_appointment(&self, crm_id: &str, appointment: &Appointment, contact_id: &str) -> Result<()>;
+}
+
+/// Builds the adapter a connection names.
+pub fn adapter_for(connection: &Connection, http: &CrmHttp) -> Result<Box<dyn CrmAdapter>> {
+    match connection.crm_type {
+        CrmType::Hubspot => Ok(Box::new(hubspot::HubSpotAdapter::new(connection, http.clone())?)),
+        other => Err(Error::ConnectionInvalid {
+            id: connection.id_str().to_string(),
+            message: format!("{other} is not supported by this version of crm-sync yet"),
+        }),
+    }
+}
+
+/// Finds the contact by known id, then email, then phone, and updates it only if something
+/// differs; creates it when nothing matches. Several matches change nothing: `Ambiguous`.
+pub async fn upsert_contact(
+    adapter: &dyn CrmAdapter,
+    customer: &Customer,
+    known_id: Option<&str>,
+    default_country: &str,
+) -> Result<Upserted> {
+    let existing = match known_id {
+        Some(id) => adapter.find_contacts(&ContactLookup::Id(id.to_string())).await?.into_iter().next(),
+        None => None,
+    };
+    let existing = match existing {
+        Some(contact) => Some(contact),
+        None => find_matching_contact(adapter, customer, default_country).await?,
+    };
+    match existing {
+        Some(contact) if contact_matches(&contact, customer, default_country) => {
+            Ok(Upserted { crm_id: contact.crm_id, outcome: Outcome::Unchanged })
+        }
+        Some(contact) => {
+            adapter.update_contact(&contact.crm_id, customer).await?;
+            Ok(Upserted { crm_id: contact.crm_id, outcome: Outcome::Updated })
+        }
+        None => match adapter.create_contact(customer).await {
+            Ok(crm_id) => Ok(Upserted { crm_id, outcome: Outcome::Created }),
+            // The CRM's search lagged behind a recent create; it names the record it has.
+            Err(Error::CrmDuplicate { existing_id: Some(crm_id), .. }) => {
+                adapter.update_contact(&crm_id, customer).await?;
+                Ok(Upserted { crm_id, outcome: Outcome::Updated })
+            }
+            Err(e) => Err(e),
+        },
+    }
+}
+
+async fn find_matching_contact(
+    adapter: &dyn CrmAdapter,
+    customer: &Customer,
+    default_country: &str,
+) -> Result<Option<CrmContact>> {
+    if let Some(email) = &customer.email {
+        let found = adapter.find_contacts(&ContactLookup::Email(email.clone())).await?;
+        let found: Vec<_> = found.into_iter().filter(|c| same_email(c.email.as_deref(), email.as_str())).collect();
+        if let Some(one) = single_or_ambiguous(found, "email")? {
+            return Ok(Some(one));
+        }
+    }
+    if let Some(phone) = &customer.phone {
+        let found = adapter.find_contacts(&ContactLookup::Phone(phone.clone())).await?;
+        let found: Vec<_> = found
+            .into_iter()
+            .filter(|c| has_phone(c, phone, default_country))
+            // Someone else on a shared phone: same number, another email. Not our person.
+            .filter(|c| match (&customer.email, c.email.as_deref()) {
+                (Some(ours), Some(theirs)) => same_email(Some(theirs), ours.as_str()),
+                _ => true,
+            })
+            .collect();
+        return single_or_ambiguous(found, "phone");
+    }
+    Ok(None)
+}
+
+fn single_or_ambiguous(mut found: Vec<CrmContact>, by: &str) -> Result<Option<CrmContact>> {
+    match found.len() {
+        0 | 1 => Ok(found.pop()),
+        n => Err(Error::Ambiguous {
+            message: format!("{n} CRM contacts match this {by}; nothing was changed"),
+            ids: found.into_iter().map(|c| c.crm_id).collect(),
+        }),
+    }
+}
+
+fn same_email(theirs: Option<&str>, ours: &str) -> bool {
+    theirs.is_some_and(|t| t.trim().eq_ignore_ascii_case(ours))
+}
+
+fn has_phone(contact: &CrmContact, phone: &E164Phone, default_country: &str) -> bool {
+    contact.phones.iter().any(|raw| E164Phone::parse(raw, default_country).is_ok_and(|p| &p == phone))
+}
+
+/// Whether the CRM already holds every value we would send (fields we lack are not compared).
+fn contact_matches(contact: &CrmContact, customer: &Customer, default_country: &str) -> bool {
+    let same = |ours: &Option<String>, theirs: &Option<String>| match ours {
+        None => true,
+        Some(v) => theirs.as_deref().map(str::trim) == Some(v.as_str()),
+    };
+    same(&customer.first_name, &contact.first_name)
+        && same(&customer.last_name, &contact.last_name)
+        && customer.email.as_ref().is_none_or(|e| same_email(contact.email.as_deref(), e.as_str()))
+        && customer.phone.as_ref().is_none_or(|p| has_phone(contact, p, default_country))
+        && same(&customer.address, &contact.address)
+        && same(&customer.city, &contact.city)
+        && same(&customer.state, &contact.state)
+        && same(&customer.zip_code, &contact.zip_code)
+        && same(&customer.country, &contact.country)
+}
+
+/// Updates the lead we synced before, or one the CRM already has for this person, or creates one.
+pub async fn upsert_lead(
+    adapter: &dyn CrmAdapter,
+    lead: &Lead,
+    known_id: Option<&str>,
+    contact_id: Option<&str>,
+) -> Result<Upserted> {
+    if let Some(id) = known_id {
+        match adapter.update_lead(id, lead, contact_id).await {
+            Ok(()) => return Ok(Upserted { crm_id: id.to_string(), outcome: Outcome::Updated }),
+            Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(id) = adapter.find_lead(lead, contact_id).await? {
+        adapter.update_lead(&id, lead, contact_id).await?;
+        return Ok(Upserted { crm_id: id, outcome: Outcome::Updated });
+    }
+    let crm_id = adapter.create_lead(lead, contact_id).await?;
+    Ok(Upserted { crm_id, outcome: Outcome::Created })
+}
+
+/// Updates the appointment we synced before (a reschedule or cancel), or creates it.
+pub async fn upsert_appointment(
+    adapter: &dyn CrmAdapter,
+    appointment: &Appointment,
+    known_id: Option<&str>,
+    contact_id: &str,
+) -> Result<Upserted> {
+    if let Some(id) = known_id {
+        match adapter.update_appointment(id, appointment, contact_id).await {
+            Ok(()) => return Ok(Upserted { crm_id: id.to_string(), outcome: Outcome::Updated }),
+            // Deleted in the CRM by a person: book it again rather than fail forever.
+            Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let crm_id = adapter.create_appointment(appointment, contact_id).await?;
+    Ok(Upserted { crm_id, outcome: Outcome::Created })
+}
+
+/// Our customer fields by our names, for adapters whose CRM takes a flat property map.
+pub fn customer_fields(customer: &Customer) -> Vec<(&'static str, String)> {
+    let fields = [
+        ("firstName", customer.first_name.clone()),
+        ("lastName", customer.last_name.clone()),
+        ("email", customer.email.as_ref().map(|e| e.as_str().to_string())),
+        ("phone", customer.phone.as_ref().map(|p| p.as_str().to_string())),
+        ("address", customer.address.clone()),
+        ("city", customer.city.clone()),
+        ("state", customer.state.clone()),
+        ("zipCode", customer.zip_code.clone()),
+        ("country", customer.country.clone()),
+    ];
+    fields.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect()
+}
+
+/// Turns `(our field, value)` pairs into the CRM's property map: the CRM's default name for each
+/// field from `defaults`, unless the connection's `fieldMappings.<entity>` names another.
+/// Fields with no CRM name are left out.
+pub fn map_properties(
+    entity: &str,
+    fields: &[(&'static str, String)],
+    defaults: &[(&'static str, &'static str)],
+    settings: &ConnectionSettings,
+) -> Map<String, Value> {
+    let overrides = settings.field_mappings.get(entity);
+    fields
+        .iter()
+        .filter_map(|(ours, value)| {
+            let crm_name = overrides
+                .and_then(|m| m.get(*ours).map(String::as_str))
+                .or_else(|| defaults.iter().find(|(o, _)| o == ours).map(|(_, c)| *c))?;
+            Some((crm_name.to_string(), Value::String(value.clone())))
+        })
+        .collect()
+}
+
+/// The CRM name a property is read back under, honouring the same overrides as `map_properties`.
+pub fn property_name<'a>(
+    entity: &str,
+    ours: &str,
+    defaults: &'a [(&'static str, &'static str)],
+    settings: &'a ConnectionSettings,
+) -> Option<&'a str> {
+    settings
+        .field_mappings
+        .get(entity)
+        .and_then(|m| m.get(ours).map(String::as_str))
+        .or_else(|| defaults.iter().find(|(o, _)| *o == ours).map(|(_, c)| *c))
+}

@@ -1,0 +1,504 @@
+//! The normalised customer, lead and appointment model, and its validation from request JSON.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, LocalResult, NaiveDateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+/// The CRMs crm-sync talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrmType {
+    Hubspot,
+    Salesforce,
+    Pipedrive,
+    Zoho,
+    Freshsales,
+}
+
+impl CrmType {
+    pub const ALL: [CrmType; 5] =
+        [CrmType::Hubspot, CrmType::Salesforce, CrmType::Pipedrive, CrmType::Zoho, CrmType::Freshsales];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CrmType::Hubspot => "hubspot",
+            CrmType::Salesforce => "salesforce",
+            CrmType::Pipedrive => "pipedrive",
+            CrmType::Zoho => "zoho",
+            CrmType::Freshsales => "freshsales",
+        }
+    }
+}
+
+impl fmt::Display for CrmType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for CrmType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let wanted = s.trim().to_ascii_lowercase().replace([' ', '-', '_'], "");
+        let aliases = [("zohocrm", CrmType::Zoho), ("freshworks", CrmType::Freshsales)];
+        CrmType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == wanted)
+            .or_else(|| aliases.iter().find(|(a, _)| *a == wanted).map(|(_, t)| *t))
+            .ok_or_else(|| {
+                let known: Vec<_> = CrmType::ALL.iter().map(|t| t.as_str()).collect();
+                format!("unknown CRM '{s}'; expected one of {}", known.join(", "))
+            })
+    }
+}
+
+/// A syntactically valid, lower-cased email address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(raw: &str) -> std::result::Result<Self, String> {
+        let email = raw.trim().to_ascii_lowercase();
+        let invalid = || format!("'{}' is not a valid email address", raw.trim());
+        let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
+        let local_ok = !local.is_empty()
+            && local.len() <= 64
+            && !local.starts_with('.')
+            && !local.ends_with('.')
+            && !local.contains("..")
+            && local.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c));
+        let labels: Vec<&str> = domain.split('.').collect();
+        let domain_ok = labels.len() >= 2
+            && domain.len() <= 253
+            && labels.iter().all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            })
+            && labels.last().is_some_and(|tld| tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_alphabetic()));
+        if local_ok && domain_ok { Ok(Email(email)) } else { Err(invalid()) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A phone number in E.164 form (`+14155550100`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct E164Phone(String);
+
+impl E164Phone {
+    /// Parses any common notation; numbers without a country code are read in `default_country`
+    /// (an ISO 3166 alpha-2 code such as `US`).
+    pub fn parse(raw: &str, default_country: &str) -> std::result::Result<Self, String> {
+        let region = phonenumber::country::Id::from_str(&default_country.to_ascii_uppercase()).ok();
+        let invalid = || format!("'{}' cannot be read as a phone number in E.164 form", raw.trim());
+        let number = phonenumber::parse(region, raw.trim()).map_err(|_| invalid())?;
+        if !phonenumber::is_valid(&number) {
+            return Err(invalid());
+        }
+        Ok(E164Phone(number.format().mode(phonenumber::Mode::E164).to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Digits only, country code included (`14155550100`).
+    pub fn digits(&self) -> &str {
+        &self.0[1..]
+    }
+
+    /// The national significant number (`4155550100` for `+14155550100`).
+    pub fn national_number(&self) -> String {
+        phonenumber::parse(None, &self.0)
+            .map(|n| n.national().value().to_string())
+            .unwrap_or_else(|_| self.digits().to_string())
+    }
+}
+
+/// A person as the voice assistant learned them on the call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Customer {
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub email: Option<Email>,
+    pub phone: Option<E164Phone>,
+    pub address: Option<String>,
+    pub city: Option<String>,
+    pub state: Option<String>,
+    pub zip_code: Option<String>,
+    pub country: Option<String>,
+}
+
+impl Customer {
+    /// The key that identifies this person across resends: email first, then phone.
+    pub fn source_key(&self) -> String {
+        match (&self.email, &self.phone) {
+            (Some(email), _) => format!("email:{}", email.as_str()),
+            (None, Some(phone)) => format!("phone:{}", phone.as_str()),
+            (None, None) => String::new(),
+        }
+    }
+
+    pub fn full_name(&self) -> String {
+        [&self.first_name, &self.last_name].iter().filter_map(|p| p.as_deref()).collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// A lead: a person who may buy, possibly with their company.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lead {
+    pub external_id: Option<String>,
+    pub person: Customer,
+    pub company: Option<String>,
+    pub notes: Option<String>,
+    pub source: Option<String>,
+}
+
+impl Lead {
+    pub fn source_key(&self) -> String {
+        match &self.external_id {
+            Some(id) => format!("external:{id}"),
+            None => self.person.source_key(),
+        }
+    }
+
+    /// A readable title for CRMs whose lead needs one.
+    pub fn title(&self) -> String {
+        let name = self.person.full_name();
+        match (&self.company, name.is_empty()) {
+            (Some(company), false) => format!("{name} ({company})"),
+            (Some(company), true) => company.clone(),
+            (None, false) => name,
+            (None, true) => self.person.source_key().split_once(':').map(|(_, v)| v.to_string()).unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AppointmentStatus {
+    #[default]
+    Scheduled,
+    Cancelled,
+}
+
+/// Start and end of an appointment; the end is always after the start.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AppointmentWindow {
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+}
+
+impl AppointmentWindow {
+    pub fn new(start: DateTime<Utc>, end: DateTime<Utc>) -> std::result::Result<Self, String> {
+        if end <= start {
+            return Err("the appointment must end after it starts".into());
+        }
+        if end - start > chrono::Duration::days(14) {
+            return Err("an appointment cannot last longer than 14 days".into());
+        }
+        Ok(AppointmentWindow { start, end })
+    }
+    pub fn start(&self) -> DateTime<Utc> {
+        self.start
+    }
+    pub fn end(&self) -> DateTime<Utc> {
+        self.end
+    }
+    pub fn duration_minutes(&self) -> i64 {
+        (self.end - self.start).num_minutes()
+    }
+}
+
+/// A booked appointment: an instant range plus the IANA zone it was booked in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Appointment {
+    pub external_id: Option<String>,
+    pub title: String,
+    pub window: AppointmentWindow,
+    pub timezone: Tz,
+    pub notes: Option<String>,
+    pub location: Option<String>,
+    pub status: AppointmentStatus,
+}
+
+impl Appointment {
+    pub fn start_local(&self) -> DateTime<Tz> {
+        self.window.start().with_timezone(&self.timezone)
+    }
+    pub fn end_local(&self) -> DateTime<Tz> {
+        self.window.end().with_timezone(&self.timezone)
+    }
+}
+
+/// Connection settings the validation depends on.
+#[derive(Debug, Clone)]
+pub struct ValidationDefaults {
+    pub country: String,
+    pub timezone: Tz,
+    pub appointment_minutes: i64,
+}
+
+impl Default for ValidationDefaults {
+    fn default() -> Self {
+        ValidationDefaults { country: "US".into(), timezone: Tz::UTC, appointment_minutes: 30 }
+    }
+}
+
+/// A JSON object read field by field, so each error names the field as the caller spelled it.
+pub struct Fields<'a> {
+    prefix: String,
+    map: &'a Map<String, Value>,
+}
+
+impl<'a> Fields<'a> {
+    pub fn new(prefix: impl Into<String>, value: &'a Value) -> Result<Self> {
+        let prefix = prefix.into();
+        match value.as_object() {
+            Some(map) => Ok(Fields { prefix, map }),
+            None => Err(Error::validation(if prefix.is_empty() { "body".into() } else { prefix }, "must be a JSON object")),
+        }
+    }
+
+    pub fn path(&self, key: &str) -> String {
+        if self.prefix.is_empty() { key.to_string() } else { format!("{}.{key}", self.prefix) }
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.map.get(key).is_some_and(|v| !v.is_null())
+    }
+
+    /// The first of `keys` that is present, with the key it was found under.
+    pub fn first_present(&self, keys: &[&'static str]) -> Option<(&'static str, &'a Value)> {
+        keys.iter().find_map(|k| self.map.get(*k).filter(|v| !v.is_null()).map(|v| (*k, v)))
+    }
+
+    /// A trimmed string; empty strings count as absent. Numbers are accepted as their text.
+    pub fn text(&self, keys: &[&'static str]) -> Result<Option<(&'static str, String)>> {
+        match self.first_present(keys) {
+            None => Ok(None),
+            Some((key, Value::String(s))) => {
+                let s = s.trim();
+                Ok((!s.is_empty()).then(|| (key, s.to_string())))
+            }
+            Some((key, Value::Number(n))) => Ok(Some((key, n.to_string()))),
+            Some((key, _)) => Err(Error::validation(self.path(key), "must be a string")),
+        }
+    }
+
+    pub fn string(&self, keys: &[&'static str]) -> Result<Option<String>> {
+        Ok(self.text(keys)?.map(|(_, v)| v))
+    }
+
+    pub fn child(&self, keys: &[&'static str]) -> Result<Option<Fields<'a>>> {
+        match self.first_present(keys) {
+            None => Ok(None),
+            Some((key, value)) => Fields::new(self.path(key), value).map(Some),
+        }
+    }
+}
+
+/// Reads a customer from `customer`/`customerData`-shaped JSON.
+pub fn parse_customer(fields: &Fields<'_>, defaults: &ValidationDefaults) -> Result<Customer> {
+    let email = match fields.text(&["email"])? {
+        Some((key, raw)) => Some(Email::parse(&raw).map_err(|m| Error::validation(fields.path(key), m))?),
+        None => None,
+    };
+    let phone = match fields.text(&["phone", "phoneNumber", "mobile"])? {
+        Some((key, raw)) => {
+            Some(E164Phone::parse(&raw, &defaults.country).map_err(|m| Error::validation(fields.path(key), m))?)
+        }
+        None => None,
+    };
+    let customer = Customer {
+        first_name: fields.string(&["firstName"])?,
+        last_name: fields.string(&["lastName"])?,
+        email,
+        phone,
+        address: fields.string(&["address"])?,
+        city: fields.string(&["city"])?,
+        state: fields.string(&["state"])?,
+        zip_code: fields.string(&["zipCode", "postalCode"])?,
+        country: fields.string(&["country"])?,
+    };
+    if customer.email.is_none() && customer.phone.is_none() {
+        return Err(Error::validation(
+            fields.path("email"),
+            "an email or a phone is required to match the customer in the CRM",
+        ));
+    }
+    Ok(customer)
+}
+
+pub fn parse_lead(fields: &Fields<'_>, defaults: &ValidationDefaults) -> Result<Lead> {
+    Ok(Lead {
+        external_id: fields.string(&["externalId"])?,
+        person: parse_customer(fields, defaults)?,
+        company: fields.string(&["company", "companyName"])?,
+        notes: fields.string(&["notes"])?,
+        source: fields.string(&["source"])?,
+    })
+}
+
+/// Reads an appointment. `start`/`startTime` is RFC 3339 with an offset (an instant), or a wall
+/// time without offset that is read in `timezone`; epoch milliseconds are accepted too.
+pub fn parse_appointment(fields: &Fields<'_>, defaults: &ValidationDefaults) -> Result<Appointment> {
+    let timezone = match fields.text(&["timezone", "timeZone"])? {
+        Some((key, name)) => Tz::from_str(&name).map_err(|_| {
+            Error::validation(fields.path(key), format!("'{name}' is not an IANA time zone such as America/New_York"))
+        })?,
+        None => defaults.timezone,
+    };
+    let (start_key, start_value) = fields
+        .first_present(&["start", "startTime"])
+        .ok_or_else(|| Error::validation(fields.path("start"), "the appointment's start time is required"))?;
+    let start = parse_instant(start_value, timezone).map_err(|m| Error::validation(fields.path(start_key), m))?;
+    let end = match fields.first_present(&["end", "endTime"]) {
+        Some((key, value)) => parse_instant(value, timezone).map_err(|m| Error::validation(fields.path(key), m))?,
+        None => {
+            let minutes = match fields.first_present(&["durationMinutes", "duration"]) {
+                None => defaults.appointment_minutes,
+                Some((key, value)) => value
+                    .as_i64()
+                    .or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()))
+                    .filter(|m| (1..=14 * 24 * 60).contains(m))
+                    .ok_or_else(|| {
+                        Error::validation(fields.path(key), "must be a whole number of minutes between 1 and 20160")
+                    })?,
+            };
+            start + chrono::Duration::minutes(minutes)
+        }
+    };
+    let end_field = fields.first_present(&["end", "endTime"]).map(|(k, _)| k).unwrap_or("durationMinutes");
+    let window = AppointmentWindow::new(start, end).map_err(|m| Error::validation(fields.path(end_field), m))?;
+    let status = match fields.text(&["status"])? {
+        None => AppointmentStatus::Scheduled,
+        Some((key, s)) => match s.to_ascii_lowercase().as_str() {
+            "scheduled" | "confirmed" | "booked" | "rescheduled" => AppointmentStatus::Scheduled,
+            "cancelled" | "canceled" => AppointmentStatus::Cancelled,
+            _ => return Err(Error::validation(fields.path(key), "must be 'scheduled' or 'cancelled'")),
+        },
+    };
+    Ok(Appointment {
+        external_id: fields.string(&["externalId", "bookingId", "appointmentId"])?,
+        title: fields.string(&["title", "subject"])?.unwrap_or_else(|| "Appointment".into()),
+        window,
+        timezone,
+        notes: fields.string(&["notes", "description"])?,
+        location: fields.string(&["location"])?,
+        status,
+    })
+}
+
+fn parse_instant(value: &Value, zone: Tz) -> std::result::Result<DateTime<Utc>, String> {
+    if let Some(ms) = value.as_i64() {
+        return DateTime::from_timestamp_millis(ms).ok_or_else(|| "epoch milliseconds out of range".to_string());
+    }
+    let raw = value.as_str().ok_or("must be an ISO 8601 date-time string")?.trim();
+    if let Ok(instant) = DateTime::parse_from_rfc3339(raw) {
+        return Ok(instant.with_timezone(&Utc));
+    }
+    let naive = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M"]
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(raw, f).ok())
+        .ok_or_else(|| format!("'{raw}' is not an ISO 8601 date-time such as 2025-07-01T10:00:00-07:00"))?;
+    match zone.from_local_datetime(&naive) {
+        LocalResult::Single(t) => Ok(t.with_timezone(&Utc)),
+        // A wall time that happens twice (clocks go back): take the first, as calendars do.
+        LocalResult::Ambiguous(first, _) => Ok(first.with_timezone(&Utc)),
+        LocalResult::None => Err(format!("{raw} does not exist in {zone} (the clocks skip it for daylight saving)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn defaults(zone: &str) -> ValidationDefaults {
+        ValidationDefaults { timezone: Tz::from_str(zone).unwrap(), ..Default::default() }
+    }
+
+    #[test]
+    fn emails_are_lowercased_and_malformed_ones_refused() {
+        assert_eq!(Email::parse(" Jane.Doe@Example.COM ").unwrap().as_str(), "jane.doe@example.com");
+        for bad in ["jane", "jane@", "@example.com", "jane@example", "ja ne@example.com", "jane@@example.com", "jane@example.c0m"] {
+            assert!(Email::parse(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn phones_normalise_to_e164_with_the_default_country() {
+        assert_eq!(E164Phone::parse("(415) 555-2671", "US").unwrap().as_str(), "+14155552671");
+        assert_eq!(E164Phone::parse("+44 20 7946 0958", "US").unwrap().as_str(), "+442079460958");
+        assert_eq!(E164Phone::parse("020 7946 0958", "GB").unwrap().as_str(), "+442079460958");
+        assert_eq!(E164Phone::parse("+14155552671", "US").unwrap().national_number(), "4155552671");
+        assert!(E164Phone::parse("12", "US").is_err());
+        assert!(E164Phone::parse("call me", "US").is_err());
+    }
+
+    #[test]
+    fn a_customer_needs_an_email_or_a_phone() {
+        let body = json!({"firstName": "Jane"});
+        let err = parse_customer(&Fields::new("customerData", &body).unwrap(), &defaults("UTC")).unwrap_err();
+        assert_eq!(err.field(), Some("customerData.email"));
+    }
+
+    #[test]
+    fn wall_time_without_offset_is_read_in_the_appointment_zone_across_dst() {
+        // 10:00 in Los Angeles is 17:00 UTC in summer (PDT) and 18:00 UTC in winter (PST).
+        for (day, utc_hour) in [("2025-03-08", 18), ("2025-03-10", 17), ("2025-11-01", 17), ("2025-11-03", 18)] {
+            let body = json!({"startTime": format!("{day}T10:00:00"), "timezone": "America/Los_Angeles"});
+            let appt = parse_appointment(&Fields::new("a", &body).unwrap(), &defaults("UTC")).unwrap();
+            assert_eq!(appt.window.start().format("%H").to_string(), format!("{utc_hour}"), "{day}");
+            assert_eq!(appt.start_local().format("%H:%M").to_string(), "10:00");
+            assert_eq!(appt.window.duration_minutes(), 30);
+        }
+    }
+
+    #[test]
+    fn a_wall_time_skipped_by_dst_is_refused_and_a_repeated_one_takes_the_first() {
+        let gap = json!({"start": "2025-03-09T02:30:00", "timezone": "America/New_York"});
+        let err = parse_appointment(&Fields::new("appointment", &gap).unwrap(), &defaults("UTC")).unwrap_err();
+        assert_eq!(err.field(), Some("appointment.start"));
+        let fold = json!({"start": "2025-11-02T01:30:00", "timezone": "America/New_York"});
+        let appt = parse_appointment(&Fields::new("appointment", &fold).unwrap(), &defaults("UTC")).unwrap();
+        assert_eq!(appt.window.start().to_rfc3339(), "2025-11-02T05:30:00+00:00");
+    }
+
+    #[test]
+    fn an_appointment_ending_before_it_starts_names_the_end_field() {
+        let body = json!({"startTime": "2025-07-01T10:00:00Z", "endTime": "2025-07-01T09:00:00Z"});
+        let err = parse_appointment(&Fields::new("appointmentData", &body).unwrap(), &defaults("UTC")).unwrap_err();
+        assert_eq!(err.field(), Some("appointmentData.endTime"));
+        let missing = json!({"title": "x"});
+        let err = parse_appointment(&Fields::new("appointmentData", &missing).unwrap(), &defaults("UTC")).unwrap_err();
+        assert_eq!(err.field(), Some("appointmentData.start"));
+    }
+
+    #[test]
+    fn unknown_time_zones_and_crm_names_are_refused() {
+        let body = json!({"start": "2025-07-01T10:00:00Z", "timezone": "Mars/Olympus"});
+        let err = parse_appointment(&Fields::new("appointment", &body).unwrap(), &defaults("UTC")).unwrap_err();
+        assert_eq!(err.field(), Some("appointment.timezone"));
+        assert_eq!("HubSpot".parse::<CrmType>().unwrap(), CrmType::Hubspot);
+        assert_eq!("zoho-crm".parse::<CrmType>().unwrap(), CrmType::Zoho);
+        assert!("sugar".parse::<CrmType>().is_err());
+    }
+}

@@ -1,0 +1,115 @@
+//! The one error type of crm-sync, and its mapping to HTTP status codes and JSON error codes.
+
+use std::time::Duration;
+
+/// What went wrong, in terms a caller can act on. Messages never carry secret values.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed; `field` names the offending field as the caller sent it.
+    #[error("{field}: {message}")]
+    Validation { field: String, message: String },
+    /// The `x-api-key` header is missing or wrong.
+    #[error("missing or invalid API key (send it in the x-api-key header)")]
+    Unauthorized,
+    #[error("connection '{0}' does not exist")]
+    ConnectionNotFound(String),
+    /// The connection exists but cannot be used (unreadable secret, missing credential field).
+    #[error("connection '{id}' is misconfigured: {message}")]
+    ConnectionInvalid { id: String, message: String },
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Several CRM records match; nothing was changed.
+    #[error("{message}")]
+    Ambiguous { message: String, ids: Vec<String> },
+    /// Another request is syncing the same record right now.
+    #[error("a sync of this record is already in progress; retry in a few seconds")]
+    SyncInProgress,
+    /// The CRM refused the connection's credentials.
+    #[error("the CRM rejected the connection's credentials: {0}")]
+    CrmAuth(String),
+    /// The CRM says the record already exists (create raced another writer).
+    #[error("the CRM reports a duplicate: {message}")]
+    CrmDuplicate { existing_id: Option<String>, message: String },
+    /// The CRM refused the data; `message` is the CRM's own.
+    #[error("the CRM rejected the request: {message}")]
+    CrmRejected { message: String },
+    #[error("the CRM is rate limiting this connection")]
+    RateLimited { retry_after: Option<Duration> },
+    /// The CRM answered 5xx, timed out or could not be reached.
+    #[error("the CRM is unavailable: {0}")]
+    CrmUnavailable(String),
+    /// DynamoDB, Secrets Manager or the local stores failed.
+    #[error("storage is unavailable: {0}")]
+    Store(String),
+    #[error("method {0} is not allowed here")]
+    MethodNotAllowed(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Validation { field: field.into(), message: message.into() }
+    }
+
+    /// Machine-readable code used in JSON error bodies and sync records.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Validation { .. } => "validation_failed",
+            Error::Unauthorized => "unauthorized",
+            Error::ConnectionNotFound(_) => "connection_not_found",
+            Error::ConnectionInvalid { .. } => "connection_invalid",
+            Error::NotFound(_) => "not_found",
+            Error::Ambiguous { .. } => "ambiguous_match",
+            Error::SyncInProgress => "sync_in_progress",
+            Error::CrmAuth(_) => "crm_auth_failed",
+            Error::CrmDuplicate { .. } => "crm_duplicate",
+            Error::CrmRejected { .. } => "crm_rejected",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::CrmUnavailable(_) => "crm_unavailable",
+            Error::Store(_) => "store_unavailable",
+            Error::MethodNotAllowed(_) => "method_not_allowed",
+        }
+    }
+
+    /// HTTP status for this error. CRM-side faults are 502/503 (a gateway's upstream failed),
+    /// except rate limiting, which is passed on as 429 with the CRM's wait.
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::Validation { .. } => 400,
+            Error::Unauthorized => 401,
+            Error::ConnectionNotFound(_) | Error::NotFound(_) => 404,
+            Error::MethodNotAllowed(_) => 405,
+            Error::Ambiguous { .. } | Error::SyncInProgress | Error::CrmDuplicate { .. } => 409,
+            Error::CrmRejected { .. } => 422,
+            Error::ConnectionInvalid { .. } => 424,
+            Error::RateLimited { .. } => 429,
+            Error::CrmAuth(_) => 502,
+            Error::CrmUnavailable(_) | Error::Store(_) => 503,
+        }
+    }
+
+    /// The field a caller should fix, when there is one.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Error::Validation { field, .. } => Some(field),
+            Error::ConnectionNotFound(_) => Some("connectionId"),
+            _ => None,
+        }
+    }
+
+    /// Whether trying the same work again later can succeed without anyone changing anything.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::SyncInProgress | Error::RateLimited { .. } | Error::CrmUnavailable(_) | Error::Store(_)
+        )
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::RateLimited { retry_after } => *retry_after,
+            _ => None,
+        }
+    }
+}

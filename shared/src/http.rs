@@ -1,0 +1,156 @@
+//! The HTTP edge shared by every function: request -> typed call -> JSON response, and the one
+//! place errors become status codes.
+
+use std::collections::BTreeMap;
+
+use lambda_http::http::{HeaderValue, Method, StatusCode, header};
+use lambda_http::{Body, Request, RequestExt, Response};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::error::Error;
+use crate::sync::{App, Failure};
+
+/// The operations of the API, one per function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Platforms,
+    TestConnection,
+    SyncCustomer,
+    SyncAppointment,
+    SyncLead,
+    GetCustomer,
+}
+
+impl Operation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::Platforms => "platforms",
+            Operation::TestConnection => "test-connection",
+            Operation::SyncCustomer => "sync-customer",
+            Operation::SyncAppointment => "sync-appointment",
+            Operation::SyncLead => "sync-lead",
+            Operation::GetCustomer => "get-customer",
+        }
+    }
+
+    fn method(self) -> Method {
+        match self {
+            Operation::Platforms | Operation::GetCustomer => Method::GET,
+            _ => Method::POST,
+        }
+    }
+}
+
+/// Handles one API request. Never fails: every error becomes a JSON error response.
+pub async fn handle(app: &App, operation: Operation, request: Request) -> Result<Response<Body>, std::convert::Infallible> {
+    let request_id = request.lambda_context_ref().map(|c| c.request_id.clone()).unwrap_or_default();
+    let span = tracing::info_span!("request", request_id = %request_id, operation = operation.name());
+    let _entered = span.enter();
+    let response = match dispatch(app, operation, &request).await {
+        Ok((status, body)) => json_response(status, &body),
+        Err(failure) => {
+            if failure.error.status() >= 500 {
+                tracing::warn!(code = failure.error.code(), error = %failure.error, "request failed");
+            }
+            error_response(&failure)
+        }
+    };
+    Ok(response)
+}
+
+async fn dispatch(app: &App, operation: Operation, request: &Request) -> Result<(StatusCode, Value), Failure> {
+    if request.method() != operation.method() && request.method() != Method::OPTIONS {
+        return Err(Error::MethodNotAllowed(request.method().to_string()).into());
+    }
+    check_api_key(app, request)?;
+    let to_json = |v: &dyn erased::Json| v.to_value();
+    match operation {
+        Operation::Platforms => Ok((StatusCode::OK, crate::sync::platforms())),
+        Operation::GetCustomer => {
+            let customer = app.get_customer(&query_object(request)).await?;
+            Ok((StatusCode::OK, json!({ "customer": customer })))
+        }
+        Operation::TestConnection => Ok((StatusCode::OK, to_json(&app.test_connection(&body_json(request)?).await?))),
+        Operation::SyncCustomer => Ok((StatusCode::OK, to_json(&app.sync_customer(&body_json(request)?).await?))),
+        Operation::SyncLead => Ok((StatusCode::OK, to_json(&app.sync_lead(&body_json(request)?).await?))),
+        Operation::SyncAppointment => {
+            Ok((StatusCode::OK, to_json(&app.sync_appointment(&body_json(request)?).await?)))
+        }
+    }
+}
+
+mod erased {
+    /// Lets `dispatch` serialise each operation's response type the same way.
+    pub trait Json {
+        fn to_value(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_value(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+        }
+    }
+}
+
+/// Compares in constant time, so response timing does not reveal how much of a key was right.
+fn check_api_key(app: &App, request: &Request) -> Result<(), Error> {
+    let Some(expected) = &app.config.api_key else { return Ok(()) };
+    let given = request.headers().get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let same = given.len() == expected.len()
+        && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if same { Ok(()) } else { Err(Error::Unauthorized) }
+}
+
+fn body_json(request: &Request) -> Result<Value, Error> {
+    let bytes: &[u8] = request.body().as_ref();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::validation("body", "a JSON object is required"));
+    }
+    serde_json::from_slice(bytes).map_err(|e| Error::validation("body", format!("is not valid JSON: {e}")))
+}
+
+fn query_object(request: &Request) -> Value {
+    let params = request.query_string_parameters();
+    let map: BTreeMap<String, Value> =
+        params.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect();
+    serde_json::to_value(map).unwrap_or_else(|_| json!({}))
+}
+
+fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Body> {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = Response::new(Body::from(bytes));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// `{"error": {"code", "message", "field"}}`, plus what a caller can act on: the sync record
+/// that holds the failed work, the matching ids, the wait the CRM asked for.
+pub fn error_response(failure: &Failure) -> Response<Body> {
+    let error = &failure.error;
+    let mut body = json!({
+        "code": error.code(),
+        "message": error.to_string(),
+        "field": error.field(),
+    });
+    if let Some(sync_id) = &failure.sync_id {
+        body["syncId"] = json!(sync_id);
+        body["retryable"] = json!(error.is_transient());
+    }
+    if let Error::Ambiguous { ids, .. } = error {
+        body["matches"] = json!(ids);
+    }
+    let retry_after = error.retry_after().map(|d| d.as_secs_f64().ceil() as u64);
+    if let Some(seconds) = retry_after {
+        body["retryAfterSeconds"] = json!(seconds);
+    }
+    let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = json_response(status, &json!({ "error": body }));
+    if let Some(seconds) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if matches!(error, Error::MethodNotAllowed(_)) {
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+    }
+    response
+}

@@ -1,0 +1,17 @@
+//! crm-sync: push customers, leads and appointments from a voice-AI booking assistant into CRMs.
+//!
+//! The domain (`domain`), the ports and their implementations (`store`, `crm`), the operations
+//! (`sync`) and the HTTP edge every Lambda function shares (`http`).
+
+pub mod config;
+pub mod connection;
+pub mod crm;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod store;
+pub mod sync;
+pub mod telemetry;
+
+pub use error::{Error, Result};
+pub use sync::App;

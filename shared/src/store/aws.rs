@@ -1,0 +1,264 @@
+//! Production stores: connections in AWS Secrets Manager, sync records in DynamoDB.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::AttributeValue;
+use chrono::{DateTime, Utc};
+
+use super::{ConnectionStore, RecordKey, RecordedError, SyncRecord, SyncRecordStore, SyncStatus, WriteOutcome};
+use crate::connection::{Connection, ConnectionId};
+use crate::error::{Error, Result};
+
+/// The GSI that lists records by status, oldest update first.
+pub const STATUS_INDEX: &str = "status-index";
+
+fn sdk_error<E: std::error::Error + 'static, R: std::fmt::Debug>(service: &str, e: SdkError<E, R>) -> Error {
+    // DisplayErrorContext walks the source chain; request bodies (which hold secrets) are not in it.
+    Error::Store(format!("{service}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(&e)))
+}
+
+/// Each connection is the secret `<prefix><id>` whose string value is the connection JSON.
+pub struct SecretsManagerConnectionStore {
+    client: aws_sdk_secretsmanager::Client,
+    prefix: String,
+}
+
+impl SecretsManagerConnectionStore {
+    pub fn new(client: aws_sdk_secretsmanager::Client, prefix: impl Into<String>) -> Self {
+        SecretsManagerConnectionStore { client, prefix: prefix.into() }
+    }
+    fn name(&self, id: &ConnectionId) -> String {
+        format!("{}{}", self.prefix, id.as_str())
+    }
+}
+
+#[async_trait]
+impl ConnectionStore for SecretsManagerConnectionStore {
+    async fn get(&self, id: &ConnectionId) -> Result<Connection> {
+        let out = self.client.get_secret_value().secret_id(self.name(id)).send().await;
+        match out {
+            Ok(out) => {
+                let json = out.secret_string().ok_or_else(|| Error::ConnectionInvalid {
+                    id: id.to_string(),
+                    message: "the secret has no string value".into(),
+                })?;
+                Connection::from_secret_json(id, json)
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => {
+                Err(Error::ConnectionNotFound(id.to_string()))
+            }
+            Err(e) => Err(sdk_error("Secrets Manager", e)),
+        }
+    }
+
+    async fn put(&self, id: &ConnectionId, connection: &Connection) -> Result<()> {
+        let json = connection.to_secret_json();
+        let put = self.client.put_secret_value().secret_id(self.name(id)).secret_string(&json).send().await;
+        match put {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => self
+                .client
+                .create_secret()
+                .name(self.name(id))
+                .description(format!("crm-sync connection {id} ({})", connection.crm_type))
+                .secret_string(json)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| sdk_error("Secrets Manager", e)),
+            Err(e) => Err(sdk_error("Secrets Manager", e)),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<ConnectionId>> {
+        let mut ids = Vec::new();
+        let mut pages = self
+            .client
+            .list_secrets()
+            .filters(
+                aws_sdk_secretsmanager::types::Filter::builder()
+                    .key(aws_sdk_secretsmanager::types::FilterNameStringType::Name)
+                    .values(&self.prefix)
+                    .build(),
+            )
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| sdk_error("Secrets Manager", e))?;
+            for secret in page.secret_list() {
+                if let Some(id) = secret.name().and_then(|n| n.strip_prefix(&self.prefix)) {
+                    if let Ok(id) = ConnectionId::parse(id) {
+                        ids.push(id);
+                    }
+                }
+            }
+        }
+        ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(ids)
+    }
+
+    async fn delete(&self, id: &ConnectionId) -> Result<()> {
+        match self.client.delete_secret().secret_id(self.name(id)).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => {
+                Err(Error::ConnectionNotFound(id.to_string()))
+            }
+            Err(e) => Err(sdk_error("Secrets Manager", e)),
+        }
+    }
+}
+
+/// One item per record, keyed by `pk` = the record key.
+pub struct DynamoDbSyncRecordStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+impl DynamoDbSyncRecordStore {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+        DynamoDbSyncRecordStore { client, table: table.into() }
+    }
+}
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+/// Timestamps are stored as fixed-width RFC 3339 UTC so that they sort as strings in the GSI.
+fn timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn to_item(record: &SyncRecord) -> Result<HashMap<String, AttributeValue>> {
+    let mut item = HashMap::from([
+        ("pk".to_string(), s(record.key().as_str())),
+        ("syncId".into(), s(&record.sync_id)),
+        ("connectionId".into(), s(&record.connection_id)),
+        ("crmType".into(), s(record.crm_type.as_str())),
+        ("entity".into(), s(record.entity.as_str())),
+        ("sourceKey".into(), s(&record.source_key)),
+        ("status".into(), s(record.status.as_str())),
+        ("attempts".into(), n(record.attempts)),
+        ("payloadHash".into(), s(&record.payload_hash)),
+        ("payload".into(), s(record.payload.to_string())),
+        ("createdAt".into(), s(timestamp(record.created_at))),
+        ("updatedAt".into(), s(timestamp(record.updated_at))),
+        ("version".into(), n(record.version)),
+    ]);
+    if let Some(crm_id) = &record.crm_id {
+        item.insert("crmId".into(), s(crm_id));
+    }
+    if let Some(error) = &record.last_error {
+        let json = serde_json::to_string(error).map_err(|e| Error::Store(e.to_string()))?;
+        item.insert("lastError".into(), s(json));
+    }
+    Ok(item)
+}
+
+fn from_item(item: &HashMap<String, AttributeValue>) -> Result<SyncRecord> {
+    let text = |name: &str| -> Result<String> {
+        item.get(name)
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+            .ok_or_else(|| Error::Store(format!("sync record item lacks '{name}'")))
+    };
+    let number = |name: &str| -> Result<u64> {
+        item.get(name)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| Error::Store(format!("sync record item lacks number '{name}'")))
+    };
+    let time = |name: &str| -> Result<DateTime<Utc>> {
+        DateTime::parse_from_rfc3339(&text(name)?)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| Error::Store(format!("sync record '{name}': {e}")))
+    };
+    let bad = |name: &str| Error::Store(format!("sync record item has an invalid '{name}'"));
+    Ok(SyncRecord {
+        sync_id: text("syncId")?,
+        connection_id: text("connectionId")?,
+        crm_type: text("crmType")?.parse().map_err(|_| bad("crmType"))?,
+        entity: serde_json::from_value(serde_json::Value::String(text("entity")?)).map_err(|_| bad("entity"))?,
+        source_key: text("sourceKey")?,
+        crm_id: text("crmId").ok(),
+        status: SyncStatus::parse(&text("status")?).ok_or_else(|| bad("status"))?,
+        attempts: number("attempts")? as u32,
+        last_error: match text("lastError") {
+            Ok(json) => Some(serde_json::from_str::<RecordedError>(&json).map_err(|_| bad("lastError"))?),
+            Err(_) => None,
+        },
+        payload_hash: text("payloadHash")?,
+        payload: serde_json::from_str(&text("payload")?).map_err(|_| bad("payload"))?,
+        created_at: time("createdAt")?,
+        updated_at: time("updatedAt")?,
+        version: number("version")?,
+    })
+}
+
+#[async_trait]
+impl SyncRecordStore for DynamoDbSyncRecordStore {
+    async fn get(&self, key: &RecordKey) -> Result<Option<SyncRecord>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(key.as_str()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error("DynamoDB", e))?;
+        out.item().map(from_item).transpose()
+    }
+
+    async fn put(&self, record: &SyncRecord, expected_version: Option<u64>) -> Result<WriteOutcome> {
+        let request = self.client.put_item().table_name(&self.table).set_item(Some(to_item(record)?));
+        let request = match expected_version {
+            None => request.condition_expression("attribute_not_exists(pk)"),
+            Some(version) => request
+                .condition_expression("#version = :expected")
+                .expression_attribute_names("#version", "version")
+                .expression_attribute_values(":expected", n(version)),
+        };
+        match request.send().await {
+            Ok(_) => Ok(WriteOutcome::Written),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
+                Ok(WriteOutcome::Conflict)
+            }
+            Err(e) => Err(sdk_error("DynamoDB", e)),
+        }
+    }
+
+    async fn list_by_status(&self, status: SyncStatus, limit: usize) -> Result<Vec<SyncRecord>> {
+        let mut records = Vec::new();
+        let mut start_key = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(STATUS_INDEX)
+                .key_condition_expression("#status = :status")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":status", s(status.as_str()))
+                .scan_index_forward(true)
+                .limit((limit - records.len()).min(100) as i32)
+                .set_exclusive_start_key(start_key)
+                .send()
+                .await
+                .map_err(|e| sdk_error("DynamoDB", e))?;
+            for item in out.items() {
+                records.push(from_item(item)?);
+            }
+            start_key = out.last_evaluated_key().cloned();
+            if start_key.is_none() || records.len() >= limit {
+                return Ok(records);
+            }
+        }
+    }
+}

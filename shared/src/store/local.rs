@@ -1,0 +1,177 @@
+//! Embedded stores for running without AWS: one JSON file per connection and per sync record.
+//!
+//! Several local functions run as separate processes, so conditional writes hold an exclusive
+//! file lock while they compare versions, and files are replaced atomically by rename.
+
+use std::fs::{self, OpenOptions};
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+use super::{ConnectionStore, RecordKey, SyncRecord, SyncRecordStore, SyncStatus, WriteOutcome};
+use crate::connection::{Connection, ConnectionId};
+use crate::error::{Error, Result};
+
+fn io_error(context: &str, e: std::io::Error) -> Error {
+    Error::Store(format!("{context}: {e}"))
+}
+
+fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4()));
+    fs::write(&tmp, contents).map_err(|e| io_error("writing a local store file", e))?;
+    fs::rename(&tmp, path).map_err(|e| io_error("replacing a local store file", e))
+}
+
+/// Runs `f` under an exclusive lock on `dir/.lock`, off the async runtime's threads.
+async fn with_dir_lock<T: Send + 'static>(
+    dir: PathBuf,
+    f: impl FnOnce(&Path) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(move || {
+        fs::create_dir_all(&dir).map_err(|e| io_error("creating the local store folder", e))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(".lock"))
+            .map_err(|e| io_error("opening the local store lock", e))?;
+        lock.lock().map_err(|e| io_error("locking the local store", e))?;
+        let result = f(&dir);
+        drop(lock);
+        result
+    })
+    .await
+    .map_err(|e| Error::Store(format!("local store task failed: {e}")))?
+}
+
+/// Connections as `<dir>/<id>.json`, each holding the same JSON a Secrets Manager secret holds.
+pub struct LocalConnectionStore {
+    dir: PathBuf,
+}
+
+impl LocalConnectionStore {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        LocalConnectionStore { dir: dir.into() }
+    }
+    fn path(&self, id: &ConnectionId) -> PathBuf {
+        self.dir.join(format!("{}.json", id.as_str()))
+    }
+}
+
+#[async_trait]
+impl ConnectionStore for LocalConnectionStore {
+    async fn get(&self, id: &ConnectionId) -> Result<Connection> {
+        match tokio::fs::read_to_string(self.path(id)).await {
+            Ok(json) => Connection::from_secret_json(id, &json),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(Error::ConnectionNotFound(id.to_string())),
+            Err(e) => Err(io_error("reading a connection", e)),
+        }
+    }
+
+    async fn put(&self, id: &ConnectionId, connection: &Connection) -> Result<()> {
+        let path = self.path(id);
+        let json = connection.to_secret_json();
+        with_dir_lock(self.dir.clone(), move |_| write_atomically(&path, json.as_bytes())).await
+    }
+
+    async fn list(&self) -> Result<Vec<ConnectionId>> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_error("listing connections", e)),
+        };
+        let mut ids: Vec<ConnectionId> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).map(str::to_string))
+            .filter_map(|n| ConnectionId::parse(&n).ok())
+            .collect();
+        ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(ids)
+    }
+
+    async fn delete(&self, id: &ConnectionId) -> Result<()> {
+        match fs::remove_file(self.path(id)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(Error::ConnectionNotFound(id.to_string())),
+            Err(e) => Err(io_error("removing a connection", e)),
+        }
+    }
+}
+
+/// Sync records as `<dir>/<sha256 of key>.json`.
+pub struct LocalSyncRecordStore {
+    dir: PathBuf,
+}
+
+impl LocalSyncRecordStore {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        LocalSyncRecordStore { dir: dir.into() }
+    }
+}
+
+fn read_record(path: &Path) -> Result<Option<SyncRecord>> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Store(format!("unreadable sync record {}: {e}", path.display()))),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error("reading a sync record", e)),
+    }
+}
+
+#[async_trait]
+impl SyncRecordStore for LocalSyncRecordStore {
+    async fn get(&self, key: &RecordKey) -> Result<Option<SyncRecord>> {
+        let path = self.dir.join(format!("{}.json", key.digest()));
+        tokio::task::spawn_blocking(move || read_record(&path))
+            .await
+            .map_err(|e| Error::Store(format!("local store task failed: {e}")))?
+    }
+
+    async fn put(&self, record: &SyncRecord, expected_version: Option<u64>) -> Result<WriteOutcome> {
+        let file = format!("{}.json", record.key().digest());
+        let json = serde_json::to_vec_pretty(record).map_err(|e| Error::Store(e.to_string()))?;
+        with_dir_lock(self.dir.clone(), move |dir| {
+            let path = dir.join(file);
+            let current = read_record(&path)?.map(|r| r.version);
+            if current != expected_version {
+                return Ok(WriteOutcome::Conflict);
+            }
+            write_atomically(&path, &json)?;
+            Ok(WriteOutcome::Written)
+        })
+        .await
+    }
+
+    async fn list_by_status(&self, status: SyncStatus, limit: usize) -> Result<Vec<SyncRecord>> {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(io_error("listing sync records", e)),
+            };
+            let mut records = Vec::new();
+            for entry in entries.filter_map(|e| e.ok()) {
+                let path = entry.path();
+                if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                    continue;
+                }
+                if let Some(record) = read_record(&path)?.filter(|r| r.status == status) {
+                    records.push(record);
+                }
+            }
+            records.sort_by_key(|r| r.updated_at);
+            records.truncate(limit);
+            Ok(records)
+        })
+        .await
+        .map_err(|e| Error::Store(format!("local store task failed: {e}")))?
+    }
+}
+
+/// Opens both local stores under one data folder.
+pub fn open(data_dir: &Path) -> (LocalConnectionStore, LocalSyncRecordStore) {
+    (LocalConnectionStore::new(data_dir.join("connections")), LocalSyncRecordStore::new(data_dir.join("records")))
+}

@@ -1,0 +1,153 @@
+//! Ports for connections and sync records, with AWS and local-file implementations side by side.
+
+pub mod aws;
+pub mod local;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::connection::{Connection, ConnectionId};
+use crate::domain::CrmType;
+use crate::error::{Error, Result};
+
+/// Where connections (credentials + settings) live.
+#[async_trait]
+pub trait ConnectionStore: Send + Sync {
+    /// The connection, or `ConnectionNotFound`.
+    async fn get(&self, id: &ConnectionId) -> Result<Connection>;
+    /// Creates or replaces a connection (token refresh writes back through this).
+    async fn put(&self, id: &ConnectionId, connection: &Connection) -> Result<()>;
+    async fn list(&self) -> Result<Vec<ConnectionId>>;
+    async fn delete(&self, id: &ConnectionId) -> Result<()>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntityKind {
+    Customer,
+    Lead,
+    Appointment,
+}
+
+impl EntityKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntityKind::Customer => "customer",
+            EntityKind::Lead => "lead",
+            EntityKind::Appointment => "appointment",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncStatus {
+    Pending,
+    Synced,
+    Failed,
+}
+
+impl SyncStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncStatus::Pending => "pending",
+            SyncStatus::Synced => "synced",
+            SyncStatus::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(SyncStatus::Pending),
+            "synced" => Some(SyncStatus::Synced),
+            "failed" => Some(SyncStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// The last failure of a record, as a caller would see it (no secrets: built from `Error`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedError {
+    pub code: String,
+    pub message: String,
+    pub transient: bool,
+}
+
+impl From<&Error> for RecordedError {
+    fn from(e: &Error) -> Self {
+        RecordedError { code: e.code().into(), message: e.to_string(), transient: e.is_transient() }
+    }
+}
+
+/// One entity synced to one connection: what was sent, what it became, and how it went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncRecord {
+    pub sync_id: String,
+    pub connection_id: String,
+    pub crm_type: CrmType,
+    pub entity: EntityKind,
+    /// What identifies the entity across resends (`email:…`, `phone:…`, `external:…`).
+    pub source_key: String,
+    pub crm_id: Option<String>,
+    pub status: SyncStatus,
+    pub attempts: u32,
+    pub last_error: Option<RecordedError>,
+    /// SHA-256 of `payload`: an identical resend of a synced record needs no CRM call.
+    pub payload_hash: String,
+    /// The validated request, kept so that failed work can be replayed.
+    pub payload: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Bumped on every write; writes are conditional on it, so racing writers cannot both win.
+    pub version: u64,
+}
+
+impl SyncRecord {
+    pub fn key(&self) -> RecordKey {
+        RecordKey::new(&self.connection_id, self.entity, &self.source_key)
+    }
+}
+
+/// The identity of a sync record: connection, entity kind and source key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RecordKey(String);
+
+impl RecordKey {
+    pub fn new(connection_id: &str, entity: EntityKind, source_key: &str) -> Self {
+        RecordKey(format!("{connection_id}#{}#{source_key}", entity.as_str()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// A file-name-safe digest of the key, for the local store.
+    pub fn digest(&self) -> String {
+        sha256_hex(self.0.as_bytes())
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Outcome of a conditional write.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Written,
+    /// Someone else wrote the record first (its version moved on).
+    Conflict,
+}
+
+/// Where sync records live.
+#[async_trait]
+pub trait SyncRecordStore: Send + Sync {
+    async fn get(&self, key: &RecordKey) -> Result<Option<SyncRecord>>;
+    /// Writes `record` if the stored version is `expected_version` (`None`: the record must not
+    /// exist yet).
+    async fn put(&self, record: &SyncRecord, expected_version: Option<u64>) -> Result<WriteOutcome>;
+    /// Records in `status`, least recently updated first.
+    async fn list_by_status(&self, status: SyncStatus, limit: usize) -> Result<Vec<SyncRecord>>;
+}

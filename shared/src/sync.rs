@@ -1,0 +1,616 @@
+//! The operations of crm-sync: validate, record, call the CRM, record the outcome.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::config::{Config, StoreKind};
+use crate::connection::{Connection, ConnectionId, ConnectionSettings, SecretString};
+use crate::crm::{self, AccountInfo, ContactLookup, CrmAdapter, CrmContact, CrmHttp, Outcome, Upserted};
+use crate::domain::{self, Appointment, CrmType, Customer, E164Phone, Email, Fields, Lead, ValidationDefaults};
+use crate::error::{Error, Result};
+use crate::store::{
+    ConnectionStore, EntityKind, RecordKey, SyncRecord, SyncRecordStore, SyncStatus, WriteOutcome, sha256_hex,
+};
+
+/// An error, with the sync record it was recorded in when there is one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub error: Error,
+    pub sync_id: Option<String>,
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        Failure { error, sync_id: None }
+    }
+}
+
+pub type SyncResult<T> = std::result::Result<T, Failure>;
+
+/// Everything a function needs, built once per cold start.
+pub struct App {
+    pub config: Config,
+    pub connections: Arc<dyn ConnectionStore>,
+    pub records: Arc<dyn SyncRecordStore>,
+    pub http: CrmHttp,
+}
+
+/// The result of syncing one entity.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EntitySync {
+    pub sync_id: Option<String>,
+    pub crm_id: String,
+    pub status: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncResponse {
+    pub sync_id: Option<String>,
+    pub status: Outcome,
+    pub crm_type: CrmType,
+    pub crm_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contact: Option<EntitySync>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppointmentSyncResponse {
+    pub sync_id: Option<String>,
+    pub status: Outcome,
+    pub crm_type: CrmType,
+    pub contact: EntitySync,
+    pub appointment: EntitySync,
+}
+
+/// A contact in our normalised shape, as `get-customer` answers it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomerView {
+    pub crm_id: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub email: Option<String>,
+    /// The first phone number in E.164 form (as stored when it cannot be normalised).
+    pub phone: Option<String>,
+    pub phones: Vec<String>,
+    pub address: Option<String>,
+    pub city: Option<String>,
+    pub state: Option<String>,
+    pub zip_code: Option<String>,
+    pub country: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TestConnectionResponse {
+    pub ok: bool,
+    pub crm_type: CrmType,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<TestConnectionError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TestConnectionError {
+    pub code: String,
+    pub message: String,
+}
+
+/// What a replay run did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplaySummary {
+    pub examined: usize,
+    pub synced: usize,
+    pub failed: usize,
+    pub skipped: usize,
+}
+
+/// The stored form of an appointment sync: all it needs to run again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AppointmentPayload {
+    appointment: Appointment,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    customer: Option<Customer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    customer_id: Option<String>,
+}
+
+/// A connection and its adapter, resolved from a request.
+struct Target {
+    connection_id: ConnectionId,
+    connection: Connection,
+    adapter: Box<dyn CrmAdapter>,
+    defaults: ValidationDefaults,
+}
+
+impl App {
+    /// Builds the stores the configuration names. AWS clients come from `aws-config`, so
+    /// `AWS_ENDPOINT_URL` and the usual credential chain apply.
+    pub async fn from_env() -> Self {
+        let config = Config::from_env();
+        let (connections, records): (Arc<dyn ConnectionStore>, Arc<dyn SyncRecordStore>) = match config.store {
+            StoreKind::Aws => {
+                let sdk = aws_config::load_from_env().await;
+                (
+                    Arc::new(crate::store::aws::SecretsManagerConnectionStore::new(
+                        aws_sdk_secretsmanager::Client::new(&sdk),
+                        &config.secret_prefix,
+                    )),
+                    Arc::new(crate::store::aws::DynamoDbSyncRecordStore::new(
+                        aws_sdk_dynamodb::Client::new(&sdk),
+                        &config.table_name,
+                    )),
+                )
+            }
+            StoreKind::Local => {
+                let (connections, records) = crate::store::local::open(&config.data_dir);
+                (Arc::new(connections), Arc::new(records))
+            }
+        };
+        Self::new(config, connections, records)
+    }
+
+    pub fn new(config: Config, connections: Arc<dyn ConnectionStore>, records: Arc<dyn SyncRecordStore>) -> Self {
+        let http = CrmHttp::new(&config);
+        App { config, connections, records, http }
+    }
+
+    async fn target(&self, body: &Fields<'_>) -> Result<Target> {
+        if body.has("credentials") {
+            return Err(Error::validation(
+                "credentials",
+                "credentials are not accepted in sync requests; store them as a connection and send its connectionId",
+            ));
+        }
+        let raw_id = body
+            .string(&["connectionId"])?
+            .ok_or_else(|| Error::validation("connectionId", "is required: the id of a stored CRM connection"))?;
+        let connection_id = ConnectionId::parse(&raw_id)?;
+        let connection = self.connections.get(&connection_id).await?;
+        if let Some(claimed) = body.string(&["crmType"])? {
+            let claimed: CrmType = claimed.parse().map_err(|m: String| Error::validation("crmType", m))?;
+            if claimed != connection.crm_type {
+                return Err(Error::validation(
+                    "crmType",
+                    format!("connection '{connection_id}' is a {} connection, not {claimed}", connection.crm_type),
+                ));
+            }
+        }
+        let defaults = connection.settings.validation_defaults()?;
+        let adapter = crm::adapter_for(&connection, &self.http)?;
+        Ok(Target { connection_id, connection, adapter, defaults })
+    }
+
+    /// `POST sync-customer`: upsert a contact.
+    pub async fn sync_customer(&self, body: &Value) -> SyncResult<SyncResponse> {
+        let fields = Fields::new("", body)?;
+        let target = self.target(&fields).await?;
+        let customer_fields = fields
+            .child(&["customer", "customerData"])?
+            .ok_or_else(|| Error::validation("customer", "is required (or customerData)"))?;
+        let customer = domain::parse_customer(&customer_fields, &target.defaults)?;
+        let synced = self.sync_contact(&target, &customer).await?;
+        Ok(SyncResponse {
+            sync_id: synced.sync_id,
+            status: synced.status,
+            crm_type: target.connection.crm_type,
+            crm_id: synced.crm_id,
+            contact: None,
+        })
+    }
+
+    async fn sync_contact(&self, target: &Target, customer: &Customer) -> SyncResult<EntitySync> {
+        let payload = serde_json::to_value(customer).map_err(|e| Error::Store(e.to_string()))?;
+        let country = target.defaults.country.clone();
+        self.run_synced(target, EntityKind::Customer, customer.source_key(), payload, |known| async move {
+            crm::upsert_contact(target.adapter.as_ref(), customer, known.as_deref(), &country).await
+        })
+        .await
+    }
+
+    /// `POST sync-appointment`: upsert the contact, then the meeting linked to it.
+    pub async fn sync_appointment(&self, body: &Value) -> SyncResult<AppointmentSyncResponse> {
+        let fields = Fields::new("", body)?;
+        let target = self.target(&fields).await?;
+        let appointment_fields = fields
+            .child(&["appointment", "appointmentData"])?
+            .ok_or_else(|| Error::validation("appointment", "is required (or appointmentData)"))?;
+        let appointment = domain::parse_appointment(&appointment_fields, &target.defaults)?;
+        let customer_id = match appointment_fields.string(&["customerId"])? {
+            Some(id) => Some(id),
+            None => fields.string(&["customerId"])?,
+        };
+        let customer = match fields.child(&["customer", "customerData"])? {
+            Some(customer_fields) => Some(domain::parse_customer(&customer_fields, &target.defaults)?),
+            None => None,
+        };
+        if customer.is_none() && customer_id.is_none() {
+            return Err(Error::validation(
+                "customer",
+                "an appointment needs the customer (customer/customerData) or the CRM contact id (appointment.customerId)",
+            )
+            .into());
+        }
+        self.sync_appointment_payload(&target, AppointmentPayload { appointment, customer, customer_id }).await
+    }
+
+    async fn sync_appointment_payload(
+        &self,
+        target: &Target,
+        payload: AppointmentPayload,
+    ) -> SyncResult<AppointmentSyncResponse> {
+        let source_key = match (&payload.appointment.external_id, &payload.customer, &payload.customer_id) {
+            (Some(external_id), _, _) => format!("external:{external_id}"),
+            // Without a booking id, the same person at the same start is the same appointment.
+            (None, Some(customer), _) => format!("{}@{}", customer.source_key(), payload.appointment.window.start()),
+            (None, None, id) => format!("contact:{}@{}", id.as_deref().unwrap_or(""), payload.appointment.window.start()),
+        };
+        let stored = serde_json::to_value(&payload).map_err(|e| Error::Store(e.to_string()))?;
+        let contact = std::sync::Mutex::new(None::<EntitySync>);
+        let appointment = self
+            .run_synced(target, EntityKind::Appointment, source_key, stored, |known| {
+                let (payload, contact) = (&payload, &contact);
+                async move {
+                    let linked = self.contact_for_appointment(target, payload).await.map_err(|f| f.error)?;
+                    let contact_id = linked.crm_id.clone();
+                    *contact.lock().expect("not poisoned") = Some(linked);
+                    crm::upsert_appointment(target.adapter.as_ref(), &payload.appointment, known.as_deref(), &contact_id)
+                        .await
+                }
+            })
+            .await?;
+        let contact = match contact.into_inner().expect("not poisoned") {
+            Some(contact) => contact,
+            // Unchanged: the contact was synced along with it before.
+            None => self.contact_for_appointment(target, &payload).await?,
+        };
+        Ok(AppointmentSyncResponse {
+            sync_id: appointment.sync_id.clone(),
+            status: appointment.status,
+            crm_type: target.connection.crm_type,
+            contact,
+            appointment,
+        })
+    }
+
+    async fn contact_for_appointment(&self, target: &Target, payload: &AppointmentPayload) -> SyncResult<EntitySync> {
+        match (&payload.customer, &payload.customer_id) {
+            (Some(customer), _) => self.sync_contact(target, customer).await,
+            (None, Some(id)) => Ok(EntitySync { sync_id: None, crm_id: id.clone(), status: Outcome::Unchanged }),
+            (None, None) => Err(Error::validation("customer", "is required").into()),
+        }
+    }
+
+    /// `POST sync-lead`: upsert a lead in the CRM's lead model.
+    pub async fn sync_lead(&self, body: &Value) -> SyncResult<SyncResponse> {
+        let fields = Fields::new("", body)?;
+        let target = self.target(&fields).await?;
+        let lead_fields =
+            fields.child(&["lead", "leadData"])?.ok_or_else(|| Error::validation("lead", "is required (or leadData)"))?;
+        let lead = domain::parse_lead(&lead_fields, &target.defaults)?;
+        self.sync_lead_entity(&target, &lead).await
+    }
+
+    async fn sync_lead_entity(&self, target: &Target, lead: &Lead) -> SyncResult<SyncResponse> {
+        let payload = serde_json::to_value(lead).map_err(|e| Error::Store(e.to_string()))?;
+        let contact = std::sync::Mutex::new(None::<EntitySync>);
+        let synced = self
+            .run_synced(target, EntityKind::Lead, lead.source_key(), payload, |known| {
+                let contact = &contact;
+                async move {
+                    let contact_id = if target.adapter.lead_needs_contact() {
+                        let linked = self.sync_contact(target, &lead.person).await.map_err(|f| f.error)?;
+                        let id = linked.crm_id.clone();
+                        *contact.lock().expect("not poisoned") = Some(linked);
+                        Some(id)
+                    } else {
+                        None
+                    };
+                    crm::upsert_lead(target.adapter.as_ref(), lead, known.as_deref(), contact_id.as_deref()).await
+                }
+            })
+            .await?;
+        Ok(SyncResponse {
+            sync_id: synced.sync_id,
+            status: synced.status,
+            crm_type: target.connection.crm_type,
+            crm_id: synced.crm_id,
+            contact: contact.into_inner().expect("not poisoned"),
+        })
+    }
+
+    /// `GET get-customer`: find a contact by CRM id, email or phone.
+    pub async fn get_customer(&self, query: &Value) -> Result<CustomerView> {
+        let fields = Fields::new("", query)?;
+        let target = self.target(&fields).await?;
+        let lookup = if let Some(id) = fields.string(&["customerId", "crmId", "id"])? {
+            ContactLookup::Id(id)
+        } else if let Some((key, email)) = fields.text(&["email"])? {
+            ContactLookup::Email(Email::parse(&email).map_err(|m| Error::validation(key, m))?)
+        } else if let Some((key, phone)) = fields.text(&["phone"])? {
+            ContactLookup::Phone(E164Phone::parse(&phone, &target.defaults.country).map_err(|m| Error::validation(key, m))?)
+        } else {
+            return Err(Error::validation("customerId", "give customerId, email or phone"));
+        };
+        let found = target.adapter.find_contacts(&lookup).await?;
+        let found: Vec<CrmContact> = match &lookup {
+            ContactLookup::Phone(phone) => found
+                .into_iter()
+                .filter(|c| c.phones.iter().any(|p| E164Phone::parse(p, &target.defaults.country).as_ref() == Ok(phone)))
+                .collect(),
+            _ => found,
+        };
+        match found.len() {
+            0 => Err(Error::NotFound("customer".into())),
+            1 => Ok(customer_view(found.into_iter().next().expect("one"), &target.defaults.country)),
+            n => Err(Error::Ambiguous {
+                message: format!("{n} CRM contacts match; ask by customerId"),
+                ids: found.into_iter().map(|c| c.crm_id).collect(),
+            }),
+        }
+    }
+
+    /// `POST test-connection`: a stored connection by id, or inline credentials that are used for
+    /// this one call and never stored.
+    pub async fn test_connection(&self, body: &Value) -> Result<TestConnectionResponse> {
+        let fields = Fields::new("", body)?;
+        let (connection, connection_id) = if fields.has("connectionId") {
+            let id = ConnectionId::parse(&fields.string(&["connectionId"])?.unwrap_or_default())?;
+            (self.connections.get(&id).await?, Some(id.to_string()))
+        } else {
+            (inline_connection(&fields)?, None)
+        };
+        let crm_type = connection.crm_type;
+        let adapter = crm::adapter_for(&connection, &self.http)?;
+        let response = |result: Result<AccountInfo>| match result {
+            Ok(info) => TestConnectionResponse { ok: true, crm_type, connection_id: connection_id.clone(), account: Some(info.account), error: None },
+            Err(e) => TestConnectionResponse {
+                ok: false,
+                crm_type,
+                connection_id: connection_id.clone(),
+                account: None,
+                error: Some(TestConnectionError { code: e.code().into(), message: e.to_string() }),
+            },
+        };
+        match adapter.test_connection().await {
+            Err(e @ (Error::Validation { .. } | Error::Store(_))) => Err(e),
+            result => Ok(response(result)),
+        }
+    }
+
+    /// Runs failed (and abandoned pending) records again, oldest first.
+    pub async fn replay_failed(&self, limit: usize) -> Result<ReplaySummary> {
+        let mut summary = ReplaySummary::default();
+        let stale_before = Utc::now() - chrono::Duration::from_std(self.config.sync_lease).unwrap_or_default();
+        let mut due = self.records.list_by_status(SyncStatus::Failed, limit).await?;
+        let pending = self.records.list_by_status(SyncStatus::Pending, limit).await?;
+        due.extend(pending.into_iter().filter(|r| r.updated_at < stale_before));
+        let total = due.len();
+        let started = Instant::now();
+        for (done, record) in due.into_iter().enumerate() {
+            summary.examined += 1;
+            let retryable = record.last_error.as_ref().is_none_or(|e| e.transient);
+            if !retryable || record.attempts >= self.config.max_sync_attempts {
+                summary.skipped += 1;
+                continue;
+            }
+            match self.replay(&record).await {
+                Ok(()) => summary.synced += 1,
+                Err(failure) => {
+                    summary.failed += 1;
+                    tracing::warn!(sync_id = %record.sync_id, code = failure.error.code(), "replay failed");
+                }
+            }
+            tracing::info!(
+                done = done + 1,
+                total,
+                per_second = (done + 1) as f64 / started.elapsed().as_secs_f64().max(0.001),
+                "replay progress"
+            );
+        }
+        Ok(summary)
+    }
+
+    async fn replay(&self, record: &SyncRecord) -> SyncResult<()> {
+        let connection_id = ConnectionId::parse(&record.connection_id)?;
+        let connection = self.connections.get(&connection_id).await?;
+        let defaults = connection.settings.validation_defaults()?;
+        let adapter = crm::adapter_for(&connection, &self.http)?;
+        let target = Target { connection_id, connection, adapter, defaults };
+        let corrupt = |e: serde_json::Error| Error::Store(format!("stored payload of {} is unreadable: {e}", record.sync_id));
+        match record.entity {
+            EntityKind::Customer => {
+                let customer: Customer = serde_json::from_value(record.payload.clone()).map_err(corrupt)?;
+                self.sync_contact(&target, &customer).await.map(|_| ())
+            }
+            EntityKind::Lead => {
+                let lead: Lead = serde_json::from_value(record.payload.clone()).map_err(corrupt)?;
+                self.sync_lead_entity(&target, &lead).await.map(|_| ())
+            }
+            EntityKind::Appointment => {
+                let payload: AppointmentPayload = serde_json::from_value(record.payload.clone()).map_err(corrupt)?;
+                self.sync_appointment_payload(&target, payload).await.map(|_| ())
+            }
+        }
+    }
+
+    /// Claims the record (pending), does `work` with the CRM id synced before, and records the
+    /// outcome. An identical resend of a synced record answers `unchanged` without a CRM call.
+    async fn run_synced<'a, F, Fut>(
+        &'a self,
+        target: &'a Target,
+        entity: EntityKind,
+        source_key: String,
+        payload: Value,
+        work: F,
+    ) -> SyncResult<EntitySync>
+    where
+        F: FnOnce(Option<String>) -> Fut,
+        Fut: Future<Output = Result<Upserted>> + 'a,
+    {
+        let started = Instant::now();
+        let key = RecordKey::new(target.connection_id.as_str(), entity, &source_key);
+        let payload_hash = sha256_hex(payload.to_string().as_bytes());
+        let now = Utc::now();
+        let existing = self.records.get(&key).await?;
+        if let Some(record) = &existing {
+            if record.status == SyncStatus::Synced && record.payload_hash == payload_hash {
+                if let Some(crm_id) = &record.crm_id {
+                    log_sync(target, entity, "unchanged", started, Some(crm_id));
+                    return Ok(EntitySync { sync_id: Some(record.sync_id.clone()), crm_id: crm_id.clone(), status: Outcome::Unchanged });
+                }
+            }
+            let lease = chrono::Duration::from_std(self.config.sync_lease).unwrap_or_default();
+            if record.status == SyncStatus::Pending && now - record.updated_at < lease {
+                return Err(Failure { error: Error::SyncInProgress, sync_id: Some(record.sync_id.clone()) });
+            }
+        }
+        let claimed = SyncRecord {
+            sync_id: existing.as_ref().map(|r| r.sync_id.clone()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            connection_id: target.connection_id.to_string(),
+            crm_type: target.connection.crm_type,
+            entity,
+            source_key,
+            crm_id: existing.as_ref().and_then(|r| r.crm_id.clone()),
+            status: SyncStatus::Pending,
+            attempts: existing.as_ref().map_or(0, |r| r.attempts) + 1,
+            last_error: existing.as_ref().and_then(|r| r.last_error.clone()),
+            payload_hash,
+            payload,
+            created_at: existing.as_ref().map_or(now, |r| r.created_at),
+            updated_at: now,
+            version: existing.as_ref().map_or(0, |r| r.version) + 1,
+        };
+        let sync_id = Some(claimed.sync_id.clone());
+        if self.records.put(&claimed, existing.as_ref().map(|r| r.version)).await? == WriteOutcome::Conflict {
+            return Err(Failure { error: Error::SyncInProgress, sync_id });
+        }
+        let result = work(claimed.crm_id.clone()).await;
+        let mut finished = SyncRecord { version: claimed.version + 1, updated_at: Utc::now(), ..claimed.clone() };
+        match &result {
+            Ok(upserted) => {
+                finished.status = SyncStatus::Synced;
+                finished.crm_id = Some(upserted.crm_id.clone());
+                finished.last_error = None;
+            }
+            Err(error) => {
+                finished.status = SyncStatus::Failed;
+                finished.last_error = Some(error.into());
+            }
+        }
+        match self.records.put(&finished, Some(claimed.version)).await {
+            Ok(WriteOutcome::Written) => {}
+            // The CRM has the data; the record stays pending and the next replay reconciles it.
+            outcome => tracing::error!(sync_id = %finished.sync_id, ?outcome, "could not record the sync outcome"),
+        }
+        match result {
+            Ok(upserted) => {
+                let status = match upserted.outcome {
+                    Outcome::Created => "created",
+                    Outcome::Updated => "updated",
+                    Outcome::Unchanged => "unchanged",
+                };
+                log_sync(target, entity, status, started, Some(&upserted.crm_id));
+                Ok(EntitySync { sync_id, crm_id: upserted.crm_id, status: upserted.outcome })
+            }
+            Err(error) => {
+                log_sync(target, entity, error.code(), started, None);
+                Err(Failure { error, sync_id })
+            }
+        }
+    }
+}
+
+fn log_sync(target: &Target, entity: EntityKind, status: &str, started: Instant, crm_id: Option<&String>) {
+    tracing::info!(
+        connection_id = %target.connection_id,
+        crm = %target.connection.crm_type,
+        operation = entity.as_str(),
+        status,
+        crm_id = crm_id.map(String::as_str),
+        duration_ms = started.elapsed().as_millis() as u64,
+        "sync finished"
+    );
+}
+
+fn customer_view(contact: CrmContact, country: &str) -> CustomerView {
+    let phone = contact
+        .phones
+        .first()
+        .map(|raw| E164Phone::parse(raw, country).map(|p| p.as_str().to_string()).unwrap_or_else(|_| raw.clone()));
+    CustomerView {
+        crm_id: contact.crm_id,
+        first_name: contact.first_name,
+        last_name: contact.last_name,
+        email: contact.email,
+        phone,
+        phones: contact.phones,
+        address: contact.address,
+        city: contact.city,
+        state: contact.state,
+        zip_code: contact.zip_code,
+        country: contact.country,
+    }
+}
+
+fn inline_connection(fields: &Fields<'_>) -> Result<Connection> {
+    let crm_type: CrmType = fields
+        .string(&["crmType"])?
+        .ok_or_else(|| Error::validation("connectionId", "give a connectionId, or crmType with credentials"))?
+        .parse()
+        .map_err(|m: String| Error::validation("crmType", m))?;
+    let credentials = fields
+        .first_present(&["credentials"])
+        .and_then(|(_, v)| v.as_object())
+        .ok_or_else(|| Error::validation("credentials", "must be an object of the CRM's credential fields"))?
+        .iter()
+        .map(|(k, v)| match v.as_str() {
+            Some(s) => Ok((k.clone(), SecretString::new(s))),
+            None => Err(Error::validation(format!("credentials.{k}"), "must be a string")),
+        })
+        .collect::<Result<_>>()?;
+    let settings: ConnectionSettings = match fields.first_present(&["settings"]) {
+        Some((_, value)) => serde_json::from_value(value.clone())
+            .map_err(|e| Error::validation("settings", format!("is not valid connection settings: {e}")))?,
+        None => ConnectionSettings::default(),
+    };
+    Ok(Connection { id: None, crm_type, credentials, settings })
+}
+
+/// What `platforms` answers: every CRM, how it authenticates and what it supports.
+pub fn platforms() -> Value {
+    let operations = ["test-connection", "sync-customer", "sync-appointment", "sync-lead", "get-customer"];
+    let entry = |crm: CrmType, name: &str, auth: &str, credentials: &[&str], settings: &[&str], available: bool| {
+        json!({
+            "crmType": crm,
+            "name": name,
+            "authType": auth,
+            "credentialFields": credentials,
+            "settingFields": settings,
+            "available": available,
+            "operations": if available { operations.to_vec() } else { vec![] },
+        })
+    };
+    let common = ["defaultTimezone", "defaultCountry", "defaultAppointmentMinutes", "fieldMappings"];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> { extra.iter().chain(common.iter()).copied().collect() };
+    json!({ "platforms": [
+        entry(CrmType::Hubspot, "HubSpot", "private_app_token", &["accessToken"], &with(&["baseUrl"]), true),
+        entry(CrmType::Salesforce, "Salesforce", "oauth2", &["clientId", "clientSecret", "refreshToken"], &with(&["loginUrl", "instanceUrl"]), false),
+        entry(CrmType::Pipedrive, "Pipedrive", "api_token", &["apiToken"], &with(&["companyDomain"]), false),
+        entry(CrmType::Zoho, "Zoho CRM", "oauth2", &["clientId", "clientSecret", "refreshToken"], &with(&["dataCenter"]), false),
+        entry(CrmType::Freshsales, "Freshsales", "api_key", &["apiKey"], &with(&["bundleAlias"]), false),
+    ]})
+}

@@ -1,0 +1,206 @@
+//! The skeleton every CRM emulator shares: an axum server on 127.0.0.1, a request log, and a
+//! fault injector (status, `Retry-After`, delay) applied before the CRM's own routes.
+
+pub mod hubspot;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, to_bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// A fault to inject into the next matching requests.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Fault {
+    /// The status to answer with; `None` only delays, then lets the CRM answer.
+    pub status: Option<u16>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
+    /// Wait this long before answering.
+    pub delay_ms: u64,
+    /// How many matching requests get this fault.
+    pub times: u32,
+    /// Only requests whose method and path (`POST /crm/v3/...`) contain this.
+    pub matching: Option<String>,
+}
+
+impl Fault {
+    pub fn status(status: u16) -> Self {
+        Fault { status: Some(status), times: 1, ..Default::default() }
+    }
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+    pub fn delay(delay: Duration) -> Self {
+        Fault { delay_ms: delay.as_millis() as u64, times: 1, ..Default::default() }
+    }
+    pub fn times(mut self, times: u32) -> Self {
+        self.times = times;
+        self
+    }
+    pub fn matching(mut self, pattern: &str) -> Self {
+        self.matching = Some(pattern.to_string());
+        self
+    }
+}
+
+/// A request as the emulator received it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedRequest {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub authorization: Option<String>,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct ControlState {
+    faults: VecDeque<Fault>,
+    requests: Vec<RecordedRequest>,
+}
+
+/// Fault injection and the request log, shared by the server and the test that drives it.
+#[derive(Clone, Default)]
+pub struct Control {
+    inner: Arc<Mutex<ControlState>>,
+}
+
+impl Control {
+    pub fn inject(&self, fault: Fault) {
+        self.inner.lock().unwrap().faults.push_back(fault);
+    }
+    pub fn clear_faults(&self) {
+        self.inner.lock().unwrap().faults.clear();
+    }
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.inner.lock().unwrap().requests.clone()
+    }
+    pub fn request_count(&self) -> usize {
+        self.inner.lock().unwrap().requests.len()
+    }
+
+    fn take_fault(&self, route: &str) -> Option<Fault> {
+        let mut state = self.inner.lock().unwrap();
+        let index = state.faults.iter().position(|f| f.matching.as_deref().is_none_or(|m| route.contains(m)))?;
+        let fault = state.faults[index].clone();
+        if fault.times <= 1 {
+            state.faults.remove(index);
+        } else {
+            state.faults[index].times -= 1;
+        }
+        Some(fault)
+    }
+}
+
+/// How a CRM words an error of a given status (each CRM has its own error body).
+pub type ErrorBody = fn(StatusCode) -> Value;
+
+#[derive(Clone)]
+struct Layer {
+    control: Control,
+    error_body: ErrorBody,
+}
+
+async fn fault_layer(State(layer): State<Layer>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let bytes = to_bytes(body, 16 * 1024 * 1024).await.unwrap_or_default();
+    let route = format!("{} {}", parts.method, parts.uri.path());
+    if !parts.uri.path().starts_with("/__emulator") {
+        layer.control.inner.lock().unwrap().requests.push(RecordedRequest {
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().map(str::to_string),
+            authorization: parts.headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string),
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        });
+        if let Some(fault) = layer.control.take_fault(&route) {
+            if fault.delay_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(fault.delay_ms)).await;
+            }
+            if let Some(status) = fault.status {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let mut response = (status, Json((layer.error_body)(status))).into_response();
+                if let Some(seconds) = fault.retry_after {
+                    response.headers_mut().insert("retry-after", HeaderValue::from(seconds));
+                }
+                return response;
+            }
+        }
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
+/// Admin routes, for driving an emulator that runs as its own process.
+fn admin_routes(control: Control) -> Router {
+    Router::new()
+        .route(
+            "/__emulator/faults",
+            post(|State(c): State<Control>, Json(fault): Json<Fault>| async move {
+                c.inject(fault);
+                StatusCode::NO_CONTENT
+            }),
+        )
+        .route(
+            "/__emulator/faults",
+            delete(|State(c): State<Control>| async move {
+                c.clear_faults();
+                StatusCode::NO_CONTENT
+            }),
+        )
+        .route("/__emulator/requests", get(|State(c): State<Control>| async move { Json(json!(c.requests())) }))
+        .with_state(control)
+}
+
+/// A running emulator.
+pub struct RunningEmulator {
+    pub base_url: String,
+    pub control: Control,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RunningEmulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Serves `routes` (a CRM's API) behind the fault layer on `addr` (port 0 picks a free one).
+pub async fn serve(routes: Router, error_body: ErrorBody, addr: SocketAddr) -> std::io::Result<RunningEmulator> {
+    let control = Control::default();
+    let app = routes
+        .merge(admin_routes(control.clone()))
+        .layer(middleware::from_fn_with_state(Layer { control: control.clone(), error_body }, fault_layer));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let base_url = format!("http://{}", listener.local_addr()?);
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(RunningEmulator { base_url, control, task })
+}
+
+/// Ids as CRMs hand them out: increasing numbers, as strings.
+#[derive(Debug)]
+pub struct IdSequence(u64);
+
+impl IdSequence {
+    pub fn starting_at(first: u64) -> Self {
+        IdSequence(first)
+    }
+    pub fn next_id(&mut self) -> String {
+        self.0 += 1;
+        self.0.to_string()
+    }
+}

@@ -1,0 +1,145 @@
+//! What the tests share: temporary data folders, apps wired to local or moto-backed stores,
+//! API requests as API Gateway delivers them, and log capture.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crm_sync::App;
+use crm_sync::config::{Config, StoreKind};
+use crm_sync::connection::{Connection, ConnectionId, ConnectionSettings, SecretString};
+use crm_sync::domain::CrmType;
+use lambda_http::http::Method;
+use lambda_http::{Body, Request, RequestExt};
+use serde_json::Value;
+
+/// A folder under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("crm-sync-{label}-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&path).expect("temp dir");
+        TempDir(path)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Settings tuned for tests: short timeouts and waits so fault cases finish quickly.
+pub fn test_config(store: StoreKind, data_dir: &Path) -> Config {
+    let mut config = Config::from_lookup(|_| None);
+    config.store = store;
+    config.data_dir = data_dir.to_path_buf();
+    config.api_key = Some(TEST_API_KEY.into());
+    config.crm_timeout = Duration::from_millis(1500);
+    config.max_retry_wait = Duration::from_secs(2);
+    config.crm_attempts = 3;
+    config.sync_lease = Duration::from_secs(30);
+    config
+}
+
+pub const TEST_API_KEY: &str = "test-api-key-0123456789";
+
+/// An app on the embedded local stores in `dir`.
+pub fn local_app(dir: &TempDir) -> App {
+    let config = test_config(StoreKind::Local, dir.path());
+    let (connections, records) = crm_sync::store::local::open(dir.path());
+    App::new(config, Arc::new(connections), Arc::new(records))
+}
+
+pub async fn store_connection(app: &App, id: &str, connection: &Connection) {
+    let id = ConnectionId::parse(id).expect("valid id");
+    app.connections.put(&id, connection).await.expect("connection stored");
+}
+
+pub fn connection(crm_type: CrmType, base_url: &str, credentials: &[(&str, &str)]) -> Connection {
+    Connection {
+        id: None,
+        crm_type,
+        credentials: credentials.iter().map(|(k, v)| (k.to_string(), SecretString::new(*v))).collect(),
+        settings: ConnectionSettings { base_url: Some(base_url.into()), ..Default::default() },
+    }
+}
+
+/// A request as API Gateway hands it to a function.
+pub fn api_request(method: Method, api_key: Option<&str>, body: Option<&Value>) -> Request {
+    let mut builder = lambda_http::http::Request::builder().method(method).uri("https://api.example.com/");
+    if let Some(key) = api_key {
+        builder = builder.header("x-api-key", key);
+    }
+    builder = builder.header("content-type", "application/json");
+    builder.body(body.map(|b| Body::from(b.to_string())).unwrap_or(Body::Empty)).expect("request")
+}
+
+pub fn get_request(api_key: Option<&str>, query: &[(&str, &str)]) -> Request {
+    let params: std::collections::HashMap<String, String> =
+        query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    api_request(Method::GET, api_key, None).with_query_string_parameters(params)
+}
+
+/// The status and JSON body of a function's response.
+pub fn read_response(response: lambda_http::Response<Body>) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let body = serde_json::from_slice(response.body().as_ref()).unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// The AWS endpoint (moto) the test command started; AWS store tests need it.
+pub fn aws_endpoint() -> String {
+    std::env::var("CRM_SYNC_TEST_AWS_ENDPOINT").expect(
+        "CRM_SYNC_TEST_AWS_ENDPOINT is not set: run the tests with `make test`, which starts moto_server \
+         (or start `moto_server -H 127.0.0.1 -p 5000` and set CRM_SYNC_TEST_AWS_ENDPOINT=http://127.0.0.1:5000)",
+    )
+}
+
+/// An SDK configuration pointed at moto with dummy credentials.
+pub async fn aws_sdk_config() -> aws_config::SdkConfig {
+    let endpoint = aws_endpoint();
+    // SAFETY-free: the SDK reads these through its normal provider chain.
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("testing", "testing", None, None, "moto"))
+        .load()
+        .await
+}
+
+/// Everything written by `tracing` while the guard lives, for checking what logs contain.
+#[derive(Clone, Default)]
+pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    /// Installs a JSON subscriber like production's for the current thread.
+    pub fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let writer = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_current_span(true)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
