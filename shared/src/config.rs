@@ -45,17 +45,28 @@ impl Config {
             _ => StoreKind::Local,
         };
         let millis = |name: &str, default: u64| {
-            Duration::from_millis(get(name).and_then(|v| v.trim().parse().ok()).unwrap_or(default))
+            Duration::from_millis(
+                get(name)
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(default),
+            )
         };
-        let number = |name: &str, default: u32| get(name).and_then(|v| v.trim().parse().ok()).unwrap_or(default);
+        let number = |name: &str, default: u32| {
+            get(name)
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(default)
+        };
         let api_key = get("CRM_SYNC_API_KEY")
             .filter(|k| !k.is_empty())
             .or_else(|| (store == StoreKind::Local).then(|| LOCAL_DEV_API_KEY.to_string()));
         Config {
             store,
-            data_dir: get("CRM_SYNC_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".local")),
+            data_dir: get("CRM_SYNC_DATA_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(".local")),
             table_name: get("CRM_SYNC_TABLE").unwrap_or_else(|| "crm-sync-records".into()),
-            secret_prefix: get("CRM_SYNC_SECRET_PREFIX").unwrap_or_else(|| "crm-sync/connections/".into()),
+            secret_prefix: get("CRM_SYNC_SECRET_PREFIX")
+                .unwrap_or_else(|| "crm-sync/connections/".into()),
             api_key,
             crm_timeout: millis("CRM_SYNC_CRM_TIMEOUT_MS", 10_000),
             max_retry_wait: millis("CRM_SYNC_MAX_RETRY_WAIT_MS", 5_000),

@@ -42,12 +42,17 @@ impl ConnectionId {
         let id = raw.trim();
         let ok = !id.is_empty()
             && id.len() <= 64
-            && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
             && !id.starts_with('.');
         if ok {
             Ok(ConnectionId(id.to_string()))
         } else {
-            Err(Error::validation("connectionId", "must be 1-64 characters of letters, digits, '-', '_' or '.'"))
+            Err(Error::validation(
+                "connectionId",
+                "must be 1-64 characters of letters, digits, '-', '_' or '.'",
+            ))
         }
     }
     pub fn as_str(&self) -> &str {
@@ -89,8 +94,12 @@ impl ConnectionSettings {
     pub fn validation_defaults(&self) -> Result<ValidationDefaults> {
         let mut defaults = ValidationDefaults::default();
         if let Some(zone) = &self.default_timezone {
-            defaults.timezone = Tz::from_str(zone)
-                .map_err(|_| Error::validation("settings.defaultTimezone", format!("'{zone}' is not an IANA time zone")))?;
+            defaults.timezone = Tz::from_str(zone).map_err(|_| {
+                Error::validation(
+                    "settings.defaultTimezone",
+                    format!("'{zone}' is not an IANA time zone"),
+                )
+            })?;
         }
         if let Some(country) = &self.default_country {
             defaults.country = country.clone();
@@ -121,11 +130,12 @@ pub struct Connection {
 impl Connection {
     /// Reads the secret's JSON; `id` is where it came from.
     pub fn from_secret_json(id: &ConnectionId, json: &str) -> Result<Self> {
-        let mut connection: Connection = serde_json::from_str(json).map_err(|e| Error::ConnectionInvalid {
-            id: id.to_string(),
-            // serde's message names the field and position, never the value of a string.
-            message: format!("the stored secret is not a valid connection: {}", e),
-        })?;
+        let mut connection: Connection =
+            serde_json::from_str(json).map_err(|e| Error::ConnectionInvalid {
+                id: id.to_string(),
+                // serde's message names the field and position, never the value of a string.
+                message: format!("the stored secret is not a valid connection: {}", e),
+            })?;
         connection.id = Some(id.clone());
         Ok(connection)
     }
@@ -135,15 +145,20 @@ impl Connection {
     }
 
     pub fn id_str(&self) -> &str {
-        self.id.as_ref().map(ConnectionId::as_str).unwrap_or("inline")
+        self.id
+            .as_ref()
+            .map(ConnectionId::as_str)
+            .unwrap_or("inline")
     }
 
     /// A required credential, or an error naming it.
     pub fn credential(&self, name: &str) -> Result<&SecretString> {
-        self.credentials.get(name).ok_or_else(|| Error::ConnectionInvalid {
-            id: self.id_str().to_string(),
-            message: format!("credential '{name}' is missing"),
-        })
+        self.credentials
+            .get(name)
+            .ok_or_else(|| Error::ConnectionInvalid {
+                id: self.id_str().to_string(),
+                message: format!("credential '{name}' is missing"),
+            })
     }
 
     /// The values of every credential, for redaction checks.

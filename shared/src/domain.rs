@@ -22,8 +22,13 @@ pub enum CrmType {
 }
 
 impl CrmType {
-    pub const ALL: [CrmType; 5] =
-        [CrmType::Hubspot, CrmType::Salesforce, CrmType::Pipedrive, CrmType::Zoho, CrmType::Freshsales];
+    pub const ALL: [CrmType; 5] = [
+        CrmType::Hubspot,
+        CrmType::Salesforce,
+        CrmType::Pipedrive,
+        CrmType::Zoho,
+        CrmType::Freshsales,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -46,7 +51,10 @@ impl FromStr for CrmType {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let wanted = s.trim().to_ascii_lowercase().replace([' ', '-', '_'], "");
-        let aliases = [("zohocrm", CrmType::Zoho), ("freshworks", CrmType::Freshsales)];
+        let aliases = [
+            ("zohocrm", CrmType::Zoho),
+            ("freshworks", CrmType::Freshsales),
+        ];
         CrmType::ALL
             .into_iter()
             .find(|t| t.as_str() == wanted)
@@ -73,7 +81,9 @@ impl Email {
             && !local.starts_with('.')
             && !local.ends_with('.')
             && !local.contains("..")
-            && local.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c));
+            && local
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c));
         let labels: Vec<&str> = domain.split('.').collect();
         let domain_ok = labels.len() >= 2
             && domain.len() <= 253
@@ -84,8 +94,14 @@ impl Email {
                     && !l.ends_with('-')
                     && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
             })
-            && labels.last().is_some_and(|tld| tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_alphabetic()));
-        if local_ok && domain_ok { Ok(Email(email)) } else { Err(invalid()) }
+            && labels
+                .last()
+                .is_some_and(|tld| tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_alphabetic()));
+        if local_ok && domain_ok {
+            Ok(Email(email))
+        } else {
+            Err(invalid())
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -103,12 +119,19 @@ impl E164Phone {
     /// (an ISO 3166 alpha-2 code such as `US`).
     pub fn parse(raw: &str, default_country: &str) -> std::result::Result<Self, String> {
         let region = phonenumber::country::Id::from_str(&default_country.to_ascii_uppercase()).ok();
-        let invalid = || format!("'{}' cannot be read as a phone number in E.164 form", raw.trim());
+        let invalid = || {
+            format!(
+                "'{}' cannot be read as a phone number in E.164 form",
+                raw.trim()
+            )
+        };
         let number = phonenumber::parse(region, raw.trim()).map_err(|_| invalid())?;
         if !phonenumber::is_valid(&number) {
             return Err(invalid());
         }
-        Ok(E164Phone(number.format().mode(phonenumber::Mode::E164).to_string()))
+        Ok(E164Phone(
+            number.format().mode(phonenumber::Mode::E164).to_string(),
+        ))
     }
 
     pub fn as_str(&self) -> &str {
@@ -154,7 +177,11 @@ impl Customer {
     }
 
     pub fn full_name(&self) -> String {
-        [&self.first_name, &self.last_name].iter().filter_map(|p| p.as_deref()).collect::<Vec<_>>().join(" ")
+        [&self.first_name, &self.last_name]
+            .iter()
+            .filter_map(|p| p.as_deref())
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -184,7 +211,12 @@ impl Lead {
             (Some(company), false) => format!("{name} ({company})"),
             (Some(company), true) => company.clone(),
             (None, false) => name,
-            (None, true) => self.person.source_key().split_once(':').map(|(_, v)| v.to_string()).unwrap_or_default(),
+            (None, true) => self
+                .person
+                .source_key()
+                .split_once(':')
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_default(),
         }
     }
 }
@@ -257,7 +289,11 @@ pub struct ValidationDefaults {
 
 impl Default for ValidationDefaults {
     fn default() -> Self {
-        ValidationDefaults { country: "US".into(), timezone: Tz::UTC, appointment_minutes: 30 }
+        ValidationDefaults {
+            country: "US".into(),
+            timezone: Tz::UTC,
+            appointment_minutes: 30,
+        }
     }
 }
 
@@ -272,12 +308,23 @@ impl<'a> Fields<'a> {
         let prefix = prefix.into();
         match value.as_object() {
             Some(map) => Ok(Fields { prefix, map }),
-            None => Err(Error::validation(if prefix.is_empty() { "body".into() } else { prefix }, "must be a JSON object")),
+            None => Err(Error::validation(
+                if prefix.is_empty() {
+                    "body".into()
+                } else {
+                    prefix
+                },
+                "must be a JSON object",
+            )),
         }
     }
 
     pub fn path(&self, key: &str) -> String {
-        if self.prefix.is_empty() { key.to_string() } else { format!("{}.{key}", self.prefix) }
+        if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.prefix)
+        }
     }
 
     pub fn has(&self, key: &str) -> bool {
@@ -286,7 +333,8 @@ impl<'a> Fields<'a> {
 
     /// The first of `keys` that is present, with the key it was found under.
     pub fn first_present(&self, keys: &[&'static str]) -> Option<(&'static str, &'a Value)> {
-        keys.iter().find_map(|k| self.map.get(*k).filter(|v| !v.is_null()).map(|v| (*k, v)))
+        keys.iter()
+            .find_map(|k| self.map.get(*k).filter(|v| !v.is_null()).map(|v| (*k, v)))
     }
 
     /// A trimmed string; empty strings count as absent. Numbers are accepted as their text.
@@ -317,13 +365,16 @@ impl<'a> Fields<'a> {
 /// Reads a customer from `customer`/`customerData`-shaped JSON.
 pub fn parse_customer(fields: &Fields<'_>, defaults: &ValidationDefaults) -> Result<Customer> {
     let email = match fields.text(&["email"])? {
-        Some((key, raw)) => Some(Email::parse(&raw).map_err(|m| Error::validation(fields.path(key), m))?),
+        Some((key, raw)) => {
+            Some(Email::parse(&raw).map_err(|m| Error::validation(fields.path(key), m))?)
+        }
         None => None,
     };
     let phone = match fields.text(&["phone", "phoneNumber", "mobile"])? {
-        Some((key, raw)) => {
-            Some(E164Phone::parse(&raw, &defaults.country).map_err(|m| Error::validation(fields.path(key), m))?)
-        }
+        Some((key, raw)) => Some(
+            E164Phone::parse(&raw, &defaults.country)
+                .map_err(|m| Error::validation(fields.path(key), m))?,
+        ),
         None => None,
     };
     let customer = Customer {
@@ -358,19 +409,34 @@ pub fn parse_lead(fields: &Fields<'_>, defaults: &ValidationDefaults) -> Result<
 
 /// Reads an appointment. `start`/`startTime` is RFC 3339 with an offset (an instant), or a wall
 /// time without offset that is read in `timezone`; epoch milliseconds are accepted too.
-pub fn parse_appointment(fields: &Fields<'_>, defaults: &ValidationDefaults) -> Result<Appointment> {
+pub fn parse_appointment(
+    fields: &Fields<'_>,
+    defaults: &ValidationDefaults,
+) -> Result<Appointment> {
     let timezone = match fields.text(&["timezone", "timeZone"])? {
         Some((key, name)) => Tz::from_str(&name).map_err(|_| {
-            Error::validation(fields.path(key), format!("'{name}' is not an IANA time zone such as America/New_York"))
+            Error::validation(
+                fields.path(key),
+                format!("'{name}' is not an IANA time zone such as America/New_York"),
+            )
         })?,
         None => defaults.timezone,
     };
-    let (start_key, start_value) = fields
-        .first_present(&["start", "startTime"])
-        .ok_or_else(|| Error::validation(fields.path("start"), "the appointment's start time is required"))?;
-    let start = parse_instant(start_value, timezone).map_err(|m| Error::validation(fields.path(start_key), m))?;
+    let (start_key, start_value) =
+        fields
+            .first_present(&["start", "startTime"])
+            .ok_or_else(|| {
+                Error::validation(
+                    fields.path("start"),
+                    "the appointment's start time is required",
+                )
+            })?;
+    let start = parse_instant(start_value, timezone)
+        .map_err(|m| Error::validation(fields.path(start_key), m))?;
     let end = match fields.first_present(&["end", "endTime"]) {
-        Some((key, value)) => parse_instant(value, timezone).map_err(|m| Error::validation(fields.path(key), m))?,
+        Some((key, value)) => {
+            parse_instant(value, timezone).map_err(|m| Error::validation(fields.path(key), m))?
+        }
         None => {
             let minutes = match fields.first_present(&["durationMinutes", "duration"]) {
                 None => defaults.appointment_minutes,
@@ -379,25 +445,39 @@ pub fn parse_appointment(fields: &Fields<'_>, defaults: &ValidationDefaults) -> 
                     .or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()))
                     .filter(|m| (1..=14 * 24 * 60).contains(m))
                     .ok_or_else(|| {
-                        Error::validation(fields.path(key), "must be a whole number of minutes between 1 and 20160")
+                        Error::validation(
+                            fields.path(key),
+                            "must be a whole number of minutes between 1 and 20160",
+                        )
                     })?,
             };
             start + chrono::Duration::minutes(minutes)
         }
     };
-    let end_field = fields.first_present(&["end", "endTime"]).map(|(k, _)| k).unwrap_or("durationMinutes");
-    let window = AppointmentWindow::new(start, end).map_err(|m| Error::validation(fields.path(end_field), m))?;
+    let end_field = fields
+        .first_present(&["end", "endTime"])
+        .map(|(k, _)| k)
+        .unwrap_or("durationMinutes");
+    let window = AppointmentWindow::new(start, end)
+        .map_err(|m| Error::validation(fields.path(end_field), m))?;
     let status = match fields.text(&["status"])? {
         None => AppointmentStatus::Scheduled,
         Some((key, s)) => match s.to_ascii_lowercase().as_str() {
             "scheduled" | "confirmed" | "booked" | "rescheduled" => AppointmentStatus::Scheduled,
             "cancelled" | "canceled" => AppointmentStatus::Cancelled,
-            _ => return Err(Error::validation(fields.path(key), "must be 'scheduled' or 'cancelled'")),
+            _ => {
+                return Err(Error::validation(
+                    fields.path(key),
+                    "must be 'scheduled' or 'cancelled'",
+                ));
+            }
         },
     };
     Ok(Appointment {
         external_id: fields.string(&["externalId", "bookingId", "appointmentId"])?,
-        title: fields.string(&["title", "subject"])?.unwrap_or_else(|| "Appointment".into()),
+        title: fields
+            .string(&["title", "subject"])?
+            .unwrap_or_else(|| "Appointment".into()),
         window,
         timezone,
         notes: fields.string(&["notes", "description"])?,
@@ -408,21 +488,34 @@ pub fn parse_appointment(fields: &Fields<'_>, defaults: &ValidationDefaults) -> 
 
 fn parse_instant(value: &Value, zone: Tz) -> std::result::Result<DateTime<Utc>, String> {
     if let Some(ms) = value.as_i64() {
-        return DateTime::from_timestamp_millis(ms).ok_or_else(|| "epoch milliseconds out of range".to_string());
+        return DateTime::from_timestamp_millis(ms)
+            .ok_or_else(|| "epoch milliseconds out of range".to_string());
     }
-    let raw = value.as_str().ok_or("must be an ISO 8601 date-time string")?.trim();
+    let raw = value
+        .as_str()
+        .ok_or("must be an ISO 8601 date-time string")?
+        .trim();
     if let Ok(instant) = DateTime::parse_from_rfc3339(raw) {
         return Ok(instant.with_timezone(&Utc));
     }
-    let naive = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M"]
-        .iter()
-        .find_map(|f| NaiveDateTime::parse_from_str(raw, f).ok())
-        .ok_or_else(|| format!("'{raw}' is not an ISO 8601 date-time such as 2025-07-01T10:00:00-07:00"))?;
+    let naive = [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+    ]
+    .iter()
+    .find_map(|f| NaiveDateTime::parse_from_str(raw, f).ok())
+    .ok_or_else(|| {
+        format!("'{raw}' is not an ISO 8601 date-time such as 2025-07-01T10:00:00-07:00")
+    })?;
     match zone.from_local_datetime(&naive) {
         LocalResult::Single(t) => Ok(t.with_timezone(&Utc)),
         // A wall time that happens twice (clocks go back): take the first, as calendars do.
         LocalResult::Ambiguous(first, _) => Ok(first.with_timezone(&Utc)),
-        LocalResult::None => Err(format!("{raw} does not exist in {zone} (the clocks skip it for daylight saving)")),
+        LocalResult::None => Err(format!(
+            "{raw} does not exist in {zone} (the clocks skip it for daylight saving)"
+        )),
     }
 }
 
@@ -432,23 +525,51 @@ mod tests {
     use serde_json::json;
 
     fn defaults(zone: &str) -> ValidationDefaults {
-        ValidationDefaults { timezone: Tz::from_str(zone).unwrap(), ..Default::default() }
+        ValidationDefaults {
+            timezone: Tz::from_str(zone).unwrap(),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn emails_are_lowercased_and_malformed_ones_refused() {
-        assert_eq!(Email::parse(" Jane.Doe@Example.COM ").unwrap().as_str(), "jane.doe@example.com");
-        for bad in ["jane", "jane@", "@example.com", "jane@example", "ja ne@example.com", "jane@@example.com", "jane@example.c0m"] {
+        assert_eq!(
+            Email::parse(" Jane.Doe@Example.COM ").unwrap().as_str(),
+            "jane.doe@example.com"
+        );
+        for bad in [
+            "jane",
+            "jane@",
+            "@example.com",
+            "jane@example",
+            "ja ne@example.com",
+            "jane@@example.com",
+            "jane@example.c0m",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad} should be refused");
         }
     }
 
     #[test]
     fn phones_normalise_to_e164_with_the_default_country() {
-        assert_eq!(E164Phone::parse("(415) 555-2671", "US").unwrap().as_str(), "+14155552671");
-        assert_eq!(E164Phone::parse("+44 20 7946 0958", "US").unwrap().as_str(), "+442079460958");
-        assert_eq!(E164Phone::parse("020 7946 0958", "GB").unwrap().as_str(), "+442079460958");
-        assert_eq!(E164Phone::parse("+14155552671", "US").unwrap().national_number(), "4155552671");
+        assert_eq!(
+            E164Phone::parse("(415) 555-2671", "US").unwrap().as_str(),
+            "+14155552671"
+        );
+        assert_eq!(
+            E164Phone::parse("+44 20 7946 0958", "US").unwrap().as_str(),
+            "+442079460958"
+        );
+        assert_eq!(
+            E164Phone::parse("020 7946 0958", "GB").unwrap().as_str(),
+            "+442079460958"
+        );
+        assert_eq!(
+            E164Phone::parse("+14155552671", "US")
+                .unwrap()
+                .national_number(),
+            "4155552671"
+        );
         assert!(E164Phone::parse("12", "US").is_err());
         assert!(E164Phone::parse("call me", "US").is_err());
     }
@@ -456,17 +577,32 @@ mod tests {
     #[test]
     fn a_customer_needs_an_email_or_a_phone() {
         let body = json!({"firstName": "Jane"});
-        let err = parse_customer(&Fields::new("customerData", &body).unwrap(), &defaults("UTC")).unwrap_err();
+        let err = parse_customer(
+            &Fields::new("customerData", &body).unwrap(),
+            &defaults("UTC"),
+        )
+        .unwrap_err();
         assert_eq!(err.field(), Some("customerData.email"));
     }
 
     #[test]
     fn wall_time_without_offset_is_read_in_the_appointment_zone_across_dst() {
         // 10:00 in Los Angeles is 17:00 UTC in summer (PDT) and 18:00 UTC in winter (PST).
-        for (day, utc_hour) in [("2025-03-08", 18), ("2025-03-10", 17), ("2025-11-01", 17), ("2025-11-03", 18)] {
-            let body = json!({"startTime": format!("{day}T10:00:00"), "timezone": "America/Los_Angeles"});
-            let appt = parse_appointment(&Fields::new("a", &body).unwrap(), &defaults("UTC")).unwrap();
-            assert_eq!(appt.window.start().format("%H").to_string(), format!("{utc_hour}"), "{day}");
+        for (day, utc_hour) in [
+            ("2025-03-08", 18),
+            ("2025-03-10", 17),
+            ("2025-11-01", 17),
+            ("2025-11-03", 18),
+        ] {
+            let body =
+                json!({"startTime": format!("{day}T10:00:00"), "timezone": "America/Los_Angeles"});
+            let appt =
+                parse_appointment(&Fields::new("a", &body).unwrap(), &defaults("UTC")).unwrap();
+            assert_eq!(
+                appt.window.start().format("%H").to_string(),
+                format!("{utc_hour}"),
+                "{day}"
+            );
             assert_eq!(appt.start_local().format("%H:%M").to_string(), "10:00");
             assert_eq!(appt.window.duration_minutes(), 30);
         }
@@ -475,27 +611,47 @@ mod tests {
     #[test]
     fn a_wall_time_skipped_by_dst_is_refused_and_a_repeated_one_takes_the_first() {
         let gap = json!({"start": "2025-03-09T02:30:00", "timezone": "America/New_York"});
-        let err = parse_appointment(&Fields::new("appointment", &gap).unwrap(), &defaults("UTC")).unwrap_err();
+        let err = parse_appointment(&Fields::new("appointment", &gap).unwrap(), &defaults("UTC"))
+            .unwrap_err();
         assert_eq!(err.field(), Some("appointment.start"));
         let fold = json!({"start": "2025-11-02T01:30:00", "timezone": "America/New_York"});
-        let appt = parse_appointment(&Fields::new("appointment", &fold).unwrap(), &defaults("UTC")).unwrap();
-        assert_eq!(appt.window.start().to_rfc3339(), "2025-11-02T05:30:00+00:00");
+        let appt = parse_appointment(
+            &Fields::new("appointment", &fold).unwrap(),
+            &defaults("UTC"),
+        )
+        .unwrap();
+        assert_eq!(
+            appt.window.start().to_rfc3339(),
+            "2025-11-02T05:30:00+00:00"
+        );
     }
 
     #[test]
     fn an_appointment_ending_before_it_starts_names_the_end_field() {
         let body = json!({"startTime": "2025-07-01T10:00:00Z", "endTime": "2025-07-01T09:00:00Z"});
-        let err = parse_appointment(&Fields::new("appointmentData", &body).unwrap(), &defaults("UTC")).unwrap_err();
+        let err = parse_appointment(
+            &Fields::new("appointmentData", &body).unwrap(),
+            &defaults("UTC"),
+        )
+        .unwrap_err();
         assert_eq!(err.field(), Some("appointmentData.endTime"));
         let missing = json!({"title": "x"});
-        let err = parse_appointment(&Fields::new("appointmentData", &missing).unwrap(), &defaults("UTC")).unwrap_err();
+        let err = parse_appointment(
+            &Fields::new("appointmentData", &missing).unwrap(),
+            &defaults("UTC"),
+        )
+        .unwrap_err();
         assert_eq!(err.field(), Some("appointmentData.start"));
     }
 
     #[test]
     fn unknown_time_zones_and_crm_names_are_refused() {
         let body = json!({"start": "2025-07-01T10:00:00Z", "timezone": "Mars/Olympus"});
-        let err = parse_appointment(&Fields::new("appointment", &body).unwrap(), &defaults("UTC")).unwrap_err();
+        let err = parse_appointment(
+            &Fields::new("appointment", &body).unwrap(),
+            &defaults("UTC"),
+        )
+        .unwrap_err();
         assert_eq!(err.field(), Some("appointment.timezone"));
         assert_eq!("HubSpot".parse::<CrmType>().unwrap(), CrmType::Hubspot);
         assert_eq!("zoho-crm".parse::<CrmType>().unwrap(), CrmType::Zoho);

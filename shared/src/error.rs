@@ -29,7 +29,10 @@ pub enum Error {
     CrmAuth(String),
     /// The CRM says the record already exists (create raced another writer).
     #[error("the CRM reports a duplicate: {message}")]
-    CrmDuplicate { existing_id: Option<String>, message: String },
+    CrmDuplicate {
+        existing_id: Option<String>,
+        message: String,
+    },
     /// The CRM refused the data; `message` is the CRM's own.
     #[error("the CRM rejected the request: {message}")]
     CrmRejected { message: String },
@@ -49,7 +52,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Validation { field: field.into(), message: message.into() }
+        Error::Validation {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     /// Machine-readable code used in JSON error bodies and sync records.
@@ -102,7 +108,10 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::SyncInProgress | Error::RateLimited { .. } | Error::CrmUnavailable(_) | Error::Store(_)
+            Error::SyncInProgress
+                | Error::RateLimited { .. }
+                | Error::CrmUnavailable(_)
+                | Error::Store(_)
         )
     }
 

@@ -7,6 +7,7 @@ use lambda_http::http::{HeaderValue, Method, StatusCode, header};
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde::Serialize;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use crate::error::Error;
 use crate::sync::{App, Failure};
@@ -43,15 +44,21 @@ impl Operation {
 }
 
 /// Handles one API request. Never fails: every error becomes a JSON error response.
-pub async fn handle(app: &App, operation: Operation, request: Request) -> Result<Response<Body>, std::convert::Infallible> {
-    let request_id = request.lambda_context_ref().map(|c| c.request_id.clone()).unwrap_or_default();
-    let span = tracing::info_span!("request", request_id = %request_id, operation = operation.name());
-    let _entered = span.enter();
-    let response = match dispatch(app, operation, &request).await {
+pub async fn handle(
+    app: &App,
+    operation: Operation,
+    request: Request,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    // The runtime's own span carries the Lambda request id; this one adds the operation.
+    let span = tracing::info_span!("request", operation = operation.name());
+    let response = match dispatch(app, operation, &request)
+        .instrument(span.clone())
+        .await
+    {
         Ok((status, body)) => json_response(status, &body),
         Err(failure) => {
             if failure.error.status() >= 500 {
-                tracing::warn!(code = failure.error.code(), error = %failure.error, "request failed");
+                span.in_scope(|| tracing::warn!(code = failure.error.code(), error = %failure.error, "request failed"));
             }
             error_response(&failure)
         }
@@ -59,7 +66,11 @@ pub async fn handle(app: &App, operation: Operation, request: Request) -> Result
     Ok(response)
 }
 
-async fn dispatch(app: &App, operation: Operation, request: &Request) -> Result<(StatusCode, Value), Failure> {
+async fn dispatch(
+    app: &App,
+    operation: Operation,
+    request: &Request,
+) -> Result<(StatusCode, Value), Failure> {
     if request.method() != operation.method() && request.method() != Method::OPTIONS {
         return Err(Error::MethodNotAllowed(request.method().to_string()).into());
     }
@@ -71,12 +82,22 @@ async fn dispatch(app: &App, operation: Operation, request: &Request) -> Result<
             let customer = app.get_customer(&query_object(request)).await?;
             Ok((StatusCode::OK, json!({ "customer": customer })))
         }
-        Operation::TestConnection => Ok((StatusCode::OK, to_json(&app.test_connection(&body_json(request)?).await?))),
-        Operation::SyncCustomer => Ok((StatusCode::OK, to_json(&app.sync_customer(&body_json(request)?).await?))),
-        Operation::SyncLead => Ok((StatusCode::OK, to_json(&app.sync_lead(&body_json(request)?).await?))),
-        Operation::SyncAppointment => {
-            Ok((StatusCode::OK, to_json(&app.sync_appointment(&body_json(request)?).await?)))
-        }
+        Operation::TestConnection => Ok((
+            StatusCode::OK,
+            to_json(&app.test_connection(&body_json(request)?).await?),
+        )),
+        Operation::SyncCustomer => Ok((
+            StatusCode::OK,
+            to_json(&app.sync_customer(&body_json(request)?).await?),
+        )),
+        Operation::SyncLead => Ok((
+            StatusCode::OK,
+            to_json(&app.sync_lead(&body_json(request)?).await?),
+        )),
+        Operation::SyncAppointment => Ok((
+            StatusCode::OK,
+            to_json(&app.sync_appointment(&body_json(request)?).await?),
+        )),
     }
 }
 
@@ -94,11 +115,25 @@ mod erased {
 
 /// Compares in constant time, so response timing does not reveal how much of a key was right.
 fn check_api_key(app: &App, request: &Request) -> Result<(), Error> {
-    let Some(expected) = &app.config.api_key else { return Ok(()) };
-    let given = request.headers().get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let Some(expected) = &app.config.api_key else {
+        return Ok(());
+    };
+    let given = request
+        .headers()
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let same = given.len() == expected.len()
-        && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-    if same { Ok(()) } else { Err(Error::Unauthorized) }
+        && given
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(Error::Unauthorized)
+    }
 }
 
 fn body_json(request: &Request) -> Result<Value, Error> {
@@ -106,13 +141,16 @@ fn body_json(request: &Request) -> Result<Value, Error> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(Error::validation("body", "a JSON object is required"));
     }
-    serde_json::from_slice(bytes).map_err(|e| Error::validation("body", format!("is not valid JSON: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::validation("body", format!("is not valid JSON: {e}")))
 }
 
 fn query_object(request: &Request) -> Value {
     let params = request.query_string_parameters();
-    let map: BTreeMap<String, Value> =
-        params.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect();
+    let map: BTreeMap<String, Value> = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+        .collect();
     serde_json::to_value(map).unwrap_or_else(|_| json!({}))
 }
 
@@ -120,7 +158,10 @@ fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Body> {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut response = Response::new(Body::from(bytes));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -147,10 +188,14 @@ pub fn error_response(failure: &Failure) -> Response<Body> {
     let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = json_response(status, &json!({ "error": body }));
     if let Some(seconds) = retry_after {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     if matches!(error, Error::MethodNotAllowed(_)) {
-        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
     }
     response
 }

@@ -10,11 +10,16 @@ use serde_json::{Value, json};
 
 use crate::config::{Config, StoreKind};
 use crate::connection::{Connection, ConnectionId, ConnectionSettings, SecretString};
-use crate::crm::{self, AccountInfo, ContactLookup, CrmAdapter, CrmContact, CrmHttp, Outcome, Upserted};
-use crate::domain::{self, Appointment, CrmType, Customer, E164Phone, Email, Fields, Lead, ValidationDefaults};
+use crate::crm::{
+    self, AccountInfo, ContactLookup, CrmAdapter, CrmContact, CrmHttp, Outcome, Upserted,
+};
+use crate::domain::{
+    self, Appointment, CrmType, Customer, E164Phone, Email, Fields, Lead, ValidationDefaults,
+};
 use crate::error::{Error, Result};
 use crate::store::{
-    ConnectionStore, EntityKind, RecordKey, SyncRecord, SyncRecordStore, SyncStatus, WriteOutcome, sha256_hex,
+    ConnectionStore, EntityKind, RecordKey, SyncRecord, SyncRecordStore, SyncStatus, WriteOutcome,
+    sha256_hex,
 };
 
 /// An error, with the sync record it was recorded in when there is one.
@@ -26,7 +31,10 @@ pub struct Failure {
 
 impl From<Error> for Failure {
     fn from(error: Error) -> Self {
-        Failure { error, sync_id: None }
+        Failure {
+            error,
+            sync_id: None,
+        }
     }
 }
 
@@ -141,31 +149,41 @@ impl App {
     /// `AWS_ENDPOINT_URL` and the usual credential chain apply.
     pub async fn from_env() -> Self {
         let config = Config::from_env();
-        let (connections, records): (Arc<dyn ConnectionStore>, Arc<dyn SyncRecordStore>) = match config.store {
-            StoreKind::Aws => {
-                let sdk = aws_config::load_from_env().await;
-                (
-                    Arc::new(crate::store::aws::SecretsManagerConnectionStore::new(
-                        aws_sdk_secretsmanager::Client::new(&sdk),
-                        &config.secret_prefix,
-                    )),
-                    Arc::new(crate::store::aws::DynamoDbSyncRecordStore::new(
-                        aws_sdk_dynamodb::Client::new(&sdk),
-                        &config.table_name,
-                    )),
-                )
-            }
-            StoreKind::Local => {
-                let (connections, records) = crate::store::local::open(&config.data_dir);
-                (Arc::new(connections), Arc::new(records))
-            }
-        };
+        let (connections, records): (Arc<dyn ConnectionStore>, Arc<dyn SyncRecordStore>) =
+            match config.store {
+                StoreKind::Aws => {
+                    let sdk = aws_config::load_from_env().await;
+                    (
+                        Arc::new(crate::store::aws::SecretsManagerConnectionStore::new(
+                            aws_sdk_secretsmanager::Client::new(&sdk),
+                            &config.secret_prefix,
+                        )),
+                        Arc::new(crate::store::aws::DynamoDbSyncRecordStore::new(
+                            aws_sdk_dynamodb::Client::new(&sdk),
+                            &config.table_name,
+                        )),
+                    )
+                }
+                StoreKind::Local => {
+                    let (connections, records) = crate::store::local::open(&config.data_dir);
+                    (Arc::new(connections), Arc::new(records))
+                }
+            };
         Self::new(config, connections, records)
     }
 
-    pub fn new(config: Config, connections: Arc<dyn ConnectionStore>, records: Arc<dyn SyncRecordStore>) -> Self {
+    pub fn new(
+        config: Config,
+        connections: Arc<dyn ConnectionStore>,
+        records: Arc<dyn SyncRecordStore>,
+    ) -> Self {
         let http = CrmHttp::new(&config);
-        App { config, connections, records, http }
+        App {
+            config,
+            connections,
+            records,
+            http,
+        }
     }
 
     async fn target(&self, body: &Fields<'_>) -> Result<Target> {
@@ -175,23 +193,36 @@ impl App {
                 "credentials are not accepted in sync requests; store them as a connection and send its connectionId",
             ));
         }
-        let raw_id = body
-            .string(&["connectionId"])?
-            .ok_or_else(|| Error::validation("connectionId", "is required: the id of a stored CRM connection"))?;
+        let raw_id = body.string(&["connectionId"])?.ok_or_else(|| {
+            Error::validation(
+                "connectionId",
+                "is required: the id of a stored CRM connection",
+            )
+        })?;
         let connection_id = ConnectionId::parse(&raw_id)?;
         let connection = self.connections.get(&connection_id).await?;
         if let Some(claimed) = body.string(&["crmType"])? {
-            let claimed: CrmType = claimed.parse().map_err(|m: String| Error::validation("crmType", m))?;
+            let claimed: CrmType = claimed
+                .parse()
+                .map_err(|m: String| Error::validation("crmType", m))?;
             if claimed != connection.crm_type {
                 return Err(Error::validation(
                     "crmType",
-                    format!("connection '{connection_id}' is a {} connection, not {claimed}", connection.crm_type),
+                    format!(
+                        "connection '{connection_id}' is a {} connection, not {claimed}",
+                        connection.crm_type
+                    ),
                 ));
             }
         }
         let defaults = connection.settings.validation_defaults()?;
         let adapter = crm::adapter_for(&connection, &self.http)?;
-        Ok(Target { connection_id, connection, adapter, defaults })
+        Ok(Target {
+            connection_id,
+            connection,
+            adapter,
+            defaults,
+        })
     }
 
     /// `POST sync-customer`: upsert a contact.
@@ -215,9 +246,21 @@ impl App {
     async fn sync_contact(&self, target: &Target, customer: &Customer) -> SyncResult<EntitySync> {
         let payload = serde_json::to_value(customer).map_err(|e| Error::Store(e.to_string()))?;
         let country = target.defaults.country.clone();
-        self.run_synced(target, EntityKind::Customer, customer.source_key(), payload, |known| async move {
-            crm::upsert_contact(target.adapter.as_ref(), customer, known.as_deref(), &country).await
-        })
+        self.run_synced(
+            target,
+            EntityKind::Customer,
+            customer.source_key(),
+            payload,
+            |known| async move {
+                crm::upsert_contact(
+                    target.adapter.as_ref(),
+                    customer,
+                    known.as_deref(),
+                    &country,
+                )
+                .await
+            },
+        )
         .await
     }
 
@@ -234,7 +277,9 @@ impl App {
             None => fields.string(&["customerId"])?,
         };
         let customer = match fields.child(&["customer", "customerData"])? {
-            Some(customer_fields) => Some(domain::parse_customer(&customer_fields, &target.defaults)?),
+            Some(customer_fields) => {
+                Some(domain::parse_customer(&customer_fields, &target.defaults)?)
+            }
             None => None,
         };
         if customer.is_none() && customer_id.is_none() {
@@ -244,7 +289,15 @@ impl App {
             )
             .into());
         }
-        self.sync_appointment_payload(&target, AppointmentPayload { appointment, customer, customer_id }).await
+        self.sync_appointment_payload(
+            &target,
+            AppointmentPayload {
+                appointment,
+                customer,
+                customer_id,
+            },
+        )
+        .await
     }
 
     async fn sync_appointment_payload(
@@ -252,25 +305,51 @@ impl App {
         target: &Target,
         payload: AppointmentPayload,
     ) -> SyncResult<AppointmentSyncResponse> {
-        let source_key = match (&payload.appointment.external_id, &payload.customer, &payload.customer_id) {
+        let source_key = match (
+            &payload.appointment.external_id,
+            &payload.customer,
+            &payload.customer_id,
+        ) {
             (Some(external_id), _, _) => format!("external:{external_id}"),
             // Without a booking id, the same person at the same start is the same appointment.
-            (None, Some(customer), _) => format!("{}@{}", customer.source_key(), payload.appointment.window.start()),
-            (None, None, id) => format!("contact:{}@{}", id.as_deref().unwrap_or(""), payload.appointment.window.start()),
+            (None, Some(customer), _) => format!(
+                "{}@{}",
+                customer.source_key(),
+                payload.appointment.window.start()
+            ),
+            (None, None, id) => format!(
+                "contact:{}@{}",
+                id.as_deref().unwrap_or(""),
+                payload.appointment.window.start()
+            ),
         };
         let stored = serde_json::to_value(&payload).map_err(|e| Error::Store(e.to_string()))?;
         let contact = std::sync::Mutex::new(None::<EntitySync>);
         let appointment = self
-            .run_synced(target, EntityKind::Appointment, source_key, stored, |known| {
-                let (payload, contact) = (&payload, &contact);
-                async move {
-                    let linked = self.contact_for_appointment(target, payload).await.map_err(|f| f.error)?;
-                    let contact_id = linked.crm_id.clone();
-                    *contact.lock().expect("not poisoned") = Some(linked);
-                    crm::upsert_appointment(target.adapter.as_ref(), &payload.appointment, known.as_deref(), &contact_id)
+            .run_synced(
+                target,
+                EntityKind::Appointment,
+                source_key,
+                stored,
+                |known| {
+                    let (payload, contact) = (&payload, &contact);
+                    async move {
+                        let linked = self
+                            .contact_for_appointment(target, payload)
+                            .await
+                            .map_err(|f| f.error)?;
+                        let contact_id = linked.crm_id.clone();
+                        *contact.lock().expect("not poisoned") = Some(linked);
+                        crm::upsert_appointment(
+                            target.adapter.as_ref(),
+                            &payload.appointment,
+                            known.as_deref(),
+                            &contact_id,
+                        )
                         .await
-                }
-            })
+                    }
+                },
+            )
             .await?;
         let contact = match contact.into_inner().expect("not poisoned") {
             Some(contact) => contact,
@@ -286,10 +365,18 @@ impl App {
         })
     }
 
-    async fn contact_for_appointment(&self, target: &Target, payload: &AppointmentPayload) -> SyncResult<EntitySync> {
+    async fn contact_for_appointment(
+        &self,
+        target: &Target,
+        payload: &AppointmentPayload,
+    ) -> SyncResult<EntitySync> {
         match (&payload.customer, &payload.customer_id) {
             (Some(customer), _) => self.sync_contact(target, customer).await,
-            (None, Some(id)) => Ok(EntitySync { sync_id: None, crm_id: id.clone(), status: Outcome::Unchanged }),
+            (None, Some(id)) => Ok(EntitySync {
+                sync_id: None,
+                crm_id: id.clone(),
+                status: Outcome::Unchanged,
+            }),
             (None, None) => Err(Error::validation("customer", "is required").into()),
         }
     }
@@ -298,8 +385,9 @@ impl App {
     pub async fn sync_lead(&self, body: &Value) -> SyncResult<SyncResponse> {
         let fields = Fields::new("", body)?;
         let target = self.target(&fields).await?;
-        let lead_fields =
-            fields.child(&["lead", "leadData"])?.ok_or_else(|| Error::validation("lead", "is required (or leadData)"))?;
+        let lead_fields = fields
+            .child(&["lead", "leadData"])?
+            .ok_or_else(|| Error::validation("lead", "is required (or leadData)"))?;
         let lead = domain::parse_lead(&lead_fields, &target.defaults)?;
         self.sync_lead_entity(&target, &lead).await
     }
@@ -308,20 +396,35 @@ impl App {
         let payload = serde_json::to_value(lead).map_err(|e| Error::Store(e.to_string()))?;
         let contact = std::sync::Mutex::new(None::<EntitySync>);
         let synced = self
-            .run_synced(target, EntityKind::Lead, lead.source_key(), payload, |known| {
-                let contact = &contact;
-                async move {
-                    let contact_id = if target.adapter.lead_needs_contact() {
-                        let linked = self.sync_contact(target, &lead.person).await.map_err(|f| f.error)?;
-                        let id = linked.crm_id.clone();
-                        *contact.lock().expect("not poisoned") = Some(linked);
-                        Some(id)
-                    } else {
-                        None
-                    };
-                    crm::upsert_lead(target.adapter.as_ref(), lead, known.as_deref(), contact_id.as_deref()).await
-                }
-            })
+            .run_synced(
+                target,
+                EntityKind::Lead,
+                lead.source_key(),
+                payload,
+                |known| {
+                    let contact = &contact;
+                    async move {
+                        let contact_id = if target.adapter.lead_needs_contact() {
+                            let linked = self
+                                .sync_contact(target, &lead.person)
+                                .await
+                                .map_err(|f| f.error)?;
+                            let id = linked.crm_id.clone();
+                            *contact.lock().expect("not poisoned") = Some(linked);
+                            Some(id)
+                        } else {
+                            None
+                        };
+                        crm::upsert_lead(
+                            target.adapter.as_ref(),
+                            lead,
+                            known.as_deref(),
+                            contact_id.as_deref(),
+                        )
+                        .await
+                    }
+                },
+            )
             .await?;
         Ok(SyncResponse {
             sync_id: synced.sync_id,
@@ -341,21 +444,34 @@ impl App {
         } else if let Some((key, email)) = fields.text(&["email"])? {
             ContactLookup::Email(Email::parse(&email).map_err(|m| Error::validation(key, m))?)
         } else if let Some((key, phone)) = fields.text(&["phone"])? {
-            ContactLookup::Phone(E164Phone::parse(&phone, &target.defaults.country).map_err(|m| Error::validation(key, m))?)
+            ContactLookup::Phone(
+                E164Phone::parse(&phone, &target.defaults.country)
+                    .map_err(|m| Error::validation(key, m))?,
+            )
         } else {
-            return Err(Error::validation("customerId", "give customerId, email or phone"));
+            return Err(Error::validation(
+                "customerId",
+                "give customerId, email or phone",
+            ));
         };
         let found = target.adapter.find_contacts(&lookup).await?;
         let found: Vec<CrmContact> = match &lookup {
             ContactLookup::Phone(phone) => found
                 .into_iter()
-                .filter(|c| c.phones.iter().any(|p| E164Phone::parse(p, &target.defaults.country).as_ref() == Ok(phone)))
+                .filter(|c| {
+                    c.phones.iter().any(|p| {
+                        E164Phone::parse(p, &target.defaults.country).as_ref() == Ok(phone)
+                    })
+                })
                 .collect(),
             _ => found,
         };
         match found.len() {
             0 => Err(Error::NotFound("customer".into())),
-            1 => Ok(customer_view(found.into_iter().next().expect("one"), &target.defaults.country)),
+            1 => Ok(customer_view(
+                found.into_iter().next().expect("one"),
+                &target.defaults.country,
+            )),
             n => Err(Error::Ambiguous {
                 message: format!("{n} CRM contacts match; ask by customerId"),
                 ids: found.into_iter().map(|c| c.crm_id).collect(),
@@ -376,13 +492,22 @@ impl App {
         let crm_type = connection.crm_type;
         let adapter = crm::adapter_for(&connection, &self.http)?;
         let response = |result: Result<AccountInfo>| match result {
-            Ok(info) => TestConnectionResponse { ok: true, crm_type, connection_id: connection_id.clone(), account: Some(info.account), error: None },
+            Ok(info) => TestConnectionResponse {
+                ok: true,
+                crm_type,
+                connection_id: connection_id.clone(),
+                account: Some(info.account),
+                error: None,
+            },
             Err(e) => TestConnectionResponse {
                 ok: false,
                 crm_type,
                 connection_id: connection_id.clone(),
                 account: None,
-                error: Some(TestConnectionError { code: e.code().into(), message: e.to_string() }),
+                error: Some(TestConnectionError {
+                    code: e.code().into(),
+                    message: e.to_string(),
+                }),
             },
         };
         match adapter.test_connection().await {
@@ -394,9 +519,16 @@ impl App {
     /// Runs failed (and abandoned pending) records again, oldest first.
     pub async fn replay_failed(&self, limit: usize) -> Result<ReplaySummary> {
         let mut summary = ReplaySummary::default();
-        let stale_before = Utc::now() - chrono::Duration::from_std(self.config.sync_lease).unwrap_or_default();
-        let mut due = self.records.list_by_status(SyncStatus::Failed, limit).await?;
-        let pending = self.records.list_by_status(SyncStatus::Pending, limit).await?;
+        let stale_before =
+            Utc::now() - chrono::Duration::from_std(self.config.sync_lease).unwrap_or_default();
+        let mut due = self
+            .records
+            .list_by_status(SyncStatus::Failed, limit)
+            .await?;
+        let pending = self
+            .records
+            .list_by_status(SyncStatus::Pending, limit)
+            .await?;
         due.extend(pending.into_iter().filter(|r| r.updated_at < stale_before));
         let total = due.len();
         let started = Instant::now();
@@ -429,11 +561,22 @@ impl App {
         let connection = self.connections.get(&connection_id).await?;
         let defaults = connection.settings.validation_defaults()?;
         let adapter = crm::adapter_for(&connection, &self.http)?;
-        let target = Target { connection_id, connection, adapter, defaults };
-        let corrupt = |e: serde_json::Error| Error::Store(format!("stored payload of {} is unreadable: {e}", record.sync_id));
+        let target = Target {
+            connection_id,
+            connection,
+            adapter,
+            defaults,
+        };
+        let corrupt = |e: serde_json::Error| {
+            Error::Store(format!(
+                "stored payload of {} is unreadable: {e}",
+                record.sync_id
+            ))
+        };
         match record.entity {
             EntityKind::Customer => {
-                let customer: Customer = serde_json::from_value(record.payload.clone()).map_err(corrupt)?;
+                let customer: Customer =
+                    serde_json::from_value(record.payload.clone()).map_err(corrupt)?;
                 self.sync_contact(&target, &customer).await.map(|_| ())
             }
             EntityKind::Lead => {
@@ -441,8 +584,11 @@ impl App {
                 self.sync_lead_entity(&target, &lead).await.map(|_| ())
             }
             EntityKind::Appointment => {
-                let payload: AppointmentPayload = serde_json::from_value(record.payload.clone()).map_err(corrupt)?;
-                self.sync_appointment_payload(&target, payload).await.map(|_| ())
+                let payload: AppointmentPayload =
+                    serde_json::from_value(record.payload.clone()).map_err(corrupt)?;
+                self.sync_appointment_payload(&target, payload)
+                    .await
+                    .map(|_| ())
             }
         }
     }
@@ -470,16 +616,26 @@ impl App {
             if record.status == SyncStatus::Synced && record.payload_hash == payload_hash {
                 if let Some(crm_id) = &record.crm_id {
                     log_sync(target, entity, "unchanged", started, Some(crm_id));
-                    return Ok(EntitySync { sync_id: Some(record.sync_id.clone()), crm_id: crm_id.clone(), status: Outcome::Unchanged });
+                    return Ok(EntitySync {
+                        sync_id: Some(record.sync_id.clone()),
+                        crm_id: crm_id.clone(),
+                        status: Outcome::Unchanged,
+                    });
                 }
             }
             let lease = chrono::Duration::from_std(self.config.sync_lease).unwrap_or_default();
             if record.status == SyncStatus::Pending && now - record.updated_at < lease {
-                return Err(Failure { error: Error::SyncInProgress, sync_id: Some(record.sync_id.clone()) });
+                return Err(Failure {
+                    error: Error::SyncInProgress,
+                    sync_id: Some(record.sync_id.clone()),
+                });
             }
         }
         let claimed = SyncRecord {
-            sync_id: existing.as_ref().map(|r| r.sync_id.clone()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            sync_id: existing
+                .as_ref()
+                .map(|r| r.sync_id.clone())
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
             connection_id: target.connection_id.to_string(),
             crm_type: target.connection.crm_type,
             entity,
@@ -495,11 +651,23 @@ impl App {
             version: existing.as_ref().map_or(0, |r| r.version) + 1,
         };
         let sync_id = Some(claimed.sync_id.clone());
-        if self.records.put(&claimed, existing.as_ref().map(|r| r.version)).await? == WriteOutcome::Conflict {
-            return Err(Failure { error: Error::SyncInProgress, sync_id });
+        if self
+            .records
+            .put(&claimed, existing.as_ref().map(|r| r.version))
+            .await?
+            == WriteOutcome::Conflict
+        {
+            return Err(Failure {
+                error: Error::SyncInProgress,
+                sync_id,
+            });
         }
         let result = work(claimed.crm_id.clone()).await;
-        let mut finished = SyncRecord { version: claimed.version + 1, updated_at: Utc::now(), ..claimed.clone() };
+        let mut finished = SyncRecord {
+            version: claimed.version + 1,
+            updated_at: Utc::now(),
+            ..claimed.clone()
+        };
         match &result {
             Ok(upserted) => {
                 finished.status = SyncStatus::Synced;
@@ -514,7 +682,9 @@ impl App {
         match self.records.put(&finished, Some(claimed.version)).await {
             Ok(WriteOutcome::Written) => {}
             // The CRM has the data; the record stays pending and the next replay reconciles it.
-            outcome => tracing::error!(sync_id = %finished.sync_id, ?outcome, "could not record the sync outcome"),
+            outcome => {
+                tracing::error!(sync_id = %finished.sync_id, ?outcome, "could not record the sync outcome")
+            }
         }
         match result {
             Ok(upserted) => {
@@ -524,7 +694,11 @@ impl App {
                     Outcome::Unchanged => "unchanged",
                 };
                 log_sync(target, entity, status, started, Some(&upserted.crm_id));
-                Ok(EntitySync { sync_id, crm_id: upserted.crm_id, status: upserted.outcome })
+                Ok(EntitySync {
+                    sync_id,
+                    crm_id: upserted.crm_id,
+                    status: upserted.outcome,
+                })
             }
             Err(error) => {
                 log_sync(target, entity, error.code(), started, None);
@@ -534,11 +708,17 @@ impl App {
     }
 }
 
-fn log_sync(target: &Target, entity: EntityKind, status: &str, started: Instant, crm_id: Option<&String>) {
+fn log_sync(
+    target: &Target,
+    entity: EntityKind,
+    status: &str,
+    started: Instant,
+    crm_id: Option<&String>,
+) {
     tracing::info!(
         connection_id = %target.connection_id,
         crm = %target.connection.crm_type,
-        operation = entity.as_str(),
+        entity = entity.as_str(),
         status,
         crm_id = crm_id.map(String::as_str),
         duration_ms = started.elapsed().as_millis() as u64,
@@ -547,10 +727,11 @@ fn log_sync(target: &Target, entity: EntityKind, status: &str, started: Instant,
 }
 
 fn customer_view(contact: CrmContact, country: &str) -> CustomerView {
-    let phone = contact
-        .phones
-        .first()
-        .map(|raw| E164Phone::parse(raw, country).map(|p| p.as_str().to_string()).unwrap_or_else(|_| raw.clone()));
+    let phone = contact.phones.first().map(|raw| {
+        E164Phone::parse(raw, country)
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|_| raw.clone())
+    });
     CustomerView {
         crm_id: contact.crm_id,
         first_name: contact.first_name,
@@ -569,31 +750,61 @@ fn customer_view(contact: CrmContact, country: &str) -> CustomerView {
 fn inline_connection(fields: &Fields<'_>) -> Result<Connection> {
     let crm_type: CrmType = fields
         .string(&["crmType"])?
-        .ok_or_else(|| Error::validation("connectionId", "give a connectionId, or crmType with credentials"))?
+        .ok_or_else(|| {
+            Error::validation(
+                "connectionId",
+                "give a connectionId, or crmType with credentials",
+            )
+        })?
         .parse()
         .map_err(|m: String| Error::validation("crmType", m))?;
     let credentials = fields
         .first_present(&["credentials"])
         .and_then(|(_, v)| v.as_object())
-        .ok_or_else(|| Error::validation("credentials", "must be an object of the CRM's credential fields"))?
+        .ok_or_else(|| {
+            Error::validation(
+                "credentials",
+                "must be an object of the CRM's credential fields",
+            )
+        })?
         .iter()
         .map(|(k, v)| match v.as_str() {
             Some(s) => Ok((k.clone(), SecretString::new(s))),
-            None => Err(Error::validation(format!("credentials.{k}"), "must be a string")),
+            None => Err(Error::validation(
+                format!("credentials.{k}"),
+                "must be a string",
+            )),
         })
         .collect::<Result<_>>()?;
     let settings: ConnectionSettings = match fields.first_present(&["settings"]) {
-        Some((_, value)) => serde_json::from_value(value.clone())
-            .map_err(|e| Error::validation("settings", format!("is not valid connection settings: {e}")))?,
+        Some((_, value)) => serde_json::from_value(value.clone()).map_err(|e| {
+            Error::validation("settings", format!("is not valid connection settings: {e}"))
+        })?,
         None => ConnectionSettings::default(),
     };
-    Ok(Connection { id: None, crm_type, credentials, settings })
+    Ok(Connection {
+        id: None,
+        crm_type,
+        credentials,
+        settings,
+    })
 }
 
 /// What `platforms` answers: every CRM, how it authenticates and what it supports.
 pub fn platforms() -> Value {
-    let operations = ["test-connection", "sync-customer", "sync-appointment", "sync-lead", "get-customer"];
-    let entry = |crm: CrmType, name: &str, auth: &str, credentials: &[&str], settings: &[&str], available: bool| {
+    let operations = [
+        "test-connection",
+        "sync-customer",
+        "sync-appointment",
+        "sync-lead",
+        "get-customer",
+    ];
+    let entry = |crm: CrmType,
+                 name: &str,
+                 auth: &str,
+                 credentials: &[&str],
+                 settings: &[&str],
+                 available: bool| {
         json!({
             "crmType": crm,
             "name": name,
@@ -604,8 +815,15 @@ pub fn platforms() -> Value {
             "operations": if available { operations.to_vec() } else { vec![] },
         })
     };
-    let common = ["defaultTimezone", "defaultCountry", "defaultAppointmentMinutes", "fieldMappings"];
-    let with = |extra: &[&'static str]| -> Vec<&'static str> { extra.iter().chain(common.iter()).copied().collect() };
+    let common = [
+        "defaultTimezone",
+        "defaultCountry",
+        "defaultAppointmentMinutes",
+        "fieldMappings",
+    ];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> {
+        extra.iter().chain(common.iter()).copied().collect()
+    };
     json!({ "platforms": [
         entry(CrmType::Hubspot, "HubSpot", "private_app_token", &["accessToken"], &with(&["baseUrl"]), true),
         entry(CrmType::Salesforce, "Salesforce", "oauth2", &["clientId", "clientSecret", "refreshToken"], &with(&["loginUrl", "instanceUrl"]), false),

@@ -58,31 +58,49 @@ pub fn local_app(dir: &TempDir) -> App {
 
 pub async fn store_connection(app: &App, id: &str, connection: &Connection) {
     let id = ConnectionId::parse(id).expect("valid id");
-    app.connections.put(&id, connection).await.expect("connection stored");
+    app.connections
+        .put(&id, connection)
+        .await
+        .expect("connection stored");
 }
 
 pub fn connection(crm_type: CrmType, base_url: &str, credentials: &[(&str, &str)]) -> Connection {
     Connection {
         id: None,
         crm_type,
-        credentials: credentials.iter().map(|(k, v)| (k.to_string(), SecretString::new(*v))).collect(),
-        settings: ConnectionSettings { base_url: Some(base_url.into()), ..Default::default() },
+        credentials: credentials
+            .iter()
+            .map(|(k, v)| (k.to_string(), SecretString::new(*v)))
+            .collect(),
+        settings: ConnectionSettings {
+            base_url: Some(base_url.into()),
+            ..Default::default()
+        },
     }
 }
 
 /// A request as API Gateway hands it to a function.
 pub fn api_request(method: Method, api_key: Option<&str>, body: Option<&Value>) -> Request {
-    let mut builder = lambda_http::http::Request::builder().method(method).uri("https://api.example.com/");
+    let mut builder = lambda_http::http::Request::builder()
+        .method(method)
+        .uri("https://api.example.com/");
     if let Some(key) = api_key {
         builder = builder.header("x-api-key", key);
     }
     builder = builder.header("content-type", "application/json");
-    builder.body(body.map(|b| Body::from(b.to_string())).unwrap_or(Body::Empty)).expect("request")
+    builder
+        .body(
+            body.map(|b| Body::from(b.to_string()))
+                .unwrap_or(Body::Empty),
+        )
+        .expect("request")
 }
 
 pub fn get_request(api_key: Option<&str>, query: &[(&str, &str)]) -> Request {
-    let params: std::collections::HashMap<String, String> =
-        query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let params: std::collections::HashMap<String, String> = query
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     api_request(Method::GET, api_key, None).with_query_string_parameters(params)
 }
 
@@ -108,7 +126,9 @@ pub async fn aws_sdk_config() -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("testing", "testing", None, None, "moto"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "testing", "testing", None, None, "moto",
+        ))
         .load()
         .await
 }
@@ -118,16 +138,24 @@ pub async fn aws_sdk_config() -> aws_config::SdkConfig {
 pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
 
 impl LogCapture {
-    /// Installs a JSON subscriber like production's for the current thread.
-    pub fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let writer = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_current_span(true)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::set_default(subscriber)
+    /// The capture every test of this process logs into, installed as the global subscriber
+    /// (JSON, like production's) on first use. A global one sees every callsite; a per-test
+    /// thread-local subscriber can miss callsites that other threads registered first.
+    pub fn global() -> &'static LogCapture {
+        static GLOBAL: std::sync::OnceLock<LogCapture> = std::sync::OnceLock::new();
+        GLOBAL.get_or_init(|| {
+            let capture = LogCapture::default();
+            let writer = capture.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .json()
+                .with_max_level(tracing::Level::DEBUG)
+                .with_current_span(true)
+                .with_writer(move || writer.clone())
+                .finish();
+            tracing::subscriber::set_global_default(subscriber)
+                .expect("no other global subscriber");
+            capture
+        })
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()

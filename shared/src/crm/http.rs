@@ -72,7 +72,11 @@ impl CrmHttp {
             .user_agent(concat!("crm-sync/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("the TLS backend initialises");
-        CrmHttp { client, policy, timeout }
+        CrmHttp {
+            client,
+            policy,
+            timeout,
+        }
     }
 
     pub fn client(&self) -> &Client {
@@ -81,7 +85,11 @@ impl CrmHttp {
 
     /// Sends the request `build` makes, again if the CRM is rate limiting (within the policy's
     /// wait) or, for idempotent requests, failing with 5xx or timing out.
-    pub async fn send(&self, idempotency: Idempotency, build: impl Fn(&Client) -> RequestBuilder) -> Result<CrmResponse> {
+    pub async fn send(
+        &self,
+        idempotency: Idempotency,
+        build: impl Fn(&Client) -> RequestBuilder,
+    ) -> Result<CrmResponse> {
         let mut backoff = self.policy.base_backoff;
         let mut attempt = 1;
         loop {
@@ -89,7 +97,8 @@ impl CrmHttp {
             let wait = match build(&self.client).send().await {
                 Err(e) => {
                     // A refused connection sent nothing, so it is always safe to try again.
-                    let retryable = e.is_connect() || (idempotency == Idempotency::Idempotent && e.is_timeout());
+                    let retryable = e.is_connect()
+                        || (idempotency == Idempotency::Idempotent && e.is_timeout());
                     if last || !retryable {
                         return Err(Error::CrmUnavailable(self.describe(&e)));
                     }
@@ -101,7 +110,12 @@ impl CrmHttp {
                     let headers = response.headers().clone();
                     let text = response.text().await.unwrap_or_default();
                     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-                    let response = CrmResponse { status, headers, body, text };
+                    let response = CrmResponse {
+                        status,
+                        headers,
+                        body,
+                        text,
+                    };
                     let wait = match status {
                         429 => match response.retry_after() {
                             Some(asked) if asked > self.policy.max_wait => return Ok(response),
@@ -114,7 +128,12 @@ impl CrmHttp {
                     if last {
                         return Ok(response);
                     }
-                    tracing::warn!(attempt, status, wait_ms = wait.as_millis() as u64, "CRM asked us to back off; retrying");
+                    tracing::warn!(
+                        attempt,
+                        status,
+                        wait_ms = wait.as_millis() as u64,
+                        "CRM asked us to back off; retrying"
+                    );
                     wait
                 }
             };
@@ -149,7 +168,11 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         return (seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
     }
     let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    Some((at.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO))
+    Some(
+        (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// Maps a non-success answer to our error, with the CRM's own `message`.
@@ -157,8 +180,13 @@ pub fn status_error(response: &CrmResponse, message: String) -> Error {
     match response.status {
         401 | 403 => Error::CrmAuth(message),
         404 | 410 => Error::NotFound(message),
-        409 => Error::CrmDuplicate { existing_id: None, message },
-        429 => Error::RateLimited { retry_after: response.retry_after() },
+        409 => Error::CrmDuplicate {
+            existing_id: None,
+            message,
+        },
+        429 => Error::RateLimited {
+            retry_after: response.retry_after(),
+        },
         500..=599 => Error::CrmUnavailable(format!("HTTP {}: {message}", response.status)),
         _ => Error::CrmRejected { message },
     }

@@ -8,7 +8,10 @@ use reqwest::Method;
 use serde_json::{Map, Value, json};
 
 use super::http::{CrmHttp, CrmResponse, Idempotency, status_error};
-use super::{AccountInfo, ContactLookup, CrmAdapter, CrmContact, customer_fields, map_properties, property_name};
+use super::{
+    AccountInfo, ContactLookup, CrmAdapter, CrmContact, customer_fields, map_properties,
+    property_name,
+};
 use crate::connection::{Connection, ConnectionSettings, SecretString};
 use crate::domain::{Appointment, AppointmentStatus, CrmType, Customer, Lead};
 use crate::error::{Error, Result};
@@ -42,38 +45,63 @@ impl HubSpotAdapter {
     pub fn new(connection: &Connection, http: CrmHttp) -> Result<Self> {
         Ok(HubSpotAdapter {
             http,
-            base_url: connection.settings.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL).trim_end_matches('/').into(),
+            base_url: connection
+                .settings
+                .base_url
+                .as_deref()
+                .unwrap_or(DEFAULT_BASE_URL)
+                .trim_end_matches('/')
+                .into(),
             token: connection.credential("accessToken")?.clone(),
             settings: connection.settings.clone(),
         })
     }
 
-    async fn call(&self, method: Method, path: &str, body: Option<&Value>, idempotency: Idempotency) -> Result<CrmResponse> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        idempotency: Idempotency,
+    ) -> Result<CrmResponse> {
         let url = format!("{}{path}", self.base_url);
         let response = self
             .http
             .send(idempotency, |client| {
-                let request = client.request(method.clone(), &url).bearer_auth(self.token.expose());
+                let request = client
+                    .request(method.clone(), &url)
+                    .bearer_auth(self.token.expose());
                 match body {
                     Some(body) => request.json(body),
                     None => request,
                 }
             })
             .await?;
-        if response.is_success() { Ok(response) } else { Err(hubspot_error(&response)) }
+        if response.is_success() {
+            Ok(response)
+        } else {
+            Err(hubspot_error(&response))
+        }
     }
 
     fn contact_property_names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = CONTACT_PROPERTIES
             .iter()
-            .filter_map(|(ours, _)| property_name("contact", ours, CONTACT_PROPERTIES, &self.settings))
+            .filter_map(|(ours, _)| {
+                property_name("contact", ours, CONTACT_PROPERTIES, &self.settings)
+            })
             .collect();
         names.push("mobilephone");
         names
     }
 
     fn contact_properties(&self, customer: &Customer) -> Map<String, Value> {
-        map_properties("contact", &customer_fields(customer), CONTACT_PROPERTIES, &self.settings)
+        map_properties(
+            "contact",
+            &customer_fields(customer),
+            CONTACT_PROPERTIES,
+            &self.settings,
+        )
     }
 
     fn to_contact(&self, object: &Value) -> Option<CrmContact> {
@@ -87,7 +115,12 @@ impl HubSpotAdapter {
         };
         let phones = ["phone", "mobilephone"]
             .iter()
-            .filter_map(|name| props.get(*name).and_then(Value::as_str).filter(|v| !v.is_empty()))
+            .filter_map(|name| {
+                props
+                    .get(*name)
+                    .and_then(Value::as_str)
+                    .filter(|v| !v.is_empty())
+            })
             .map(str::to_string)
             .collect();
         Some(CrmContact {
@@ -104,32 +137,64 @@ impl HubSpotAdapter {
         })
     }
 
-    async fn search(&self, object_type: &str, filter_groups: Value, properties: Vec<&str>) -> Result<Vec<Value>> {
+    async fn search(
+        &self,
+        object_type: &str,
+        filter_groups: Value,
+        properties: Vec<&str>,
+    ) -> Result<Vec<Value>> {
         let body = json!({"filterGroups": filter_groups, "properties": properties, "limit": 10});
         let path = format!("/crm/v3/objects/{object_type}/search");
-        let response = self.call(Method::POST, &path, Some(&body), Idempotency::Idempotent).await?;
-        Ok(response.body.get("results").and_then(Value::as_array).cloned().unwrap_or_default())
+        let response = self
+            .call(Method::POST, &path, Some(&body), Idempotency::Idempotent)
+            .await?;
+        Ok(response
+            .body
+            .get("results")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
     }
 
     async fn create(&self, object_type: &str, body: Value) -> Result<String> {
         let path = format!("/crm/v3/objects/{object_type}");
-        let response = self.call(Method::POST, &path, Some(&body), Idempotency::NotIdempotent).await?;
+        let response = self
+            .call(Method::POST, &path, Some(&body), Idempotency::NotIdempotent)
+            .await?;
         object_id(&response)
     }
 
-    async fn update(&self, object_type: &str, id: &str, properties: Map<String, Value>) -> Result<()> {
+    async fn update(
+        &self,
+        object_type: &str,
+        id: &str,
+        properties: Map<String, Value>,
+    ) -> Result<()> {
         let path = format!("/crm/v3/objects/{object_type}/{}", path_segment(id)?);
         let body = json!({ "properties": properties });
-        self.call(Method::PATCH, &path, Some(&body), Idempotency::Idempotent).await.map(|_| ())
+        self.call(Method::PATCH, &path, Some(&body), Idempotency::Idempotent)
+            .await
+            .map(|_| ())
     }
 
     fn meeting_properties(&self, appointment: &Appointment) -> Map<String, Value> {
-        let iso = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let iso = |t: chrono::DateTime<chrono::Utc>| {
+            t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        };
         let mut props = Map::new();
-        props.insert("hs_timestamp".into(), iso(appointment.window.start()).into());
+        props.insert(
+            "hs_timestamp".into(),
+            iso(appointment.window.start()).into(),
+        );
         props.insert("hs_meeting_title".into(), appointment.title.clone().into());
-        props.insert("hs_meeting_start_time".into(), iso(appointment.window.start()).into());
-        props.insert("hs_meeting_end_time".into(), iso(appointment.window.end()).into());
+        props.insert(
+            "hs_meeting_start_time".into(),
+            iso(appointment.window.start()).into(),
+        );
+        props.insert(
+            "hs_meeting_end_time".into(),
+            iso(appointment.window.end()).into(),
+        );
         let outcome = match appointment.status {
             AppointmentStatus::Scheduled => "SCHEDULED",
             AppointmentStatus::Cancelled => "CANCELED",
@@ -157,7 +222,12 @@ impl HubSpotAdapter {
         fields.extend(lead.source.clone().map(|s| ("source", s)));
         fields.extend(lead.notes.clone().map(|n| ("notes", n)));
         // Only the name has a standard property; source and notes go where the connection maps them.
-        map_properties("lead", &fields, &[("title", "hs_lead_name")], &self.settings)
+        map_properties(
+            "lead",
+            &fields,
+            &[("title", "hs_lead_name")],
+            &self.settings,
+        )
     }
 }
 
@@ -168,25 +238,50 @@ impl CrmAdapter for HubSpotAdapter {
     }
 
     async fn test_connection(&self) -> Result<AccountInfo> {
-        let response = self.call(Method::GET, "/account-info/v3/details", None, Idempotency::Idempotent).await?;
-        let portal = response.body.get("portalId").map(|p| p.to_string()).unwrap_or_else(|| "unknown".into());
-        let domain = response.body.get("uiDomain").and_then(Value::as_str).unwrap_or("app.hubspot.com");
-        Ok(AccountInfo { account: format!("HubSpot portal {portal} ({domain})") })
+        let response = self
+            .call(
+                Method::GET,
+                "/account-info/v3/details",
+                None,
+                Idempotency::Idempotent,
+            )
+            .await?;
+        let portal = response
+            .body
+            .get("portalId")
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let domain = response
+            .body
+            .get("uiDomain")
+            .and_then(Value::as_str)
+            .unwrap_or("app.hubspot.com");
+        Ok(AccountInfo {
+            account: format!("HubSpot portal {portal} ({domain})"),
+        })
     }
 
     async fn find_contacts(&self, lookup: &ContactLookup) -> Result<Vec<CrmContact>> {
         let properties = self.contact_property_names();
         let objects = match lookup {
             ContactLookup::Id(id) => {
-                let path = format!("/crm/v3/objects/contacts/{}?properties={}", path_segment(id)?, properties.join(","));
-                match self.call(Method::GET, &path, None, Idempotency::Idempotent).await {
+                let path = format!(
+                    "/crm/v3/objects/contacts/{}?properties={}",
+                    path_segment(id)?,
+                    properties.join(",")
+                );
+                match self
+                    .call(Method::GET, &path, None, Idempotency::Idempotent)
+                    .await
+                {
                     Ok(response) => vec![response.body],
                     Err(Error::NotFound(_)) => vec![],
                     Err(e) => return Err(e),
                 }
             }
             ContactLookup::Email(email) => {
-                let name = property_name("contact", "email", CONTACT_PROPERTIES, &self.settings).unwrap_or("email");
+                let name = property_name("contact", "email", CONTACT_PROPERTIES, &self.settings)
+                    .unwrap_or("email");
                 let groups = json!([{"filters": [{"propertyName": name, "operator": "EQ", "value": email.as_str()}]}]);
                 self.search("contacts", groups, properties).await?
             }
@@ -207,11 +302,16 @@ impl CrmAdapter for HubSpotAdapter {
     }
 
     async fn create_contact(&self, customer: &Customer) -> Result<String> {
-        self.create("contacts", json!({ "properties": self.contact_properties(customer) })).await
+        self.create(
+            "contacts",
+            json!({ "properties": self.contact_properties(customer) }),
+        )
+        .await
     }
 
     async fn update_contact(&self, crm_id: &str, customer: &Customer) -> Result<()> {
-        self.update("contacts", crm_id, self.contact_properties(customer)).await
+        self.update("contacts", crm_id, self.contact_properties(customer))
+            .await
     }
 
     fn lead_needs_contact(&self) -> bool {
@@ -219,10 +319,16 @@ impl CrmAdapter for HubSpotAdapter {
     }
 
     async fn find_lead(&self, _lead: &Lead, contact_id: Option<&str>) -> Result<Option<String>> {
-        let Some(contact_id) = contact_id else { return Ok(None) };
+        let Some(contact_id) = contact_id else {
+            return Ok(None);
+        };
         let groups = json!([{"filters": [{"propertyName": "associations.contact", "operator": "EQ", "value": contact_id}]}]);
         let found = self.search("leads", groups, vec!["hs_lead_name"]).await?;
-        Ok(found.first().and_then(|o| o.get("id")).and_then(Value::as_str).map(str::to_string))
+        Ok(found
+            .first()
+            .and_then(|o| o.get("id"))
+            .and_then(Value::as_str)
+            .map(str::to_string))
     }
 
     async fn create_lead(&self, lead: &Lead, contact_id: Option<&str>) -> Result<String> {
@@ -236,11 +342,21 @@ impl CrmAdapter for HubSpotAdapter {
         self.create("leads", body).await
     }
 
-    async fn update_lead(&self, crm_id: &str, lead: &Lead, _contact_id: Option<&str>) -> Result<()> {
-        self.update("leads", crm_id, self.lead_properties(lead)).await
+    async fn update_lead(
+        &self,
+        crm_id: &str,
+        lead: &Lead,
+        _contact_id: Option<&str>,
+    ) -> Result<()> {
+        self.update("leads", crm_id, self.lead_properties(lead))
+            .await
     }
 
-    async fn create_appointment(&self, appointment: &Appointment, contact_id: &str) -> Result<String> {
+    async fn create_appointment(
+        &self,
+        appointment: &Appointment,
+        contact_id: &str,
+    ) -> Result<String> {
         let body = json!({
             "properties": self.meeting_properties(appointment),
             "associations": [association(contact_id, MEETING_TO_CONTACT)],
@@ -248,8 +364,14 @@ impl CrmAdapter for HubSpotAdapter {
         self.create("meetings", body).await
     }
 
-    async fn update_appointment(&self, crm_id: &str, appointment: &Appointment, _contact_id: &str) -> Result<()> {
-        self.update("meetings", crm_id, self.meeting_properties(appointment)).await
+    async fn update_appointment(
+        &self,
+        crm_id: &str,
+        appointment: &Appointment,
+        _contact_id: &str,
+    ) -> Result<()> {
+        self.update("meetings", crm_id, self.meeting_properties(appointment))
+            .await
     }
 }
 
@@ -259,10 +381,18 @@ fn association(to_id: &str, type_id: u32) -> Value {
 
 /// CRM ids go into paths, so anything but a plain id is refused rather than escaped.
 fn path_segment(id: &str) -> Result<&str> {
-    if !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         Ok(id)
     } else {
-        Err(Error::validation("customerId", "is not a valid HubSpot record id"))
+        Err(Error::validation(
+            "customerId",
+            "is not a valid HubSpot record id",
+        ))
     }
 }
 
@@ -270,24 +400,44 @@ fn object_id(response: &CrmResponse) -> Result<String> {
     response
         .body
         .get("id")
-        .and_then(|id| id.as_str().map(str::to_string).or_else(|| id.as_u64().map(|n| n.to_string())))
+        .and_then(|id| {
+            id.as_str()
+                .map(str::to_string)
+                .or_else(|| id.as_u64().map(|n| n.to_string()))
+        })
         .ok_or_else(|| Error::CrmUnavailable("HubSpot answered without a record id".into()))
 }
 
 /// HubSpot errors: `{"status":"error","message":…,"category":…}`; a 409 names the existing id.
 fn hubspot_error(response: &CrmResponse) -> Error {
-    let message = response.body.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| {
-        format!("HTTP {} {}", response.status, response.text.chars().take(200).collect::<String>())
-    });
+    let message = response
+        .body
+        .get("message")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            format!(
+                "HTTP {} {}",
+                response.status,
+                response.text.chars().take(200).collect::<String>()
+            )
+        });
     match status_error(response, message.clone()) {
-        Error::CrmDuplicate { .. } => Error::CrmDuplicate { existing_id: existing_id(&message), message },
+        Error::CrmDuplicate { .. } => Error::CrmDuplicate {
+            existing_id: existing_id(&message),
+            message,
+        },
         other => other,
     }
 }
 
 fn existing_id(message: &str) -> Option<String> {
     let (_, rest) = message.split_once("Existing ID:")?;
-    let id: String = rest.trim_start().chars().take_while(char::is_ascii_digit).collect();
+    let id: String = rest
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
     (!id.is_empty()).then_some(id)
 }
 
@@ -297,7 +447,10 @@ mod tests {
 
     #[test]
     fn the_existing_id_is_read_from_a_conflict_message() {
-        assert_eq!(existing_id("Contact already exists. Existing ID: 37765128953").as_deref(), Some("37765128953"));
+        assert_eq!(
+            existing_id("Contact already exists. Existing ID: 37765128953").as_deref(),
+            Some("37765128953")
+        );
         assert_eq!(existing_id("Conflict"), None);
     }
 }

@@ -75,15 +75,27 @@ pub trait CrmAdapter: Send + Sync {
     async fn find_lead(&self, lead: &Lead, contact_id: Option<&str>) -> Result<Option<String>>;
     async fn create_lead(&self, lead: &Lead, contact_id: Option<&str>) -> Result<String>;
     async fn update_lead(&self, crm_id: &str, lead: &Lead, contact_id: Option<&str>) -> Result<()>;
-    async fn create_appointment(&self, appointment: &Appointment, contact_id: &str) -> Result<String>;
+    async fn create_appointment(
+        &self,
+        appointment: &Appointment,
+        contact_id: &str,
+    ) -> Result<String>;
     /// Moves, renames or cancels an existing appointment (`NotFound` if it was deleted).
-    async fn update_appointment(&self, crm_id: &str, appointment: &Appointment, contact_id: &str) -> Result<()>;
+    async fn update_appointment(
+        &self,
+        crm_id: &str,
+        appointment: &Appointment,
+        contact_id: &str,
+    ) -> Result<()>;
 }
 
 /// Builds the adapter a connection names.
 pub fn adapter_for(connection: &Connection, http: &CrmHttp) -> Result<Box<dyn CrmAdapter>> {
     match connection.crm_type {
-        CrmType::Hubspot => Ok(Box::new(hubspot::HubSpotAdapter::new(connection, http.clone())?)),
+        CrmType::Hubspot => Ok(Box::new(hubspot::HubSpotAdapter::new(
+            connection,
+            http.clone(),
+        )?)),
         other => Err(Error::ConnectionInvalid {
             id: connection.id_str().to_string(),
             message: format!("{other} is not supported by this version of crm-sync yet"),
@@ -100,7 +112,11 @@ pub async fn upsert_contact(
     default_country: &str,
 ) -> Result<Upserted> {
     let existing = match known_id {
-        Some(id) => adapter.find_contacts(&ContactLookup::Id(id.to_string())).await?.into_iter().next(),
+        Some(id) => adapter
+            .find_contacts(&ContactLookup::Id(id.to_string()))
+            .await?
+            .into_iter()
+            .next(),
         None => None,
     };
     let existing = match existing {
@@ -108,19 +124,32 @@ pub async fn upsert_contact(
         None => find_matching_contact(adapter, customer, default_country).await?,
     };
     match existing {
-        Some(contact) if contact_matches(&contact, customer, default_country) => {
-            Ok(Upserted { crm_id: contact.crm_id, outcome: Outcome::Unchanged })
-        }
+        Some(contact) if contact_matches(&contact, customer, default_country) => Ok(Upserted {
+            crm_id: contact.crm_id,
+            outcome: Outcome::Unchanged,
+        }),
         Some(contact) => {
             adapter.update_contact(&contact.crm_id, customer).await?;
-            Ok(Upserted { crm_id: contact.crm_id, outcome: Outcome::Updated })
+            Ok(Upserted {
+                crm_id: contact.crm_id,
+                outcome: Outcome::Updated,
+            })
         }
         None => match adapter.create_contact(customer).await {
-            Ok(crm_id) => Ok(Upserted { crm_id, outcome: Outcome::Created }),
+            Ok(crm_id) => Ok(Upserted {
+                crm_id,
+                outcome: Outcome::Created,
+            }),
             // The CRM's search lagged behind a recent create; it names the record it has.
-            Err(Error::CrmDuplicate { existing_id: Some(crm_id), .. }) => {
+            Err(Error::CrmDuplicate {
+                existing_id: Some(crm_id),
+                ..
+            }) => {
                 adapter.update_contact(&crm_id, customer).await?;
-                Ok(Upserted { crm_id, outcome: Outcome::Updated })
+                Ok(Upserted {
+                    crm_id,
+                    outcome: Outcome::Updated,
+                })
             }
             Err(e) => Err(e),
         },
@@ -133,14 +162,21 @@ async fn find_matching_contact(
     default_country: &str,
 ) -> Result<Option<CrmContact>> {
     if let Some(email) = &customer.email {
-        let found = adapter.find_contacts(&ContactLookup::Email(email.clone())).await?;
-        let found: Vec<_> = found.into_iter().filter(|c| same_email(c.email.as_deref(), email.as_str())).collect();
+        let found = adapter
+            .find_contacts(&ContactLookup::Email(email.clone()))
+            .await?;
+        let found: Vec<_> = found
+            .into_iter()
+            .filter(|c| same_email(c.email.as_deref(), email.as_str()))
+            .collect();
         if let Some(one) = single_or_ambiguous(found, "email")? {
             return Ok(Some(one));
         }
     }
     if let Some(phone) = &customer.phone {
-        let found = adapter.find_contacts(&ContactLookup::Phone(phone.clone())).await?;
+        let found = adapter
+            .find_contacts(&ContactLookup::Phone(phone.clone()))
+            .await?;
         let found: Vec<_> = found
             .into_iter()
             .filter(|c| has_phone(c, phone, default_country))
@@ -170,7 +206,10 @@ fn same_email(theirs: Option<&str>, ours: &str) -> bool {
 }
 
 fn has_phone(contact: &CrmContact, phone: &E164Phone, default_country: &str) -> bool {
-    contact.phones.iter().any(|raw| E164Phone::parse(raw, default_country).is_ok_and(|p| &p == phone))
+    contact
+        .phones
+        .iter()
+        .any(|raw| E164Phone::parse(raw, default_country).is_ok_and(|p| &p == phone))
 }
 
 /// Whether the CRM already holds every value we would send (fields we lack are not compared).
@@ -181,8 +220,14 @@ fn contact_matches(contact: &CrmContact, customer: &Customer, default_country: &
     };
     same(&customer.first_name, &contact.first_name)
         && same(&customer.last_name, &contact.last_name)
-        && customer.email.as_ref().is_none_or(|e| same_email(contact.email.as_deref(), e.as_str()))
-        && customer.phone.as_ref().is_none_or(|p| has_phone(contact, p, default_country))
+        && customer
+            .email
+            .as_ref()
+            .is_none_or(|e| same_email(contact.email.as_deref(), e.as_str()))
+        && customer
+            .phone
+            .as_ref()
+            .is_none_or(|p| has_phone(contact, p, default_country))
         && same(&customer.address, &contact.address)
         && same(&customer.city, &contact.city)
         && same(&customer.state, &contact.state)
@@ -199,17 +244,28 @@ pub async fn upsert_lead(
 ) -> Result<Upserted> {
     if let Some(id) = known_id {
         match adapter.update_lead(id, lead, contact_id).await {
-            Ok(()) => return Ok(Upserted { crm_id: id.to_string(), outcome: Outcome::Updated }),
+            Ok(()) => {
+                return Ok(Upserted {
+                    crm_id: id.to_string(),
+                    outcome: Outcome::Updated,
+                });
+            }
             Err(Error::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
     }
     if let Some(id) = adapter.find_lead(lead, contact_id).await? {
         adapter.update_lead(&id, lead, contact_id).await?;
-        return Ok(Upserted { crm_id: id, outcome: Outcome::Updated });
+        return Ok(Upserted {
+            crm_id: id,
+            outcome: Outcome::Updated,
+        });
     }
     let crm_id = adapter.create_lead(lead, contact_id).await?;
-    Ok(Upserted { crm_id, outcome: Outcome::Created })
+    Ok(Upserted {
+        crm_id,
+        outcome: Outcome::Created,
+    })
 }
 
 /// Updates the appointment we synced before (a reschedule or cancel), or creates it.
@@ -220,15 +276,26 @@ pub async fn upsert_appointment(
     contact_id: &str,
 ) -> Result<Upserted> {
     if let Some(id) = known_id {
-        match adapter.update_appointment(id, appointment, contact_id).await {
-            Ok(()) => return Ok(Upserted { crm_id: id.to_string(), outcome: Outcome::Updated }),
+        match adapter
+            .update_appointment(id, appointment, contact_id)
+            .await
+        {
+            Ok(()) => {
+                return Ok(Upserted {
+                    crm_id: id.to_string(),
+                    outcome: Outcome::Updated,
+                });
+            }
             // Deleted in the CRM by a person: book it again rather than fail forever.
             Err(Error::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
     }
     let crm_id = adapter.create_appointment(appointment, contact_id).await?;
-    Ok(Upserted { crm_id, outcome: Outcome::Created })
+    Ok(Upserted {
+        crm_id,
+        outcome: Outcome::Created,
+    })
 }
 
 /// Our customer fields by our names, for adapters whose CRM takes a flat property map.
@@ -236,15 +303,24 @@ pub fn customer_fields(customer: &Customer) -> Vec<(&'static str, String)> {
     let fields = [
         ("firstName", customer.first_name.clone()),
         ("lastName", customer.last_name.clone()),
-        ("email", customer.email.as_ref().map(|e| e.as_str().to_string())),
-        ("phone", customer.phone.as_ref().map(|p| p.as_str().to_string())),
+        (
+            "email",
+            customer.email.as_ref().map(|e| e.as_str().to_string()),
+        ),
+        (
+            "phone",
+            customer.phone.as_ref().map(|p| p.as_str().to_string()),
+        ),
         ("address", customer.address.clone()),
         ("city", customer.city.clone()),
         ("state", customer.state.clone()),
         ("zipCode", customer.zip_code.clone()),
         ("country", customer.country.clone()),
     ];
-    fields.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect()
+    fields
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect()
 }
 
 /// Turns `(our field, value)` pairs into the CRM's property map: the CRM's default name for each

@@ -7,16 +7,25 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 
-use super::{ConnectionStore, RecordKey, RecordedError, SyncRecord, SyncRecordStore, SyncStatus, WriteOutcome};
+use super::{
+    ConnectionStore, RecordKey, RecordedError, SyncRecord, SyncRecordStore, SyncStatus,
+    WriteOutcome,
+};
 use crate::connection::{Connection, ConnectionId};
 use crate::error::{Error, Result};
 
 /// The GSI that lists records by status, oldest update first.
 pub const STATUS_INDEX: &str = "status-index";
 
-fn sdk_error<E: std::error::Error + 'static, R: std::fmt::Debug>(service: &str, e: SdkError<E, R>) -> Error {
+fn sdk_error<E: std::error::Error + 'static, R: std::fmt::Debug>(
+    service: &str,
+    e: SdkError<E, R>,
+) -> Error {
     // DisplayErrorContext walks the source chain; request bodies (which hold secrets) are not in it.
-    Error::Store(format!("{service}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(&e)))
+    Error::Store(format!(
+        "{service}: {}",
+        aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+    ))
 }
 
 /// Each connection is the secret `<prefix><id>` whose string value is the connection JSON.
@@ -27,7 +36,10 @@ pub struct SecretsManagerConnectionStore {
 
 impl SecretsManagerConnectionStore {
     pub fn new(client: aws_sdk_secretsmanager::Client, prefix: impl Into<String>) -> Self {
-        SecretsManagerConnectionStore { client, prefix: prefix.into() }
+        SecretsManagerConnectionStore {
+            client,
+            prefix: prefix.into(),
+        }
     }
     fn name(&self, id: &ConnectionId) -> String {
         format!("{}{}", self.prefix, id.as_str())
@@ -37,16 +49,26 @@ impl SecretsManagerConnectionStore {
 #[async_trait]
 impl ConnectionStore for SecretsManagerConnectionStore {
     async fn get(&self, id: &ConnectionId) -> Result<Connection> {
-        let out = self.client.get_secret_value().secret_id(self.name(id)).send().await;
+        let out = self
+            .client
+            .get_secret_value()
+            .secret_id(self.name(id))
+            .send()
+            .await;
         match out {
             Ok(out) => {
-                let json = out.secret_string().ok_or_else(|| Error::ConnectionInvalid {
-                    id: id.to_string(),
-                    message: "the secret has no string value".into(),
-                })?;
+                let json = out
+                    .secret_string()
+                    .ok_or_else(|| Error::ConnectionInvalid {
+                        id: id.to_string(),
+                        message: "the secret has no string value".into(),
+                    })?;
                 Connection::from_secret_json(id, json)
             }
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => {
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
                 Err(Error::ConnectionNotFound(id.to_string()))
             }
             Err(e) => Err(sdk_error("Secrets Manager", e)),
@@ -55,19 +77,32 @@ impl ConnectionStore for SecretsManagerConnectionStore {
 
     async fn put(&self, id: &ConnectionId, connection: &Connection) -> Result<()> {
         let json = connection.to_secret_json();
-        let put = self.client.put_secret_value().secret_id(self.name(id)).secret_string(&json).send().await;
+        let put = self
+            .client
+            .put_secret_value()
+            .secret_id(self.name(id))
+            .secret_string(&json)
+            .send()
+            .await;
         match put {
             Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => self
-                .client
-                .create_secret()
-                .name(self.name(id))
-                .description(format!("crm-sync connection {id} ({})", connection.crm_type))
-                .secret_string(json)
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| sdk_error("Secrets Manager", e)),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                self.client
+                    .create_secret()
+                    .name(self.name(id))
+                    .description(format!(
+                        "crm-sync connection {id} ({})",
+                        connection.crm_type
+                    ))
+                    .secret_string(json)
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| sdk_error("Secrets Manager", e))
+            }
             Err(e) => Err(sdk_error("Secrets Manager", e)),
         }
     }
@@ -100,9 +135,20 @@ impl ConnectionStore for SecretsManagerConnectionStore {
     }
 
     async fn delete(&self, id: &ConnectionId) -> Result<()> {
-        match self.client.delete_secret().secret_id(self.name(id)).send().await {
+        // Removed at once: a secret kept for recovery would block re-adding a connection of that id.
+        match self
+            .client
+            .delete_secret()
+            .secret_id(self.name(id))
+            .force_delete_without_recovery(true)
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => {
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
                 Err(Error::ConnectionNotFound(id.to_string()))
             }
             Err(e) => Err(sdk_error("Secrets Manager", e)),
@@ -118,7 +164,10 @@ pub struct DynamoDbSyncRecordStore {
 
 impl DynamoDbSyncRecordStore {
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
-        DynamoDbSyncRecordStore { client, table: table.into() }
+        DynamoDbSyncRecordStore {
+            client,
+            table: table.into(),
+        }
     }
 }
 
@@ -184,13 +233,16 @@ fn from_item(item: &HashMap<String, AttributeValue>) -> Result<SyncRecord> {
         sync_id: text("syncId")?,
         connection_id: text("connectionId")?,
         crm_type: text("crmType")?.parse().map_err(|_| bad("crmType"))?,
-        entity: serde_json::from_value(serde_json::Value::String(text("entity")?)).map_err(|_| bad("entity"))?,
+        entity: serde_json::from_value(serde_json::Value::String(text("entity")?))
+            .map_err(|_| bad("entity"))?,
         source_key: text("sourceKey")?,
         crm_id: text("crmId").ok(),
         status: SyncStatus::parse(&text("status")?).ok_or_else(|| bad("status"))?,
         attempts: number("attempts")? as u32,
         last_error: match text("lastError") {
-            Ok(json) => Some(serde_json::from_str::<RecordedError>(&json).map_err(|_| bad("lastError"))?),
+            Ok(json) => {
+                Some(serde_json::from_str::<RecordedError>(&json).map_err(|_| bad("lastError"))?)
+            }
             Err(_) => None,
         },
         payload_hash: text("payloadHash")?,
@@ -216,8 +268,16 @@ impl SyncRecordStore for DynamoDbSyncRecordStore {
         out.item().map(from_item).transpose()
     }
 
-    async fn put(&self, record: &SyncRecord, expected_version: Option<u64>) -> Result<WriteOutcome> {
-        let request = self.client.put_item().table_name(&self.table).set_item(Some(to_item(record)?));
+    async fn put(
+        &self,
+        record: &SyncRecord,
+        expected_version: Option<u64>,
+    ) -> Result<WriteOutcome> {
+        let request = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(to_item(record)?));
         let request = match expected_version {
             None => request.condition_expression("attribute_not_exists(pk)"),
             Some(version) => request
@@ -227,7 +287,10 @@ impl SyncRecordStore for DynamoDbSyncRecordStore {
         };
         match request.send().await {
             Ok(_) => Ok(WriteOutcome::Written),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
                 Ok(WriteOutcome::Conflict)
             }
             Err(e) => Err(sdk_error("DynamoDB", e)),

@@ -36,7 +36,8 @@ async fn with_dir_lock<T: Send + 'static>(
             .write(true)
             .open(dir.join(".lock"))
             .map_err(|e| io_error("opening the local store lock", e))?;
-        lock.lock().map_err(|e| io_error("locking the local store", e))?;
+        lock.lock()
+            .map_err(|e| io_error("locking the local store", e))?;
         let result = f(&dir);
         drop(lock);
         result
@@ -64,7 +65,9 @@ impl ConnectionStore for LocalConnectionStore {
     async fn get(&self, id: &ConnectionId) -> Result<Connection> {
         match tokio::fs::read_to_string(self.path(id)).await {
             Ok(json) => Connection::from_secret_json(id, &json),
-            Err(e) if e.kind() == ErrorKind::NotFound => Err(Error::ConnectionNotFound(id.to_string())),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                Err(Error::ConnectionNotFound(id.to_string()))
+            }
             Err(e) => Err(io_error("reading a connection", e)),
         }
     }
@@ -72,7 +75,10 @@ impl ConnectionStore for LocalConnectionStore {
     async fn put(&self, id: &ConnectionId, connection: &Connection) -> Result<()> {
         let path = self.path(id);
         let json = connection.to_secret_json();
-        with_dir_lock(self.dir.clone(), move |_| write_atomically(&path, json.as_bytes())).await
+        with_dir_lock(self.dir.clone(), move |_| {
+            write_atomically(&path, json.as_bytes())
+        })
+        .await
     }
 
     async fn list(&self) -> Result<Vec<ConnectionId>> {
@@ -83,7 +89,12 @@ impl ConnectionStore for LocalConnectionStore {
         };
         let mut ids: Vec<ConnectionId> = entries
             .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).map(str::to_string))
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".json"))
+                    .map(str::to_string)
+            })
             .filter_map(|n| ConnectionId::parse(&n).ok())
             .collect();
         ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
@@ -93,7 +104,9 @@ impl ConnectionStore for LocalConnectionStore {
     async fn delete(&self, id: &ConnectionId) -> Result<()> {
         match fs::remove_file(self.path(id)) {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Err(Error::ConnectionNotFound(id.to_string())),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                Err(Error::ConnectionNotFound(id.to_string()))
+            }
             Err(e) => Err(io_error("removing a connection", e)),
         }
     }
@@ -129,7 +142,11 @@ impl SyncRecordStore for LocalSyncRecordStore {
             .map_err(|e| Error::Store(format!("local store task failed: {e}")))?
     }
 
-    async fn put(&self, record: &SyncRecord, expected_version: Option<u64>) -> Result<WriteOutcome> {
+    async fn put(
+        &self,
+        record: &SyncRecord,
+        expected_version: Option<u64>,
+    ) -> Result<WriteOutcome> {
         let file = format!("{}.json", record.key().digest());
         let json = serde_json::to_vec_pretty(record).map_err(|e| Error::Store(e.to_string()))?;
         with_dir_lock(self.dir.clone(), move |dir| {
@@ -173,5 +190,8 @@ impl SyncRecordStore for LocalSyncRecordStore {
 
 /// Opens both local stores under one data folder.
 pub fn open(data_dir: &Path) -> (LocalConnectionStore, LocalSyncRecordStore) {
-    (LocalConnectionStore::new(data_dir.join("connections")), LocalSyncRecordStore::new(data_dir.join("records")))
+    (
+        LocalConnectionStore::new(data_dir.join("connections")),
+        LocalSyncRecordStore::new(data_dir.join("records")),
+    )
 }

@@ -78,7 +78,11 @@ pub struct RecordedError {
 
 impl From<&Error> for RecordedError {
     fn from(e: &Error) -> Self {
-        RecordedError { code: e.code().into(), message: e.to_string(), transient: e.is_transient() }
+        RecordedError {
+            code: e.code().into(),
+            message: e.to_string(),
+            transient: e.is_transient(),
+        }
     }
 }
 
@@ -130,7 +134,10 @@ impl RecordKey {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Outcome of a conditional write.
@@ -147,7 +154,8 @@ pub trait SyncRecordStore: Send + Sync {
     async fn get(&self, key: &RecordKey) -> Result<Option<SyncRecord>>;
     /// Writes `record` if the stored version is `expected_version` (`None`: the record must not
     /// exist yet).
-    async fn put(&self, record: &SyncRecord, expected_version: Option<u64>) -> Result<WriteOutcome>;
+    async fn put(&self, record: &SyncRecord, expected_version: Option<u64>)
+    -> Result<WriteOutcome>;
     /// Records in `status`, least recently updated first.
     async fn list_by_status(&self, status: SyncStatus, limit: usize) -> Result<Vec<SyncRecord>>;
 }

@@ -17,7 +17,9 @@ pub struct HubSpotUnderTest {
 
 /// Starts a fresh HubSpot emulator for one test.
 pub async fn start() -> Box<dyn EmulatedCrm> {
-    let emulator = HubSpotEmulator::start(&[TOKEN]).await.expect("emulator starts");
+    let emulator = HubSpotEmulator::start(&[TOKEN])
+        .await
+        .expect("emulator starts");
     Box::new(HubSpotUnderTest { emulator })
 }
 
@@ -28,11 +30,19 @@ impl EmulatedCrm for HubSpotUnderTest {
     }
 
     fn connection(&self) -> Connection {
-        connection(CrmType::Hubspot, self.emulator.base_url(), &[("accessToken", TOKEN)])
+        connection(
+            CrmType::Hubspot,
+            self.emulator.base_url(),
+            &[("accessToken", TOKEN)],
+        )
     }
 
     fn connection_with_bad_credentials(&self) -> Connection {
-        connection(CrmType::Hubspot, self.emulator.base_url(), &[("accessToken", "revoked-token")])
+        connection(
+            CrmType::Hubspot,
+            self.emulator.base_url(),
+            &[("accessToken", "revoked-token")],
+        )
     }
 
     fn control(&self) -> &Control {
@@ -48,7 +58,11 @@ impl EmulatedCrm for HubSpotUnderTest {
                 first_name: c.prop("firstname").map(str::to_string),
                 last_name: c.prop("lastname").map(str::to_string),
                 email: c.prop("email").map(str::to_string),
-                phones: ["phone", "mobilephone"].iter().filter_map(|p| c.prop(p)).map(str::to_string).collect(),
+                phones: ["phone", "mobilephone"]
+                    .iter()
+                    .filter_map(|p| c.prop(p))
+                    .map(str::to_string)
+                    .collect(),
                 id: c.id,
             })
             .collect()
@@ -62,8 +76,14 @@ impl EmulatedCrm for HubSpotUnderTest {
             .map(|m| EmulatedAppointment {
                 contact_ids: m.associated("contacts"),
                 title: m.prop("hs_meeting_title").unwrap_or_default().to_string(),
-                start: m.prop("hs_meeting_start_time").and_then(parse_time).expect("start time"),
-                end: m.prop("hs_meeting_end_time").and_then(parse_time).expect("end time"),
+                start: m
+                    .prop("hs_meeting_start_time")
+                    .and_then(parse_time)
+                    .expect("start time"),
+                end: m
+                    .prop("hs_meeting_end_time")
+                    .and_then(parse_time)
+                    .expect("end time"),
                 cancelled: m.prop("hs_meeting_outcome") == Some("CANCELED"),
                 id: m.id,
             })
@@ -83,10 +103,20 @@ impl EmulatedCrm for HubSpotUnderTest {
             .collect()
     }
 
-    fn add_contact(&self, first_name: &str, last_name: &str, email: Option<&str>, phone: Option<&str>) -> String {
+    fn add_contact(
+        &self,
+        first_name: &str,
+        last_name: &str,
+        email: Option<&str>,
+        phone: Option<&str>,
+    ) -> String {
         let mut props = vec![("firstname", first_name), ("lastname", last_name)];
         props.extend(email.map(|e| ("email", e)));
         props.extend(phone.map(|p| ("phone", p)));
-        self.emulator.state.lock().unwrap().insert("contacts", &props)
+        self.emulator
+            .state
+            .lock()
+            .unwrap()
+            .insert("contacts", &props)
     }
 }

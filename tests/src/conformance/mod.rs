@@ -59,7 +59,13 @@ pub trait EmulatedCrm: Send + Sync {
     fn appointments(&self) -> Vec<EmulatedAppointment>;
     fn leads(&self) -> Vec<EmulatedLead>;
     /// Adds a contact as a person using the CRM would, values typed as given.
-    fn add_contact(&self, first_name: &str, last_name: &str, email: Option<&str>, phone: Option<&str>) -> String;
+    fn add_contact(
+        &self,
+        first_name: &str,
+        last_name: &str,
+        email: Option<&str>,
+        phone: Option<&str>,
+    ) -> String;
 }
 
 /// An app on local stores with the emulator's connection stored as `conformance`.
@@ -76,12 +82,24 @@ impl Fixture {
         let dir = TempDir::new("conformance");
         let app = local_app(&dir);
         store_connection(&app, CONNECTION, &crm.connection()).await;
-        store_connection(&app, "bad-credentials", &crm.connection_with_bad_credentials()).await;
-        Fixture { crm, app, _dir: dir }
+        store_connection(
+            &app,
+            "bad-credentials",
+            &crm.connection_with_bad_credentials(),
+        )
+        .await;
+        Fixture {
+            crm,
+            app,
+            _dir: dir,
+        }
     }
 
     pub async fn sync_customer(&self, customer: Value) -> Result<Value, crm_sync::sync::Failure> {
-        let response = self.app.sync_customer(&json!({"connectionId": CONNECTION, "customer": customer})).await?;
+        let response = self
+            .app
+            .sync_customer(&json!({"connectionId": CONNECTION, "customer": customer}))
+            .await?;
         Ok(serde_json::to_value(response).unwrap())
     }
 
@@ -109,20 +127,36 @@ pub async fn creates_a_contact_and_a_resend_is_unchanged(fx: Fixture) {
     assert_eq!(contacts.len(), 1);
     assert_eq!(contacts[0].id, first["crmId"].as_str().unwrap());
     assert_eq!(contacts[0].email.as_deref(), Some("ada@example.com"));
-    assert!(contacts[0].phones.iter().any(|p| p == "+14155552671"), "phone stored in E.164: {:?}", contacts[0].phones);
+    assert!(
+        contacts[0].phones.iter().any(|p| p == "+14155552671"),
+        "phone stored in E.164: {:?}",
+        contacts[0].phones
+    );
 
     let calls = fx.crm.control().request_count();
     let again = fx.sync_customer(customer).await.expect("resend");
     assert_eq!(status(&again), "unchanged");
     assert_eq!(again["crmId"], first["crmId"]);
     assert_eq!(again["syncId"], first["syncId"]);
-    assert_eq!(fx.crm.control().request_count(), calls, "an identical resend needs no CRM call");
+    assert_eq!(
+        fx.crm.control().request_count(),
+        calls,
+        "an identical resend needs no CRM call"
+    );
     assert_eq!(fx.crm.contacts().len(), 1);
 }
 
 pub async fn a_changed_resend_updates_the_same_contact(fx: Fixture) {
-    let first = fx.sync_customer(json!({"firstName": "Ada", "email": "ada@example.com"})).await.unwrap();
-    let second = fx.sync_customer(json!({"firstName": "Augusta", "lastName": "King", "email": "ada@example.com"})).await.unwrap();
+    let first = fx
+        .sync_customer(json!({"firstName": "Ada", "email": "ada@example.com"}))
+        .await
+        .unwrap();
+    let second = fx
+        .sync_customer(
+            json!({"firstName": "Augusta", "lastName": "King", "email": "ada@example.com"}),
+        )
+        .await
+        .unwrap();
     assert_eq!(status(&second), "updated");
     assert_eq!(second["crmId"], first["crmId"]);
     let contacts = fx.crm.contacts();
@@ -132,7 +166,12 @@ pub async fn a_changed_resend_updates_the_same_contact(fx: Fixture) {
 }
 
 pub async fn a_contact_the_crm_already_holds_identically_is_unchanged(fx: Fixture) {
-    let id = fx.crm.add_contact("Grace", "Hopper", Some("grace@example.com"), Some("+14155550123"));
+    let id = fx.crm.add_contact(
+        "Grace",
+        "Hopper",
+        Some("grace@example.com"),
+        Some("+14155550123"),
+    );
     let calls_before = fx.crm.control().request_count();
     let response = fx
         .sync_customer(json!({"firstName": "Grace", "lastName": "Hopper", "email": "GRACE@example.com", "phone": "+1 415 555 0123"}))
@@ -142,13 +181,19 @@ pub async fn a_contact_the_crm_already_holds_identically_is_unchanged(fx: Fixtur
     assert_eq!(response["crmId"], json!(id));
     let writes = fx.crm.control().requests()[calls_before..]
         .iter()
-        .filter(|r| r.method == "PATCH" || r.method == "PUT" || (r.method == "POST" && !r.path.contains("search")))
+        .filter(|r| {
+            r.method == "PATCH"
+                || r.method == "PUT"
+                || (r.method == "POST" && !r.path.contains("search"))
+        })
         .count();
     assert_eq!(writes, 0, "nothing is written when nothing differs");
 }
 
 pub async fn an_existing_contact_is_found_by_email_and_updated(fx: Fixture) {
-    let id = fx.crm.add_contact("Alan", "Turing", Some("alan@example.com"), None);
+    let id = fx
+        .crm
+        .add_contact("Alan", "Turing", Some("alan@example.com"), None);
     let response = fx.sync_customer(json!({"firstName": "Alan", "lastName": "Turing", "email": "alan@example.com", "phone": "+442079460958"})).await.unwrap();
     assert_eq!(status(&response), "updated");
     assert_eq!(response["crmId"], json!(id));
@@ -156,18 +201,27 @@ pub async fn an_existing_contact_is_found_by_email_and_updated(fx: Fixture) {
 }
 
 pub async fn an_existing_contact_is_found_by_phone_typed_any_way(fx: Fixture) {
-    let id = fx.crm.add_contact("Katherine", "Johnson", None, Some("(415) 555-0199"));
+    let id = fx
+        .crm
+        .add_contact("Katherine", "Johnson", None, Some("(415) 555-0199"));
     let response = fx.sync_customer(json!({"firstName": "Katherine", "lastName": "Johnson", "city": "Hampton", "phone": "+14155550199"})).await.unwrap();
     assert_eq!(status(&response), "updated");
     assert_eq!(response["crmId"], json!(id));
-    assert_eq!(fx.crm.contacts().len(), 1, "matched by phone, not duplicated");
+    assert_eq!(
+        fx.crm.contacts().len(),
+        1,
+        "matched by phone, not duplicated"
+    );
 }
 
 pub async fn several_matches_answer_ambiguous_and_change_nothing(fx: Fixture) {
     let a = fx.crm.add_contact("Sam", "One", None, Some("+14155550111"));
     let b = fx.crm.add_contact("Sam", "Two", None, Some("415-555-0111"));
     let before = fx.crm.contacts();
-    let failure = fx.sync_customer(json!({"firstName": "Sam", "phone": "+14155550111"})).await.unwrap_err();
+    let failure = fx
+        .sync_customer(json!({"firstName": "Sam", "phone": "+14155550111"}))
+        .await
+        .unwrap_err();
     match &failure.error {
         Error::Ambiguous { ids, .. } => {
             let mut ids = ids.clone();
@@ -182,7 +236,9 @@ pub async fn several_matches_answer_ambiguous_and_change_nothing(fx: Fixture) {
     assert_eq!(fx.crm.contacts(), before, "nothing changed");
 }
 
-pub async fn an_appointment_is_linked_to_the_contact_and_a_resend_moves_the_same_event(fx: Fixture) {
+pub async fn an_appointment_is_linked_to_the_contact_and_a_resend_moves_the_same_event(
+    fx: Fixture,
+) {
     let body = |start: &str, status: &str| {
         json!({
             "customer": {"firstName": "Mary", "lastName": "Jackson", "email": "mary@example.com"},
@@ -190,32 +246,61 @@ pub async fn an_appointment_is_linked_to_the_contact_and_a_resend_moves_the_same
                             "durationMinutes": 45, "timezone": "America/New_York", "status": status}
         })
     };
-    let first = fx.sync_appointment(body("2025-07-01T10:00:00-04:00", "scheduled")).await.unwrap();
+    let first = fx
+        .sync_appointment(body("2025-07-01T10:00:00-04:00", "scheduled"))
+        .await
+        .unwrap();
     assert_eq!(first["appointment"]["status"], "created");
     assert_eq!(first["contact"]["status"], "created");
     let contact_id = first["contact"]["crmId"].as_str().unwrap().to_string();
     let appointments = fx.crm.appointments();
     assert_eq!(appointments.len(), 1);
     assert_eq!(appointments[0].contact_ids, vec![contact_id.clone()]);
-    assert_eq!(appointments[0].start, Utc.with_ymd_and_hms(2025, 7, 1, 14, 0, 0).unwrap());
-    assert_eq!(appointments[0].end, Utc.with_ymd_and_hms(2025, 7, 1, 14, 45, 0).unwrap());
+    assert_eq!(
+        appointments[0].start,
+        Utc.with_ymd_and_hms(2025, 7, 1, 14, 0, 0).unwrap()
+    );
+    assert_eq!(
+        appointments[0].end,
+        Utc.with_ymd_and_hms(2025, 7, 1, 14, 45, 0).unwrap()
+    );
     assert_eq!(appointments[0].title, "Consultation");
 
-    let same = fx.sync_appointment(body("2025-07-01T10:00:00-04:00", "scheduled")).await.unwrap();
+    let same = fx
+        .sync_appointment(body("2025-07-01T10:00:00-04:00", "scheduled"))
+        .await
+        .unwrap();
     assert_eq!(same["appointment"]["status"], "unchanged");
     assert_eq!(same["contact"]["crmId"], json!(contact_id));
 
-    let moved = fx.sync_appointment(body("2025-07-02T15:30:00-04:00", "scheduled")).await.unwrap();
+    let moved = fx
+        .sync_appointment(body("2025-07-02T15:30:00-04:00", "scheduled"))
+        .await
+        .unwrap();
     assert_eq!(moved["appointment"]["status"], "updated");
     assert_eq!(moved["appointment"]["crmId"], first["appointment"]["crmId"]);
     let appointments = fx.crm.appointments();
-    assert_eq!(appointments.len(), 1, "a reschedule moves the event, it does not add one");
-    assert_eq!(appointments[0].start, Utc.with_ymd_and_hms(2025, 7, 2, 19, 30, 0).unwrap());
+    assert_eq!(
+        appointments.len(),
+        1,
+        "a reschedule moves the event, it does not add one"
+    );
+    assert_eq!(
+        appointments[0].start,
+        Utc.with_ymd_and_hms(2025, 7, 2, 19, 30, 0).unwrap()
+    );
 
-    let cancelled = fx.sync_appointment(body("2025-07-02T15:30:00-04:00", "cancelled")).await.unwrap();
+    let cancelled = fx
+        .sync_appointment(body("2025-07-02T15:30:00-04:00", "cancelled"))
+        .await
+        .unwrap();
     assert_eq!(cancelled["appointment"]["status"], "updated");
     let appointments = fx.crm.appointments();
-    assert_eq!(appointments.len(), 1, "a cancel marks the event, it does not delete it");
+    assert_eq!(
+        appointments.len(),
+        1,
+        "a cancel marks the event, it does not delete it"
+    );
     assert!(appointments[0].cancelled);
     assert_eq!(fx.crm.contacts().len(), 1);
 }
@@ -223,14 +308,46 @@ pub async fn an_appointment_is_linked_to_the_contact_and_a_resend_moves_the_same
 pub async fn wall_time_survives_in_every_zone_and_across_dst(fx: Fixture) {
     // (zone, local wall time, the UTC instant the CRM must hold)
     let cases = [
-        ("America/Los_Angeles", "2025-03-08T10:00:00", "2025-03-08T18:00:00Z"),
-        ("America/Los_Angeles", "2025-03-10T10:00:00", "2025-03-10T17:00:00Z"),
-        ("America/Los_Angeles", "2025-11-03T10:00:00", "2025-11-03T18:00:00Z"),
-        ("Europe/London", "2025-03-29T10:00:00", "2025-03-29T10:00:00Z"),
-        ("Europe/London", "2025-03-31T10:00:00", "2025-03-31T09:00:00Z"),
-        ("Australia/Sydney", "2025-04-05T10:00:00", "2025-04-04T23:00:00Z"),
-        ("Australia/Sydney", "2025-04-07T10:00:00", "2025-04-07T00:00:00Z"),
-        ("Asia/Kolkata", "2025-07-01T10:00:00", "2025-07-01T04:30:00Z"),
+        (
+            "America/Los_Angeles",
+            "2025-03-08T10:00:00",
+            "2025-03-08T18:00:00Z",
+        ),
+        (
+            "America/Los_Angeles",
+            "2025-03-10T10:00:00",
+            "2025-03-10T17:00:00Z",
+        ),
+        (
+            "America/Los_Angeles",
+            "2025-11-03T10:00:00",
+            "2025-11-03T18:00:00Z",
+        ),
+        (
+            "Europe/London",
+            "2025-03-29T10:00:00",
+            "2025-03-29T10:00:00Z",
+        ),
+        (
+            "Europe/London",
+            "2025-03-31T10:00:00",
+            "2025-03-31T09:00:00Z",
+        ),
+        (
+            "Australia/Sydney",
+            "2025-04-05T10:00:00",
+            "2025-04-04T23:00:00Z",
+        ),
+        (
+            "Australia/Sydney",
+            "2025-04-07T10:00:00",
+            "2025-04-07T00:00:00Z",
+        ),
+        (
+            "Asia/Kolkata",
+            "2025-07-01T10:00:00",
+            "2025-07-01T04:30:00Z",
+        ),
     ];
     for (i, (zone, wall, utc)) in cases.iter().enumerate() {
         let response = fx
@@ -241,11 +358,20 @@ pub async fn wall_time_survives_in_every_zone_and_across_dst(fx: Fixture) {
             .await
             .unwrap();
         let crm_id = response["appointment"]["crmId"].as_str().unwrap();
-        let stored = fx.crm.appointments().into_iter().find(|a| a.id == crm_id).expect("appointment stored");
+        let stored = fx
+            .crm
+            .appointments()
+            .into_iter()
+            .find(|a| a.id == crm_id)
+            .expect("appointment stored");
         let expected: DateTime<Utc> = utc.parse().unwrap();
         assert_eq!(stored.start, expected, "{wall} in {zone}");
         let tz = Tz::from_str(zone).unwrap();
-        assert_eq!(stored.start.with_timezone(&tz).format("%H:%M").to_string(), "10:00", "{zone}");
+        assert_eq!(
+            stored.start.with_timezone(&tz).format("%H:%M").to_string(),
+            "10:00",
+            "{zone}"
+        );
     }
 }
 
@@ -255,7 +381,11 @@ pub async fn a_lead_is_created_then_updated_in_place(fx: Fixture) {
     assert_eq!(status(&first), "created");
     let leads = fx.crm.leads();
     assert_eq!(leads.len(), 1);
-    assert!(leads[0].title.contains("NACA"), "lead title {:?}", leads[0].title);
+    assert!(
+        leads[0].title.contains("NACA"),
+        "lead title {:?}",
+        leads[0].title
+    );
     let second = serde_json::to_value(fx.app.sync_lead(&body("NASA")).await.unwrap()).unwrap();
     assert_eq!(status(&second), "updated");
     assert_eq!(second["crmId"], first["crmId"]);
@@ -265,16 +395,33 @@ pub async fn a_lead_is_created_then_updated_in_place(fx: Fixture) {
 }
 
 pub async fn get_customer_finds_by_id_email_and_phone_and_answers_not_found(fx: Fixture) {
-    let id = fx.crm.add_contact("Annie", "Easley", Some("annie@example.com"), Some("216-555-0100"));
-    for query in [json!({"customerId": id}), json!({"email": "ANNIE@example.com"}), json!({"phone": "+12165550100"})] {
+    let id = fx.crm.add_contact(
+        "Annie",
+        "Easley",
+        Some("annie@example.com"),
+        Some("216-555-0100"),
+    );
+    for query in [
+        json!({"customerId": id}),
+        json!({"email": "ANNIE@example.com"}),
+        json!({"phone": "+12165550100"}),
+    ] {
         let mut query = query;
         query["connectionId"] = json!(CONNECTION);
-        let found = fx.app.get_customer(&query).await.unwrap_or_else(|e| panic!("{query}: {e}"));
+        let found = fx
+            .app
+            .get_customer(&query)
+            .await
+            .unwrap_or_else(|e| panic!("{query}: {e}"));
         assert_eq!(found.crm_id, id);
         assert_eq!(found.email.as_deref(), Some("annie@example.com"));
         assert_eq!(found.phone.as_deref(), Some("+12165550100"));
     }
-    for query in [json!({"customerId": "999999"}), json!({"email": "nobody@example.com"}), json!({"phone": "+12165550199"})] {
+    for query in [
+        json!({"customerId": "999999"}),
+        json!({"email": "nobody@example.com"}),
+        json!({"phone": "+12165550199"}),
+    ] {
         let mut query = query;
         query["connectionId"] = json!(CONNECTION);
         let error = fx.app.get_customer(&query).await.unwrap_err();
@@ -285,42 +432,89 @@ pub async fn get_customer_finds_by_id_email_and_phone_and_answers_not_found(fx: 
 pub async fn refused_credentials_fail_clearly_and_are_recorded(fx: Fixture) {
     let body = json!({"connectionId": "bad-credentials", "customer": {"email": "x@example.com"}});
     let failure = fx.app.sync_customer(&body).await.unwrap_err();
-    assert!(matches!(failure.error, Error::CrmAuth(_)), "{:?}", failure.error);
+    assert!(
+        matches!(failure.error, Error::CrmAuth(_)),
+        "{:?}",
+        failure.error
+    );
     assert!(failure.sync_id.is_some());
-    let key = RecordKey::new("bad-credentials", EntityKind::Customer, "email:x@example.com");
+    let key = RecordKey::new(
+        "bad-credentials",
+        EntityKind::Customer,
+        "email:x@example.com",
+    );
     let record = fx.app.records.get(&key).await.unwrap().expect("recorded");
     assert_eq!(record.status, SyncStatus::Failed);
     assert_eq!(record.last_error.unwrap().code, "crm_auth_failed");
 
-    let tested = fx.app.test_connection(&json!({"connectionId": "bad-credentials"})).await.unwrap();
+    let tested = fx
+        .app
+        .test_connection(&json!({"connectionId": "bad-credentials"}))
+        .await
+        .unwrap();
     assert!(!tested.ok);
-    let tested = fx.app.test_connection(&json!({"connectionId": CONNECTION})).await.unwrap();
+    let tested = fx
+        .app
+        .test_connection(&json!({"connectionId": CONNECTION}))
+        .await
+        .unwrap();
     assert!(tested.ok, "{tested:?}");
 }
 
 pub async fn a_short_rate_limit_is_waited_out_and_a_long_one_is_passed_on(fx: Fixture) {
     fx.crm.control().inject(Fault::status(429).retry_after(1));
     let started = std::time::Instant::now();
-    let response = fx.sync_customer(json!({"email": "patient@example.com"})).await.expect("retried after the wait");
+    let response = fx
+        .sync_customer(json!({"email": "patient@example.com"}))
+        .await
+        .expect("retried after the wait");
     assert_eq!(status(&response), "created");
-    assert!(started.elapsed() >= std::time::Duration::from_millis(900), "Retry-After honoured");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(900),
+        "Retry-After honoured"
+    );
 
-    fx.crm.control().inject(Fault::status(429).retry_after(120).times(10));
-    let failure = fx.sync_customer(json!({"email": "impatient@example.com"})).await.unwrap_err();
-    assert_eq!(failure.error, Error::RateLimited { retry_after: Some(std::time::Duration::from_secs(120)) });
-    assert_eq!(fx.record_status(EntityKind::Customer, "email:impatient@example.com").await, Some(SyncStatus::Failed));
+    fx.crm
+        .control()
+        .inject(Fault::status(429).retry_after(120).times(10));
+    let failure = fx
+        .sync_customer(json!({"email": "impatient@example.com"}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        failure.error,
+        Error::RateLimited {
+            retry_after: Some(std::time::Duration::from_secs(120))
+        }
+    );
+    assert_eq!(
+        fx.record_status(EntityKind::Customer, "email:impatient@example.com")
+            .await,
+        Some(SyncStatus::Failed)
+    );
     fx.crm.control().clear_faults();
 
     let summary = fx.app.replay_failed(10).await.unwrap();
     assert_eq!(summary.synced, 1, "{summary:?}");
-    assert_eq!(fx.record_status(EntityKind::Customer, "email:impatient@example.com").await, Some(SyncStatus::Synced));
+    assert_eq!(
+        fx.record_status(EntityKind::Customer, "email:impatient@example.com")
+            .await,
+        Some(SyncStatus::Synced)
+    );
     assert_eq!(fx.crm.contacts().len(), 2);
 }
 
 pub async fn a_crm_outage_is_recorded_and_replayed_without_duplicates(fx: Fixture) {
     fx.crm.control().inject(Fault::status(503).times(20));
-    let failure = fx.sync_customer(json!({"email": "later@example.com", "firstName": "Later"})).await.unwrap_err();
-    assert!(matches!(failure.error, Error::CrmUnavailable(_)), "{:?}", failure.error);
+    let failure = fx
+        .sync_customer(json!({"email": "later@example.com", "firstName": "Later"}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(failure.error, Error::CrmUnavailable(_)),
+        "{:?}",
+        failure.error
+    );
     assert_eq!(failure.error.status(), 503);
     fx.crm.control().clear_faults();
 
@@ -330,15 +524,31 @@ pub async fn a_crm_outage_is_recorded_and_replayed_without_duplicates(fx: Fixtur
     assert_eq!(again.examined, 0, "nothing left to replay");
     let contacts = fx.crm.contacts();
     assert_eq!(contacts.len(), 1);
-    let resent = fx.sync_customer(json!({"email": "later@example.com", "firstName": "Later"})).await.unwrap();
+    let resent = fx
+        .sync_customer(json!({"email": "later@example.com", "firstName": "Later"}))
+        .await
+        .unwrap();
     assert_eq!(status(&resent), "unchanged");
 }
 
 pub async fn a_slow_crm_times_out_as_unavailable(fx: Fixture) {
-    fx.crm.control().inject(Fault::delay(std::time::Duration::from_secs(3)).times(5));
-    let failure = fx.sync_customer(json!({"email": "slow@example.com"})).await.unwrap_err();
-    assert!(matches!(failure.error, Error::CrmUnavailable(_)), "{:?}", failure.error);
-    assert!(failure.error.to_string().contains("no answer within"), "{}", failure.error);
+    fx.crm
+        .control()
+        .inject(Fault::delay(std::time::Duration::from_secs(3)).times(5));
+    let failure = fx
+        .sync_customer(json!({"email": "slow@example.com"}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(failure.error, Error::CrmUnavailable(_)),
+        "{:?}",
+        failure.error
+    );
+    assert!(
+        failure.error.to_string().contains("no answer within"),
+        "{}",
+        failure.error
+    );
 }
 
 /// Expands to one `#[tokio::test]` per conformance case, each with a fresh emulator from

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::{IdSequence, RunningEmulator, serve};
@@ -23,14 +24,14 @@ use super::{IdSequence, RunningEmulator, serve};
 const OBJECT_TYPES: [&str; 3] = ["contacts", "meetings", "leads"];
 pub const DAILY_LIMIT: u64 = 250_000;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Association {
     pub to_type: String,
     pub to_id: String,
     pub type_id: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HsObject {
     pub id: String,
     pub properties: BTreeMap<String, String>,
@@ -41,10 +42,17 @@ pub struct HsObject {
 
 impl HsObject {
     pub fn prop(&self, name: &str) -> Option<&str> {
-        self.properties.get(name).map(String::as_str).filter(|v| !v.is_empty())
+        self.properties
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
     pub fn associated(&self, to_type: &str) -> Vec<String> {
-        self.associations.iter().filter(|a| a.to_type == to_type).map(|a| a.to_id.clone()).collect()
+        self.associations
+            .iter()
+            .filter(|a| a.to_type == to_type)
+            .map(|a| a.to_id.clone())
+            .collect()
     }
 }
 
@@ -63,24 +71,56 @@ impl HubSpotState {
             tokens: tokens.iter().map(|t| t.to_string()).collect(),
             portal_id: 62515,
             ids: IdSequence::starting_at(1000),
-            objects: OBJECT_TYPES.iter().map(|t| (t.to_string(), BTreeMap::new())).collect(),
+            objects: OBJECT_TYPES
+                .iter()
+                .map(|t| (t.to_string(), BTreeMap::new()))
+                .collect(),
             daily_used: 0,
         }
     }
 
+    /// Everything the CRM holds, for saving between runs of the local emulator.
+    pub fn snapshot(&self) -> Value {
+        json!({"lastId": self.ids.last(), "objects": self.objects})
+    }
+
+    /// Loads what `snapshot` saved.
+    pub fn restore(&mut self, snapshot: &Value) -> Result<(), serde_json::Error> {
+        self.objects = serde_json::from_value(snapshot["objects"].clone())?;
+        for object_type in OBJECT_TYPES {
+            self.objects.entry(object_type.into()).or_default();
+        }
+        self.ids = IdSequence::starting_at(snapshot["lastId"].as_u64().unwrap_or(1000));
+        Ok(())
+    }
+
     pub fn all(&self, object_type: &str) -> Vec<HsObject> {
-        self.objects.get(object_type).map(|m| m.values().cloned().collect()).unwrap_or_default()
+        self.objects
+            .get(object_type)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Adds an object as a person using HubSpot would (no validation), returning its id.
     pub fn insert(&mut self, object_type: &str, properties: &[(&str, &str)]) -> String {
         let id = self.ids.next_id();
         let now = Utc::now();
-        let mut props: BTreeMap<String, String> =
-            properties.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut props: BTreeMap<String, String> = properties
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         calculate_properties(&id, &mut props, now, now);
-        let object = HsObject { id: id.clone(), properties: props, associations: vec![], created_at: now, updated_at: now };
-        self.objects.entry(object_type.into()).or_default().insert(id.clone(), object);
+        let object = HsObject {
+            id: id.clone(),
+            properties: props,
+            associations: vec![],
+            created_at: now,
+            updated_at: now,
+        };
+        self.objects
+            .entry(object_type.into())
+            .or_default()
+            .insert(id.clone(), object);
         id
     }
 }
@@ -110,8 +150,14 @@ impl HubSpotEmulator {
 
 pub fn error_body(status: StatusCode) -> Value {
     let (message, category) = match status.as_u16() {
-        401 => ("Authentication credentials not found. This API supports OAuth 2.0 authentication and you can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview", "INVALID_AUTHENTICATION"),
-        404 => ("Object not found.  objectId are usually numeric.", "OBJECT_NOT_FOUND"),
+        401 => (
+            "Authentication credentials not found. This API supports OAuth 2.0 authentication and you can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview",
+            "INVALID_AUTHENTICATION",
+        ),
+        404 => (
+            "Object not found.  objectId are usually numeric.",
+            "OBJECT_NOT_FOUND",
+        ),
         409 => ("Conflict", "CONFLICT"),
         429 => {
             return json!({"status": "error", "message": "You have reached your ten_secondly_rolling limit.",
@@ -133,7 +179,11 @@ fn error(status: StatusCode, message: impl Into<String>, category: &str) -> Resp
 }
 
 /// Checks the bearer token and adds HubSpot's rate-limit headers to what `f` answers.
-fn authorised(state: &SharedState, headers: &HeaderMap, f: impl FnOnce(&mut HubSpotState) -> Response) -> Response {
+fn authorised(
+    state: &SharedState,
+    headers: &HeaderMap,
+    f: impl FnOnce(&mut HubSpotState) -> Response,
+) -> Response {
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -141,8 +191,15 @@ fn authorised(state: &SharedState, headers: &HeaderMap, f: impl FnOnce(&mut HubS
         .unwrap_or("");
     let mut state = state.lock().unwrap();
     if !state.tokens.contains(token) {
-        let mut response = (StatusCode::UNAUTHORIZED, Json(error_body(StatusCode::UNAUTHORIZED))).into_response();
-        response.headers_mut().insert("x-hubspot-auth-failure", HeaderValue::from_static("401 Unauthorized"));
+        let mut response = (
+            StatusCode::UNAUTHORIZED,
+            Json(error_body(StatusCode::UNAUTHORIZED)),
+        )
+            .into_response();
+        response.headers_mut().insert(
+            "x-hubspot-auth-failure",
+            HeaderValue::from_static("401 Unauthorized"),
+        );
         return response;
     }
     state.daily_used += 1;
@@ -150,9 +207,15 @@ fn authorised(state: &SharedState, headers: &HeaderMap, f: impl FnOnce(&mut HubS
     let mut response = f(&mut state);
     let headers = response.headers_mut();
     headers.insert("x-hubspot-ratelimit-daily", HeaderValue::from(DAILY_LIMIT));
-    headers.insert("x-hubspot-ratelimit-daily-remaining", HeaderValue::from(remaining));
+    headers.insert(
+        "x-hubspot-ratelimit-daily-remaining",
+        HeaderValue::from(remaining),
+    );
     headers.insert("x-hubspot-ratelimit-secondly", HeaderValue::from(19u64));
-    headers.insert("x-hubspot-ratelimit-secondly-remaining", HeaderValue::from(18u64));
+    headers.insert(
+        "x-hubspot-ratelimit-secondly-remaining",
+        HeaderValue::from(18u64),
+    );
     response
 }
 
@@ -161,7 +224,10 @@ pub fn routes(state: SharedState) -> Router {
         .route("/account-info/v3/details", get(account_details))
         .route("/crm/v3/objects/{object_type}", post(create_object))
         .route("/crm/v3/objects/{object_type}/search", post(search_objects))
-        .route("/crm/v3/objects/{object_type}/{id}", get(get_object).patch(update_object))
+        .route(
+            "/crm/v3/objects/{object_type}/{id}",
+            get(get_object).patch(update_object),
+        )
         .with_state(state)
 }
 
@@ -180,19 +246,29 @@ fn known_type(object_type: &str) -> Result<(), Response> {
     if OBJECT_TYPES.contains(&object_type) {
         Ok(())
     } else {
-        Err(error(StatusCode::BAD_REQUEST, format!("Unable to infer object type from: {object_type}"), "VALIDATION_ERROR"))
+        Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("Unable to infer object type from: {object_type}"),
+            "VALIDATION_ERROR",
+        ))
     }
 }
 
 /// Properties HubSpot computes on every write.
-fn calculate_properties(id: &str, props: &mut BTreeMap<String, String>, created: DateTime<Utc>, now: DateTime<Utc>) {
+fn calculate_properties(
+    id: &str,
+    props: &mut BTreeMap<String, String>,
+    created: DateTime<Utc>,
+    now: DateTime<Utc>,
+) {
     let iso = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     props.insert("hs_object_id".into(), id.into());
     props.insert("createdate".into(), iso(created));
     props.insert("lastmodifieddate".into(), iso(now));
-    for (raw, calculated) in
-        [("phone", "hs_searchable_calculated_phone_number"), ("mobilephone", "hs_searchable_calculated_mobile_number")]
-    {
+    for (raw, calculated) in [
+        ("phone", "hs_searchable_calculated_phone_number"),
+        ("mobilephone", "hs_searchable_calculated_mobile_number"),
+    ] {
         match props.get(raw).map(|p| national_digits(p)) {
             Some(digits) if !digits.is_empty() => props.insert(calculated.into(), digits),
             _ => props.remove(calculated),
@@ -220,7 +296,11 @@ fn national_digits(raw: &str) -> String {
 
 fn properties_of(body: &Value) -> Result<BTreeMap<String, String>, Response> {
     let Some(map) = body.get("properties").and_then(Value::as_object) else {
-        return Err(error(StatusCode::BAD_REQUEST, "Invalid input JSON: 'properties' is required", "VALIDATION_ERROR"));
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "Invalid input JSON: 'properties' is required",
+            "VALIDATION_ERROR",
+        ));
     };
     map.iter()
         .map(|(k, v)| match v {
@@ -228,37 +308,83 @@ fn properties_of(body: &Value) -> Result<BTreeMap<String, String>, Response> {
             Value::Number(n) => Ok((k.clone(), n.to_string())),
             Value::Bool(b) => Ok((k.clone(), b.to_string())),
             Value::Null => Ok((k.clone(), String::new())),
-            _ => Err(error(StatusCode::BAD_REQUEST, format!("Invalid value for property {k}"), "VALIDATION_ERROR")),
+            _ => Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("Invalid value for property {k}"),
+                "VALIDATION_ERROR",
+            )),
         })
         .collect()
 }
 
 fn invalid_property(name: &str, message: &str, code: &str) -> Response {
-    let detail = json!([{"isValid": false, "message": message, "error": code, "name": name}]).to_string();
-    error(StatusCode::BAD_REQUEST, format!("Property values were not valid: {detail}"), "VALIDATION_ERROR")
+    let detail =
+        json!([{"isValid": false, "message": message, "error": code, "name": name}]).to_string();
+    error(
+        StatusCode::BAD_REQUEST,
+        format!("Property values were not valid: {detail}"),
+        "VALIDATION_ERROR",
+    )
 }
 
 /// HubSpot's own checks on property values.
-fn validate(state: &HubSpotState, object_type: &str, id: Option<&str>, props: &BTreeMap<String, String>) -> Result<(), Response> {
+fn validate(
+    state: &HubSpotState,
+    object_type: &str,
+    id: Option<&str>,
+    props: &BTreeMap<String, String>,
+) -> Result<(), Response> {
     if object_type == "contacts" {
         if let Some(email) = props.get("email").filter(|e| !e.is_empty()) {
             if crm_sync::domain::Email::parse(email).is_err() {
-                return Err(invalid_property("email", &format!("Email address {email} is invalid"), "INVALID_EMAIL"));
+                return Err(invalid_property(
+                    "email",
+                    &format!("Email address {email} is invalid"),
+                    "INVALID_EMAIL",
+                ));
             }
             let email = email.trim().to_ascii_lowercase();
-            let existing = state.objects["contacts"].values().find(|c| c.prop("email") == Some(email.as_str()) && Some(c.id.as_str()) != id);
+            let existing = state.objects["contacts"]
+                .values()
+                .find(|c| c.prop("email") == Some(email.as_str()) && Some(c.id.as_str()) != id);
             if let Some(existing) = existing {
-                return Err(error(StatusCode::CONFLICT, format!("Contact already exists. Existing ID: {}", existing.id), "CONFLICT"));
+                return Err(error(
+                    StatusCode::CONFLICT,
+                    format!("Contact already exists. Existing ID: {}", existing.id),
+                    "CONFLICT",
+                ));
             }
         }
     }
     for (name, value) in props {
-        let is_time = ["hs_timestamp", "hs_meeting_start_time", "hs_meeting_end_time"].contains(&name.as_str());
+        let is_time = [
+            "hs_timestamp",
+            "hs_meeting_start_time",
+            "hs_meeting_end_time",
+        ]
+        .contains(&name.as_str());
         if is_time && !value.is_empty() && parse_time(value).is_none() {
-            return Err(invalid_property(name, &format!("{value} is not a valid timestamp"), "INVALID_DATE"));
+            return Err(invalid_property(
+                name,
+                &format!("{value} is not a valid timestamp"),
+                "INVALID_DATE",
+            ));
         }
-        if name == "hs_meeting_outcome" && !["SCHEDULED", "COMPLETED", "RESCHEDULED", "NO_SHOW", "CANCELED"].contains(&value.as_str()) {
-            return Err(invalid_property(name, &format!("{value} was not one of the allowed options"), "INVALID_OPTION"));
+        if name == "hs_meeting_outcome"
+            && ![
+                "SCHEDULED",
+                "COMPLETED",
+                "RESCHEDULED",
+                "NO_SHOW",
+                "CANCELED",
+            ]
+            .contains(&value.as_str())
+        {
+            return Err(invalid_property(
+                name,
+                &format!("{value} was not one of the allowed options"),
+                "INVALID_OPTION",
+            ));
         }
     }
     Ok(())
@@ -270,7 +396,11 @@ pub fn parse_time(value: &str) -> Option<DateTime<Utc>> {
         .parse::<i64>()
         .ok()
         .and_then(DateTime::from_timestamp_millis)
-        .or_else(|| DateTime::parse_from_rfc3339(value).ok().map(|t| t.with_timezone(&Utc)))
+        .or_else(|| {
+            DateTime::parse_from_rfc3339(value)
+                .ok()
+                .map(|t| t.with_timezone(&Utc))
+        })
 }
 
 fn object_json(object: &HsObject, wanted: Option<&[String]>) -> Value {
@@ -282,7 +412,16 @@ fn object_json(object: &HsObject, wanted: Option<&[String]>) -> Value {
             Some(names) => names.iter().any(|n| n == *k) || defaults.contains(&k.as_str()),
             None => true,
         })
-        .map(|(k, v)| (k.clone(), if v.is_empty() { Value::Null } else { Value::String(v.clone()) }))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                if v.is_empty() {
+                    Value::Null
+                } else {
+                    Value::String(v.clone())
+                },
+            )
+        })
         .collect();
     json!({
         "id": object.id,
@@ -295,25 +434,58 @@ fn object_json(object: &HsObject, wanted: Option<&[String]>) -> Value {
 
 fn associations_of(state: &HubSpotState, body: &Value) -> Result<Vec<Association>, Response> {
     let mut out = Vec::new();
-    for association in body.get("associations").and_then(Value::as_array).into_iter().flatten() {
-        let to_id = association.pointer("/to/id").map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
+    for association in body
+        .get("associations")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let to_id = association.pointer("/to/id").map(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string())
+        });
         let Some(to_id) = to_id else {
-            return Err(error(StatusCode::BAD_REQUEST, "association 'to.id' is required", "VALIDATION_ERROR"));
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "association 'to.id' is required",
+                "VALIDATION_ERROR",
+            ));
         };
-        for kind in association.get("types").and_then(Value::as_array).into_iter().flatten() {
-            let type_id = kind.get("associationTypeId").and_then(Value::as_u64).unwrap_or(0);
+        for kind in association
+            .get("types")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let type_id = kind
+                .get("associationTypeId")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
             let to_type = match type_id {
                 200 | 578 => "contacts",
-                _ => return Err(error(StatusCode::BAD_REQUEST, format!("associationTypeId {type_id} is not supported"), "VALIDATION_ERROR")),
+                _ => {
+                    return Err(error(
+                        StatusCode::BAD_REQUEST,
+                        format!("associationTypeId {type_id} is not supported"),
+                        "VALIDATION_ERROR",
+                    ));
+                }
             };
             if !state.objects[to_type].contains_key(&to_id) {
                 return Err(error(
                     StatusCode::BAD_REQUEST,
-                    format!("One or more associations are invalid: {to_type} {to_id} does not exist"),
+                    format!(
+                        "One or more associations are invalid: {to_type} {to_id} does not exist"
+                    ),
                     "VALIDATION_ERROR",
                 ));
             }
-            out.push(Association { to_type: to_type.into(), to_id: to_id.clone(), type_id });
+            out.push(Association {
+                to_type: to_type.into(),
+                to_id: to_id.clone(),
+                type_id,
+            });
         }
     }
     Ok(out)
@@ -341,8 +513,16 @@ async fn create_object(
             Err(r) => return r,
         };
         match object_type.as_str() {
-            "contacts" if ["email", "firstname", "lastname"].iter().all(|p| props.get(*p).is_none_or(String::is_empty)) => {
-                return error(StatusCode::BAD_REQUEST, "A contact needs at least one of email, firstname or lastname", "VALIDATION_ERROR");
+            "contacts"
+                if ["email", "firstname", "lastname"]
+                    .iter()
+                    .all(|p| props.get(*p).is_none_or(String::is_empty)) =>
+            {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "A contact needs at least one of email, firstname or lastname",
+                    "VALIDATION_ERROR",
+                );
             }
             "meetings" if props.get("hs_timestamp").is_none_or(String::is_empty) => {
                 match props.get("hs_meeting_start_time").cloned() {
@@ -350,15 +530,29 @@ async fn create_object(
                     Some(start) if !start.is_empty() => {
                         props.insert("hs_timestamp".into(), start);
                     }
-                    _ => return invalid_property("hs_timestamp", "hs_timestamp is required", "REQUIRED_FIELD"),
+                    _ => {
+                        return invalid_property(
+                            "hs_timestamp",
+                            "hs_timestamp is required",
+                            "REQUIRED_FIELD",
+                        );
+                    }
                 }
             }
             "leads" => {
                 if props.get("hs_lead_name").is_none_or(String::is_empty) {
-                    return invalid_property("hs_lead_name", "hs_lead_name is required", "REQUIRED_FIELD");
+                    return invalid_property(
+                        "hs_lead_name",
+                        "hs_lead_name is required",
+                        "REQUIRED_FIELD",
+                    );
                 }
                 if !associations.iter().any(|a| a.to_type == "contacts") {
-                    return error(StatusCode::BAD_REQUEST, "A lead must be associated with an existing contact", "VALIDATION_ERROR");
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "A lead must be associated with an existing contact",
+                        "VALIDATION_ERROR",
+                    );
                 }
             }
             _ => {}
@@ -366,15 +560,26 @@ async fn create_object(
         let id = s.ids.next_id();
         let now = Utc::now();
         calculate_properties(&id, &mut props, now, now);
-        let object = HsObject { id: id.clone(), properties: props, associations, created_at: now, updated_at: now };
+        let object = HsObject {
+            id: id.clone(),
+            properties: props,
+            associations,
+            created_at: now,
+            updated_at: now,
+        };
         let json = object_json(&object, None);
-        s.objects.get_mut(&object_type).expect("known type").insert(id, object);
+        s.objects
+            .get_mut(&object_type)
+            .expect("known type")
+            .insert(id, object);
         (StatusCode::CREATED, Json(json)).into_response()
     })
 }
 
 fn wanted_properties(query: &BTreeMap<String, String>) -> Option<Vec<String>> {
-    query.get("properties").map(|p| p.split(',').map(|s| s.trim().to_string()).collect())
+    query
+        .get("properties")
+        .map(|p| p.split(',').map(|s| s.trim().to_string()).collect())
 }
 
 async fn get_object(
@@ -388,13 +593,26 @@ async fn get_object(
             return r;
         }
         let object = match query.get("idProperty").map(String::as_str) {
-            Some("email") => s.objects[&object_type].values().find(|o| o.prop("email") == Some(id.to_ascii_lowercase().as_str())),
+            Some("email") => s.objects[&object_type]
+                .values()
+                .find(|o| o.prop("email") == Some(id.to_ascii_lowercase().as_str())),
             _ => s.objects[&object_type].get(&id),
         };
-        let default_props: Vec<String> = ["email", "firstname", "lastname"].iter().map(|p| p.to_string()).collect();
+        let default_props: Vec<String> = ["email", "firstname", "lastname"]
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
         match object {
-            Some(object) => Json(object_json(object, Some(&wanted_properties(&query).unwrap_or(default_props)))).into_response(),
-            None => (StatusCode::NOT_FOUND, Json(error_body(StatusCode::NOT_FOUND))).into_response(),
+            Some(object) => Json(object_json(
+                object,
+                Some(&wanted_properties(&query).unwrap_or(default_props)),
+            ))
+            .into_response(),
+            None => (
+                StatusCode::NOT_FOUND,
+                Json(error_body(StatusCode::NOT_FOUND)),
+            )
+                .into_response(),
         }
     })
 }
@@ -414,12 +632,20 @@ async fn update_object(
             Err(r) => return r,
         };
         if !s.objects[&object_type].contains_key(&id) {
-            return (StatusCode::NOT_FOUND, Json(error_body(StatusCode::NOT_FOUND))).into_response();
+            return (
+                StatusCode::NOT_FOUND,
+                Json(error_body(StatusCode::NOT_FOUND)),
+            )
+                .into_response();
         }
         if let Err(r) = validate(s, &object_type, Some(&id), &updates) {
             return r;
         }
-        let object = s.objects.get_mut(&object_type).and_then(|m| m.get_mut(&id)).expect("checked above");
+        let object = s
+            .objects
+            .get_mut(&object_type)
+            .and_then(|m| m.get_mut(&id))
+            .expect("checked above");
         object.properties.extend(updates);
         object.updated_at = Utc::now();
         let (created, updated) = (object.created_at, object.updated_at);
@@ -429,17 +655,37 @@ async fn update_object(
 }
 
 fn filter_matches(object: &HsObject, filter: &Value) -> Result<bool, String> {
-    let name = filter.get("propertyName").and_then(Value::as_str).ok_or("filter propertyName is required")?;
-    let operator = filter.get("operator").and_then(Value::as_str).ok_or("filter operator is required")?;
-    let value = filter.get("value").map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
+    let name = filter
+        .get("propertyName")
+        .and_then(Value::as_str)
+        .ok_or("filter propertyName is required")?;
+    let operator = filter
+        .get("operator")
+        .and_then(Value::as_str)
+        .ok_or("filter operator is required")?;
+    let value = filter.get("value").map(|v| {
+        v.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string())
+    });
     let values: Vec<String> = match filter.get("values").and_then(Value::as_array) {
-        Some(list) => list.iter().map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).collect(),
+        Some(list) => list
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string())
+            })
+            .collect(),
         None => value.clone().into_iter().collect(),
     };
     // `associations.contact` matches objects associated with that contact id.
     let actual: Vec<String> = match name.strip_prefix("associations.") {
         Some(to) => object.associated(&format!("{to}s")),
-        None => object.prop(name).map(|v| vec![v.to_string()]).unwrap_or_default(),
+        None => object
+            .prop(name)
+            .map(|v| vec![v.to_string()])
+            .unwrap_or_default(),
     };
     let eq = |a: &String, b: &String| a.eq_ignore_ascii_case(b);
     Ok(match operator {
@@ -451,9 +697,15 @@ fn filter_matches(object: &HsObject, filter: &Value) -> Result<bool, String> {
         "CONTAINS_TOKEN" => {
             let token = value.unwrap_or_default().to_ascii_lowercase();
             let token = token.trim_matches('*');
-            actual.iter().any(|a| a.to_ascii_lowercase().contains(token))
+            actual
+                .iter()
+                .any(|a| a.to_ascii_lowercase().contains(token))
         }
-        other => return Err(format!("operator {other} is not supported by this emulator")),
+        other => {
+            return Err(format!(
+                "operator {other} is not supported by this emulator"
+            ));
+        }
     })
 }
 
@@ -467,28 +719,63 @@ async fn search_objects(
         if let Err(r) = known_type(&object_type) {
             return r;
         }
-        let groups = body.get("filterGroups").and_then(Value::as_array).cloned().unwrap_or_default();
-        let filter_count: usize = groups.iter().map(|g| g.get("filters").and_then(Value::as_array).map_or(0, Vec::len)).sum();
-        if groups.len() > 5 || filter_count > 25 {
-            return error(StatusCode::BAD_REQUEST, "Too many filter groups or filters", "VALIDATION_ERROR");
-        }
-        let limit = body.get("limit").and_then(Value::as_u64).unwrap_or(10).min(200) as usize;
-        let after: usize = body.get("after").and_then(|a| a.as_str().and_then(|s| s.parse().ok()).or(a.as_u64().map(|n| n as usize))).unwrap_or(0);
-        let wanted: Option<Vec<String>> = body
-            .get("properties")
+        let groups = body
+            .get("filterGroups")
             .and_then(Value::as_array)
-            .map(|p| p.iter().filter_map(Value::as_str).map(str::to_string).collect());
+            .cloned()
+            .unwrap_or_default();
+        let filter_count: usize = groups
+            .iter()
+            .map(|g| {
+                g.get("filters")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len)
+            })
+            .sum();
+        if groups.len() > 5 || filter_count > 25 {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Too many filter groups or filters",
+                "VALIDATION_ERROR",
+            );
+        }
+        let limit = body
+            .get("limit")
+            .and_then(Value::as_u64)
+            .unwrap_or(10)
+            .min(200) as usize;
+        let after: usize = body
+            .get("after")
+            .and_then(|a| {
+                a.as_str()
+                    .and_then(|s| s.parse().ok())
+                    .or(a.as_u64().map(|n| n as usize))
+            })
+            .unwrap_or(0);
+        let wanted: Option<Vec<String>> =
+            body.get("properties").and_then(Value::as_array).map(|p| {
+                p.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            });
         let mut matched = Vec::new();
         for object in s.objects[&object_type].values() {
             let mut any = groups.is_empty();
             for group in &groups {
-                let filters = group.get("filters").and_then(Value::as_array).cloned().unwrap_or_default();
+                let filters = group
+                    .get("filters")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
                 let mut all = true;
                 for filter in &filters {
                     match filter_matches(object, filter) {
                         Ok(true) => {}
                         Ok(false) => all = false,
-                        Err(message) => return error(StatusCode::BAD_REQUEST, message, "VALIDATION_ERROR"),
+                        Err(message) => {
+                            return error(StatusCode::BAD_REQUEST, message, "VALIDATION_ERROR");
+                        }
                     }
                 }
                 any |= all;
@@ -498,7 +785,12 @@ async fn search_objects(
             }
         }
         let total = matched.len();
-        let page: Vec<Value> = matched.iter().skip(after).take(limit).map(|o| object_json(o, Some(wanted.as_deref().unwrap_or(&[])))).collect();
+        let page: Vec<Value> = matched
+            .iter()
+            .skip(after)
+            .take(limit)
+            .map(|o| object_json(o, Some(wanted.as_deref().unwrap_or(&[]))))
+            .collect();
         let mut response = json!({"total": total, "results": page});
         if after + limit < total {
             response["paging"] = json!({"next": {"after": (after + limit).to_string()}});

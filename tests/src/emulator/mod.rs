@@ -36,14 +36,22 @@ pub struct Fault {
 
 impl Fault {
     pub fn status(status: u16) -> Self {
-        Fault { status: Some(status), times: 1, ..Default::default() }
+        Fault {
+            status: Some(status),
+            times: 1,
+            ..Default::default()
+        }
     }
     pub fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
         self
     }
     pub fn delay(delay: Duration) -> Self {
-        Fault { delay_ms: delay.as_millis() as u64, times: 1, ..Default::default() }
+        Fault {
+            delay_ms: delay.as_millis() as u64,
+            times: 1,
+            ..Default::default()
+        }
     }
     pub fn times(mut self, times: u32) -> Self {
         self.times = times;
@@ -94,7 +102,10 @@ impl Control {
 
     fn take_fault(&self, route: &str) -> Option<Fault> {
         let mut state = self.inner.lock().unwrap();
-        let index = state.faults.iter().position(|f| f.matching.as_deref().is_none_or(|m| route.contains(m)))?;
+        let index = state
+            .faults
+            .iter()
+            .position(|f| f.matching.as_deref().is_none_or(|m| route.contains(m)))?;
         let fault = state.faults[index].clone();
         if fault.times <= 1 {
             state.faults.remove(index);
@@ -119,28 +130,42 @@ async fn fault_layer(State(layer): State<Layer>, request: Request, next: Next) -
     let bytes = to_bytes(body, 16 * 1024 * 1024).await.unwrap_or_default();
     let route = format!("{} {}", parts.method, parts.uri.path());
     if !parts.uri.path().starts_with("/__emulator") {
-        layer.control.inner.lock().unwrap().requests.push(RecordedRequest {
-            method: parts.method.to_string(),
-            path: parts.uri.path().to_string(),
-            query: parts.uri.query().map(str::to_string),
-            authorization: parts.headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string),
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        });
+        layer
+            .control
+            .inner
+            .lock()
+            .unwrap()
+            .requests
+            .push(RecordedRequest {
+                method: parts.method.to_string(),
+                path: parts.uri.path().to_string(),
+                query: parts.uri.query().map(str::to_string),
+                authorization: parts
+                    .headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+                body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            });
         if let Some(fault) = layer.control.take_fault(&route) {
             if fault.delay_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(fault.delay_ms)).await;
             }
             if let Some(status) = fault.status {
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let status =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 let mut response = (status, Json((layer.error_body)(status))).into_response();
                 if let Some(seconds) = fault.retry_after {
-                    response.headers_mut().insert("retry-after", HeaderValue::from(seconds));
+                    response
+                        .headers_mut()
+                        .insert("retry-after", HeaderValue::from(seconds));
                 }
                 return response;
             }
         }
     }
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 /// Admin routes, for driving an emulator that runs as its own process.
@@ -148,10 +173,12 @@ fn admin_routes(control: Control) -> Router {
     Router::new()
         .route(
             "/__emulator/faults",
-            post(|State(c): State<Control>, Json(fault): Json<Fault>| async move {
-                c.inject(fault);
-                StatusCode::NO_CONTENT
-            }),
+            post(
+                |State(c): State<Control>, Json(fault): Json<Fault>| async move {
+                    c.inject(fault);
+                    StatusCode::NO_CONTENT
+                },
+            ),
         )
         .route(
             "/__emulator/faults",
@@ -160,7 +187,10 @@ fn admin_routes(control: Control) -> Router {
                 StatusCode::NO_CONTENT
             }),
         )
-        .route("/__emulator/requests", get(|State(c): State<Control>| async move { Json(json!(c.requests())) }))
+        .route(
+            "/__emulator/requests",
+            get(|State(c): State<Control>| async move { Json(json!(c.requests())) }),
+        )
         .with_state(control)
 }
 
@@ -178,17 +208,31 @@ impl Drop for RunningEmulator {
 }
 
 /// Serves `routes` (a CRM's API) behind the fault layer on `addr` (port 0 picks a free one).
-pub async fn serve(routes: Router, error_body: ErrorBody, addr: SocketAddr) -> std::io::Result<RunningEmulator> {
+pub async fn serve(
+    routes: Router,
+    error_body: ErrorBody,
+    addr: SocketAddr,
+) -> std::io::Result<RunningEmulator> {
     let control = Control::default();
     let app = routes
         .merge(admin_routes(control.clone()))
-        .layer(middleware::from_fn_with_state(Layer { control: control.clone(), error_body }, fault_layer));
+        .layer(middleware::from_fn_with_state(
+            Layer {
+                control: control.clone(),
+                error_body,
+            },
+            fault_layer,
+        ));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let base_url = format!("http://{}", listener.local_addr()?);
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    Ok(RunningEmulator { base_url, control, task })
+    Ok(RunningEmulator {
+        base_url,
+        control,
+        task,
+    })
 }
 
 /// Ids as CRMs hand them out: increasing numbers, as strings.
@@ -198,6 +242,9 @@ pub struct IdSequence(u64);
 impl IdSequence {
     pub fn starting_at(first: u64) -> Self {
         IdSequence(first)
+    }
+    pub fn last(&self) -> u64 {
+        self.0
     }
     pub fn next_id(&mut self) -> String {
         self.0 += 1;

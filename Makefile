@@ -1,0 +1,22 @@
+# The commands a person runs. `make dev` serves the API locally; `make test` runs every test.
+.PHONY: dev test lint build fmt clean-local
+
+dev: ## Run the API on http://127.0.0.1:9000 with embedded stores and the CRM emulators
+	./scripts/dev.sh
+
+test: ## Install what the tests need, start moto, run every test, stop what was started
+	./scripts/test.sh
+
+lint: ## Formatting, clippy and the SAM template
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cfn-lint infra/template.yaml
+
+build: ## Release builds of every function for Lambda (arm64)
+	cargo lambda build --release --arm64 --workspace
+
+fmt:
+	cargo fmt --all
+
+clean-local: ## Forget the local run's connections and records
+	rm -rf .local

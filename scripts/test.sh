@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Every test of the workspace, on a fresh machine too: installs moto (the AWS emulator) and
+# cfn-lint from PyPI if missing, starts moto_server on a free loopback port, runs the tests,
+# lints the SAM template, and stops moto whatever happens.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/tools.sh
+
+ensure_tool moto_server 'moto[server]'
+ensure_tool cfn-lint cfn-lint
+
+port=$(free_port)
+moto_log=$(mktemp)
+moto_server -H 127.0.0.1 -p "$port" >"$moto_log" 2>&1 &
+moto_pid=$!
+trap 'kill "$moto_pid" 2>/dev/null || true; rm -f "$moto_log"' EXIT
+wait_for_port "$port" 30 || { cat "$moto_log"; exit 1; }
+echo "moto_server on 127.0.0.1:$port"
+
+export CRM_SYNC_TEST_AWS_ENDPOINT="http://127.0.0.1:$port"
+# The SDK must never find real credentials or a real region while testing.
+export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
+unset AWS_PROFILE AWS_SESSION_TOKEN
+
+cfn-lint infra/template.yaml
+echo "cfn-lint: infra/template.yaml has no errors or warnings"
+log=$(mktemp)
+trap 'kill "$moto_pid" 2>/dev/null || true; rm -f "$moto_log" "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "workspace: %d passed, %d failed\n", p, f }' "$log"
