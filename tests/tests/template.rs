@@ -1,0 +1,209 @@
+//! The SAM template, read as data: every API method needs the API key, each function's IAM is the
+//! least its operation needs, and the environment matches what the code reads.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+fn template() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/template.yaml");
+    let text = std::fs::read_to_string(path).expect("infra/template.yaml");
+    let yaml: serde_norway::Value =
+        serde_norway::from_str(&text).expect("the template parses as YAML");
+    to_json(yaml)
+}
+
+/// YAML to JSON, with CloudFormation's short-form tags kept as `{"!Ref": …}`.
+fn to_json(yaml: serde_norway::Value) -> Value {
+    use serde_norway::Value as Y;
+    match yaml {
+        Y::Null => Value::Null,
+        Y::Bool(b) => Value::Bool(b),
+        Y::Number(n) => serde_json::to_value(n).unwrap(),
+        Y::String(s) => Value::String(s),
+        Y::Sequence(items) => Value::Array(items.into_iter().map(to_json).collect()),
+        Y::Mapping(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| format!("{k:?}")),
+                        to_json(v),
+                    )
+                })
+                .collect(),
+        ),
+        Y::Tagged(tagged) => {
+            let mut object = serde_json::Map::new();
+            object.insert(
+                format!("!{}", tagged.tag.to_string().trim_start_matches('!')),
+                to_json(tagged.value),
+            );
+            Value::Object(object)
+        }
+    }
+}
+
+fn functions(template: &Value) -> Vec<(String, &Value)> {
+    template["Resources"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| r["Type"] == "AWS::Serverless::Function")
+        .map(|(name, r)| (name.clone(), r))
+        .collect()
+}
+
+/// The `!GetAtt X.Arn` a role reference names, as `X`.
+fn get_att_target(value: &Value) -> String {
+    let text = serde_json::to_string(value).unwrap();
+    text.split(|c: char| !c.is_alphanumeric() && c != '.')
+        .find(|s| s.ends_with(".Arn"))
+        .unwrap()
+        .trim_end_matches(".Arn")
+        .to_string()
+}
+
+/// Every action a role allows, and the resources of the statements that allow them.
+fn allowed_actions(role: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for policy in role["Properties"]["Policies"].as_array().unwrap() {
+        for statement in policy["PolicyDocument"]["Statement"].as_array().unwrap() {
+            assert_eq!(statement["Effect"], "Allow");
+            let actions: Vec<String> = match &statement["Action"] {
+                Value::String(a) => vec![a.clone()],
+                Value::Array(list) => list
+                    .iter()
+                    .map(|a| a.as_str().unwrap().to_string())
+                    .collect(),
+                other => panic!("unexpected Action {other}"),
+            };
+            for action in actions {
+                out.push((
+                    action,
+                    serde_json::to_string(&statement["Resource"]).unwrap(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_api_method_requires_the_api_key_and_the_six_routes_exist() {
+    let template = template();
+    let api = &template["Resources"]["CrmSyncApi"];
+    assert_eq!(api["Properties"]["Auth"]["ApiKeyRequired"], true);
+    let mut routes = BTreeSet::new();
+    for (name, function) in functions(&template) {
+        for (_, event) in function["Properties"]["Events"]
+            .as_object()
+            .into_iter()
+            .flatten()
+        {
+            if event["Type"] == "Api" {
+                assert_ne!(
+                    event["Properties"]["Auth"]["ApiKeyRequired"], false,
+                    "{name} turns the API key off"
+                );
+                routes.insert(format!(
+                    "{} {}",
+                    event["Properties"]["Method"].as_str().unwrap(),
+                    event["Properties"]["Path"].as_str().unwrap()
+                ));
+            }
+        }
+    }
+    let expected: BTreeSet<String> = [
+        "GET /api/v1/integrations/crm/platforms",
+        "POST /api/v1/integrations/crm/test-connection",
+        "POST /api/v1/integrations/crm/sync-customer",
+        "POST /api/v1/integrations/crm/sync-appointment",
+        "POST /api/v1/integrations/crm/sync-lead",
+        "GET /api/v1/integrations/crm/get-customer",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(routes, expected);
+    let usage_plan = &template["Resources"]["CrmSyncUsagePlan"]["Properties"];
+    assert!(usage_plan["Throttle"].is_object() && usage_plan["Quota"].is_object());
+}
+
+#[test]
+fn each_function_gets_the_least_iam_its_operation_needs() {
+    let template = template();
+    let resources = &template["Resources"];
+    for (name, function) in functions(&template) {
+        let role_name = get_att_target(&function["Properties"]["Role"]);
+        let actions = allowed_actions(&resources[&role_name]);
+        let has = |action: &str| actions.iter().any(|(a, _)| a == action);
+        for (action, resource) in &actions {
+            assert!(!action.contains('*'), "{name}: wildcard action {action}");
+            if action.starts_with("secretsmanager:") {
+                assert!(
+                    resource.contains("secret:crm-sync/connections/*"),
+                    "{name}: {action} on {resource}"
+                );
+            }
+        }
+        let binary = function["Metadata"]["BuildProperties"]["Binary"]
+            .as_str()
+            .unwrap();
+        match binary {
+            "platforms" => assert!(
+                actions.iter().all(|(a, _)| a.starts_with("logs:")),
+                "platforms needs no data access: {actions:?}"
+            ),
+            "get-customer" => {
+                assert!(has("secretsmanager:GetSecretValue"));
+                assert!(
+                    !has("dynamodb:UpdateItem") && !has("dynamodb:Query"),
+                    "get-customer cannot write records"
+                );
+            }
+            "replay-failed" => assert!(has("dynamodb:Query") && has("dynamodb:PutItem")),
+            "sync-customer" | "sync-appointment" | "sync-lead" | "test-connection" => {
+                assert!(
+                    has("secretsmanager:GetSecretValue")
+                        && has("dynamodb:GetItem")
+                        && has("dynamodb:PutItem")
+                );
+                assert!(
+                    !has("dynamodb:Query") && !has("dynamodb:Scan"),
+                    "{binary} never lists records"
+                );
+            }
+            other => panic!("unexpected function binary {other}"),
+        }
+        assert!(
+            !has("secretsmanager:CreateSecret") && !has("secretsmanager:DeleteSecret"),
+            "{name} cannot add or remove connections"
+        );
+    }
+}
+
+#[test]
+fn functions_get_the_environment_the_code_reads() {
+    let template = template();
+    let variables = &template["Globals"]["Function"]["Environment"]["Variables"];
+    assert_eq!(variables["CRM_SYNC_STORE"], "aws");
+    assert_eq!(variables["CRM_SYNC_SECRET_PREFIX"], "crm-sync/connections/");
+    assert!(variables["CRM_SYNC_TABLE"].is_object() || variables["CRM_SYNC_TABLE"].is_string());
+    assert!(!variables["RUST_LOG"].is_null());
+    let config =
+        crm_sync::config::Config::from_lookup(|name| variables[name].as_str().map(str::to_string));
+    assert_eq!(config.store, crm_sync::config::StoreKind::Aws);
+    assert_eq!(config.api_key, None, "deployed, API Gateway checks the key");
+    let table = &template["Resources"]["SyncRecordsTable"]["Properties"];
+    assert_eq!(
+        table["GlobalSecondaryIndexes"][0]["IndexName"],
+        crm_sync::store::aws::STATUS_INDEX
+    );
+    assert_eq!(table["BillingMode"], "PAY_PER_REQUEST");
+    assert_eq!(
+        table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"],
+        true
+    );
+}
