@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 use crate::config::{Config, StoreKind};
 use crate::connection::{Connection, ConnectionId, ConnectionSettings, SecretString};
 use crate::crm::{
-    self, AccountInfo, ContactLookup, CrmAdapter, CrmContact, CrmHttp, Outcome, Upserted,
+    self, AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, CrmHttp, Outcome,
+    Upserted,
 };
 use crate::domain::{
     self, Appointment, CrmType, Customer, E164Phone, Email, Fields, Lead, ValidationDefaults,
@@ -45,7 +46,7 @@ pub struct App {
     pub config: Config,
     pub connections: Arc<dyn ConnectionStore>,
     pub records: Arc<dyn SyncRecordStore>,
-    pub http: CrmHttp,
+    pub adapters: AdapterContext,
 }
 
 /// The result of syncing one entity.
@@ -177,12 +178,16 @@ impl App {
         connections: Arc<dyn ConnectionStore>,
         records: Arc<dyn SyncRecordStore>,
     ) -> Self {
-        let http = CrmHttp::new(&config);
+        let adapters = AdapterContext {
+            http: CrmHttp::new(&config),
+            connections: connections.clone(),
+            records: records.clone(),
+        };
         App {
             config,
             connections,
             records,
-            http,
+            adapters,
         }
     }
 
@@ -216,7 +221,7 @@ impl App {
             }
         }
         let defaults = connection.settings.validation_defaults()?;
-        let adapter = crm::adapter_for(&connection, &self.http)?;
+        let adapter = crm::adapter_for(&connection, &self.adapters)?;
         Ok(Target {
             connection_id,
             connection,
@@ -490,7 +495,7 @@ impl App {
             (inline_connection(&fields)?, None)
         };
         let crm_type = connection.crm_type;
-        let adapter = crm::adapter_for(&connection, &self.http)?;
+        let adapter = crm::adapter_for(&connection, &self.adapters)?;
         let response = |result: Result<AccountInfo>| match result {
             Ok(info) => TestConnectionResponse {
                 ok: true,
@@ -560,7 +565,7 @@ impl App {
         let connection_id = ConnectionId::parse(&record.connection_id)?;
         let connection = self.connections.get(&connection_id).await?;
         let defaults = connection.settings.validation_defaults()?;
-        let adapter = crm::adapter_for(&connection, &self.http)?;
+        let adapter = crm::adapter_for(&connection, &self.adapters)?;
         let target = Target {
             connection_id,
             connection,

@@ -249,3 +249,59 @@ pub async fn create_records_table(client: &aws_sdk_dynamodb::Client, name: &str)
         .await
         .expect("table created on moto");
 }
+
+pub async fn leases_are_exclusive_until_released_or_expired(store: &dyn SyncRecordStore) {
+    let ttl = std::time::Duration::from_millis(400);
+    assert!(
+        store
+            .try_acquire_lease("refresh#acme", "first", ttl)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .try_acquire_lease("refresh#acme", "second", ttl)
+            .await
+            .unwrap(),
+        "held"
+    );
+    assert!(
+        store
+            .try_acquire_lease("refresh#other", "second", ttl)
+            .await
+            .unwrap(),
+        "leases are per name"
+    );
+    store.release_lease("refresh#acme", "second").await.unwrap();
+    assert!(
+        !store
+            .try_acquire_lease("refresh#acme", "second", ttl)
+            .await
+            .unwrap(),
+        "only the owner releases"
+    );
+    store.release_lease("refresh#acme", "first").await.unwrap();
+    assert!(
+        store
+            .try_acquire_lease("refresh#acme", "second", ttl)
+            .await
+            .unwrap(),
+        "released"
+    );
+    tokio::time::sleep(ttl + std::time::Duration::from_millis(200)).await;
+    assert!(
+        store
+            .try_acquire_lease("refresh#acme", "third", ttl)
+            .await
+            .unwrap(),
+        "expired leases are taken over"
+    );
+    assert!(
+        store
+            .list_by_status(SyncStatus::Pending, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "leases are not records"
+    );
+}

@@ -65,3 +65,14 @@ async fn local_records_list_by_status_oldest_first() {
 async fn dynamodb_records_list_by_status_oldest_first() {
     records_list_by_status_oldest_first(&dynamodb_store().await).await;
 }
+
+#[tokio::test]
+async fn local_leases_are_exclusive_until_released_or_expired() {
+    let dir = TempDir::new("stores");
+    leases_are_exclusive_until_released_or_expired(&LocalSyncRecordStore::new(dir.path())).await;
+}
+
+#[tokio::test]
+async fn dynamodb_leases_are_exclusive_until_released_or_expired() {
+    leases_are_exclusive_until_released_or_expired(&dynamodb_store().await).await;
+}

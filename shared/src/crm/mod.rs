@@ -2,14 +2,18 @@
 
 pub mod http;
 pub mod hubspot;
+pub mod oauth;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use std::sync::Arc;
+
 use crate::connection::{Connection, ConnectionSettings};
 use crate::domain::{Appointment, CrmType, Customer, E164Phone, Lead};
 use crate::error::{Error, Result};
+use crate::store::{ConnectionStore, SyncRecordStore};
 pub use http::CrmHttp;
 
 /// How a contact is looked up.
@@ -89,12 +93,21 @@ pub trait CrmAdapter: Send + Sync {
     ) -> Result<()>;
 }
 
+/// What adapters share, built once per cold start: the HTTP client, and the stores an OAuth
+/// adapter writes refreshed tokens to (connections) and takes its refresh lease from (records).
+#[derive(Clone)]
+pub struct AdapterContext {
+    pub http: CrmHttp,
+    pub connections: Arc<dyn ConnectionStore>,
+    pub records: Arc<dyn SyncRecordStore>,
+}
+
 /// Builds the adapter a connection names.
-pub fn adapter_for(connection: &Connection, http: &CrmHttp) -> Result<Box<dyn CrmAdapter>> {
+pub fn adapter_for(connection: &Connection, ctx: &AdapterContext) -> Result<Box<dyn CrmAdapter>> {
     match connection.crm_type {
         CrmType::Hubspot => Ok(Box::new(hubspot::HubSpotAdapter::new(
             connection,
-            http.clone(),
+            ctx.http.clone(),
         )?)),
         other => Err(Error::ConnectionInvalid {
             id: connection.id_str().to_string(),

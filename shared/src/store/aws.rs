@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 
 use super::{
     ConnectionStore, RecordKey, RecordedError, SyncRecord, SyncRecordStore, SyncStatus,
-    WriteOutcome,
+    WriteOutcome, lease_key,
 };
 use crate::connection::{Connection, ConnectionId};
 use crate::error::{Error, Result};
@@ -322,6 +322,63 @@ impl SyncRecordStore for DynamoDbSyncRecordStore {
             if start_key.is_none() || records.len() >= limit {
                 return Ok(records);
             }
+        }
+    }
+
+    async fn try_acquire_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool> {
+        let now = Utc::now();
+        let expires = now + chrono::Duration::from_std(ttl).unwrap_or_default();
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(lease_key(name)))
+            .item("owner", s(owner))
+            .item("leaseExpiresAtMs", n(expires.timestamp_millis()))
+            // The table's TTL attribute (epoch seconds) removes leases nobody released.
+            .item("expiresAt", n(expires.timestamp() + 3600))
+            .condition_expression("attribute_not_exists(pk) OR leaseExpiresAtMs < :now")
+            .expression_attribute_values(":now", n(now.timestamp_millis()))
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(sdk_error("DynamoDB", e)),
+        }
+    }
+
+    async fn release_lease(&self, name: &str, owner: &str) -> Result<()> {
+        let delete = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(lease_key(name)))
+            .condition_expression("#owner = :owner")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":owner", s(owner))
+            .send()
+            .await;
+        match delete {
+            Ok(_) => Ok(()),
+            // Expired and taken over by someone else: theirs now.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(sdk_error("DynamoDB", e)),
         }
     }
 }

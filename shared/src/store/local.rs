@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use super::{ConnectionStore, RecordKey, SyncRecord, SyncRecordStore, SyncStatus, WriteOutcome};
+use super::{
+    ConnectionStore, RecordKey, SyncRecord, SyncRecordStore, SyncStatus, WriteOutcome, lease_key,
+    sha256_hex,
+};
 use crate::connection::{Connection, ConnectionId};
 use crate::error::{Error, Result};
 
@@ -185,6 +188,51 @@ impl SyncRecordStore for LocalSyncRecordStore {
         })
         .await
         .map_err(|e| Error::Store(format!("local store task failed: {e}")))?
+    }
+
+    async fn try_acquire_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool> {
+        let file = format!("{}.lease", sha256_hex(lease_key(name).as_bytes()));
+        let owner = owner.to_string();
+        with_dir_lock(self.dir.clone(), move |dir| {
+            let path = dir.join(file);
+            let now = chrono::Utc::now().timestamp_millis();
+            if let Ok(bytes) = fs::read(&path) {
+                let held: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                if held["expiresAtMs"]
+                    .as_i64()
+                    .is_some_and(|expires| expires >= now)
+                {
+                    return Ok(false);
+                }
+            }
+            let lease =
+                serde_json::json!({"owner": owner, "expiresAtMs": now + ttl.as_millis() as i64});
+            write_atomically(&path, lease.to_string().as_bytes())?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, name: &str, owner: &str) -> Result<()> {
+        let file = format!("{}.lease", sha256_hex(lease_key(name).as_bytes()));
+        let owner = owner.to_string();
+        with_dir_lock(self.dir.clone(), move |dir| {
+            let path = dir.join(file);
+            let held: serde_json::Value = fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            if held["owner"] == owner.as_str() {
+                fs::remove_file(&path).map_err(|e| io_error("releasing a lease", e))?;
+            }
+            Ok(())
+        })
+        .await
     }
 }
 

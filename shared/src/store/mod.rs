@@ -158,4 +158,19 @@ pub trait SyncRecordStore: Send + Sync {
     -> Result<WriteOutcome>;
     /// Records in `status`, least recently updated first.
     async fn list_by_status(&self, status: SyncStatus, limit: usize) -> Result<Vec<SyncRecord>>;
+    /// Takes the lease `name` for `ttl` unless another owner holds it unexpired. Leases make work
+    /// single-flight across concurrent functions (OAuth token refresh).
+    async fn try_acquire_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool>;
+    /// Gives the lease back if `owner` still holds it.
+    async fn release_lease(&self, name: &str, owner: &str) -> Result<()>;
+}
+
+/// The storage key of a lease; never collides with a record key (those start with a connection id).
+pub fn lease_key(name: &str) -> String {
+    format!("lease#{name}")
 }

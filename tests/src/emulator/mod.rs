@@ -2,6 +2,7 @@
 //! fault injector (status, `Retry-After`, delay) applied before the CRM's own routes.
 
 pub mod hubspot;
+pub mod oauth;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
