@@ -149,7 +149,11 @@ impl App {
     /// Builds the stores the configuration names. AWS clients come from `aws-config`, so
     /// `AWS_ENDPOINT_URL` and the usual credential chain apply.
     pub async fn from_env() -> Self {
-        let config = Config::from_env();
+        Self::from_config(Config::from_env()).await
+    }
+
+    /// Builds the stores `config` names.
+    pub async fn from_config(config: Config) -> Self {
         let (connections, records): (Arc<dyn ConnectionStore>, Arc<dyn SyncRecordStore>) =
             match config.store {
                 StoreKind::Aws => {

@@ -1,0 +1,189 @@
+//! The admin CLI against the local stores and the HubSpot emulator.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crm_sync::domain::CrmType;
+use crm_sync_tests::emulator::Fault;
+use crm_sync_tests::emulator::hubspot::HubSpotEmulator;
+use crm_sync_tests::harness::{TempDir, connection, local_app, store_connection};
+use serde_json::json;
+
+const TOKEN: &str = "cli-token-secret-4242";
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `crm-sync ARGS` on the local stores in `dir`, with `stdin` piped in.
+async fn crm_sync(dir: &TempDir, args: &[&str], stdin: &str) -> Run {
+    let data_dir = dir.path().to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let stdin = stdin.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_crm-sync"))
+            .args(&args)
+            .env("CRM_SYNC_STORE", "local")
+            .env("CRM_SYNC_DATA_DIR", &data_dir)
+            .env("CRM_SYNC_CRM_ATTEMPTS", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("crm-sync runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        Run {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_added_from_stdin_checked_listed_tested_and_removed() {
+    let hubspot = HubSpotEmulator::start(&[TOKEN]).await.unwrap();
+    let dir = TempDir::new("cli");
+    let base_url = format!("baseUrl={}", hubspot.base_url());
+
+    let refused = crm_sync(
+        &dir,
+        &[
+            "connections",
+            "add",
+            "hubspot",
+            "--id",
+            "acme",
+            "--setting",
+            &base_url,
+        ],
+        r#"{"accessToken": "wrong"}"#,
+    )
+    .await;
+    assert!(!refused.ok);
+    assert!(
+        refused.stderr.contains("nothing was stored"),
+        "{}",
+        refused.stderr
+    );
+
+    let missing = crm_sync(
+        &dir,
+        &["connections", "add", "hubspot", "--id", "acme"],
+        "{}",
+    )
+    .await;
+    assert!(
+        !missing.ok && missing.stderr.contains("accessToken"),
+        "{}",
+        missing.stderr
+    );
+
+    let added = crm_sync(
+        &dir,
+        &[
+            "connections",
+            "add",
+            "hubspot",
+            "--id",
+            "acme",
+            "--setting",
+            &base_url,
+            "--timezone",
+            "America/Chicago",
+        ],
+        &format!("accessToken={TOKEN}\n"),
+    )
+    .await;
+    assert!(added.ok, "{}", added.stderr);
+    assert!(added.stdout.contains("stored connection acme"));
+
+    let listed = crm_sync(&dir, &["connections", "list"], "").await;
+    assert_eq!(listed.stdout.trim(), "acme\thubspot");
+    let tested = crm_sync(&dir, &["connections", "test", "acme"], "").await;
+    assert!(
+        tested.ok && tested.stdout.contains("\"ok\": true"),
+        "{}",
+        tested.stdout
+    );
+
+    for run in [&refused, &missing, &added, &listed, &tested] {
+        assert!(
+            !run.stdout.contains(TOKEN) && !run.stderr.contains(TOKEN),
+            "the CLI never prints a secret"
+        );
+    }
+
+    let removed = crm_sync(&dir, &["connections", "remove", "acme"], "").await;
+    assert!(removed.ok);
+    assert_eq!(
+        crm_sync(&dir, &["connections", "list"], "")
+            .await
+            .stdout
+            .trim(),
+        ""
+    );
+    assert!(
+        !crm_sync(&dir, &["connections", "test", "acme"], "")
+            .await
+            .ok
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_records_are_listed_and_replayed() {
+    let hubspot = HubSpotEmulator::start(&[TOKEN]).await.unwrap();
+    let dir = TempDir::new("cli");
+    let app = local_app(&dir);
+    store_connection(
+        &app,
+        "acme",
+        &connection(
+            CrmType::Hubspot,
+            hubspot.base_url(),
+            &[("accessToken", TOKEN)],
+        ),
+    )
+    .await;
+    hubspot.server.control.inject(Fault::status(503).times(10));
+    let failure = app
+        .sync_customer(&json!({"connectionId": "acme", "customer": {"email": "later@example.com"}}))
+        .await
+        .unwrap_err();
+    hubspot.server.control.clear_faults();
+
+    let listed = crm_sync(&dir, &["records", "list", "--status", "failed"], "").await;
+    assert!(listed.ok, "{}", listed.stderr);
+    assert!(
+        listed.stdout.contains(failure.sync_id.as_deref().unwrap()),
+        "{}",
+        listed.stdout
+    );
+    assert!(listed.stdout.contains("crm_unavailable"));
+
+    let replayed = crm_sync(&dir, &["records", "replay"], "").await;
+    assert!(replayed.ok, "{}", replayed.stderr);
+    assert!(
+        replayed.stdout.contains("\"synced\": 1"),
+        "{}",
+        replayed.stdout
+    );
+    assert_eq!(hubspot.state.lock().unwrap().all("contacts").len(), 1);
+    let after = crm_sync(&dir, &["records", "list", "--status", "failed"], "").await;
+    assert_eq!(
+        after.stdout.lines().count(),
+        1,
+        "only the header is left: {}",
+        after.stdout
+    );
+}
