@@ -11,6 +11,7 @@ lint: ## Formatting, clippy and the SAM template
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cfn-lint infra/template.yaml
+	SAM_CLI_TELEMETRY=0 sam validate --lint --region us-east-1
 
 build: ## Release builds of every function for Lambda (arm64)
 	cargo lambda build --release --arm64 --workspace

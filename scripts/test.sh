@@ -8,6 +8,7 @@ source scripts/tools.sh
 
 ensure_tool moto_server 'moto[server]'
 ensure_tool cfn-lint cfn-lint
+ensure_tool sam aws-sam-cli
 
 port=$(free_port)
 moto_log=$(mktemp)
@@ -24,6 +25,8 @@ unset AWS_PROFILE AWS_SESSION_TOKEN
 
 cfn-lint infra/template.yaml
 echo "cfn-lint: infra/template.yaml has no errors or warnings"
+# SAM's own validation (transform + cfn-lint); it runs offline. samconfig.toml names the template.
+SAM_CLI_TELEMETRY=0 sam validate --lint --region us-east-1
 log=$(mktemp)
 trap 'kill "$moto_pid" 2>/dev/null || true; rm -f "$moto_log" "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
