@@ -79,22 +79,13 @@ pub struct AppointmentSyncResponse {
     pub appointment: EntitySync,
 }
 
-/// A contact in our normalised shape, as `get-customer` answers it.
+/// A contact in our normalised shape, as `get-customer` answers it: the CRM's record plus its
+/// first phone number in E.164 form (as stored when it cannot be normalised).
 #[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
 pub struct CustomerView {
-    pub crm_id: String,
-    pub first_name: Option<String>,
-    pub last_name: Option<String>,
-    pub email: Option<String>,
-    /// The first phone number in E.164 form (as stored when it cannot be normalised).
+    #[serde(flatten)]
+    pub contact: CrmContact,
     pub phone: Option<String>,
-    pub phones: Vec<String>,
-    pub address: Option<String>,
-    pub city: Option<String>,
-    pub state: Option<String>,
-    pub zip_code: Option<String>,
-    pub country: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -741,19 +732,7 @@ fn customer_view(contact: CrmContact, country: &str) -> CustomerView {
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|_| raw.clone())
     });
-    CustomerView {
-        crm_id: contact.crm_id,
-        first_name: contact.first_name,
-        last_name: contact.last_name,
-        email: contact.email,
-        phone,
-        phones: contact.phones,
-        address: contact.address,
-        city: contact.city,
-        state: contact.state,
-        zip_code: contact.zip_code,
-        country: contact.country,
-    }
+    CustomerView { contact, phone }
 }
 
 fn inline_connection(fields: &Fields<'_>) -> Result<Connection> {

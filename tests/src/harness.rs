@@ -171,3 +171,22 @@ impl Write for LogCapture {
         Ok(())
     }
 }
+
+/// Fresh production stores on moto: a new table (as the template defines it) and a new secret prefix.
+pub async fn aws_stores() -> (
+    crm_sync::store::aws::SecretsManagerConnectionStore,
+    crm_sync::store::aws::DynamoDbSyncRecordStore,
+) {
+    let sdk = aws_sdk_config().await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    let table = format!("records-{}", uuid::Uuid::new_v4());
+    crate::store_suite::create_records_table(&dynamodb, &table).await;
+    let prefix = format!("crm-sync-test-{}/connections/", uuid::Uuid::new_v4());
+    (
+        crm_sync::store::aws::SecretsManagerConnectionStore::new(
+            aws_sdk_secretsmanager::Client::new(&sdk),
+            prefix,
+        ),
+        crm_sync::store::aws::DynamoDbSyncRecordStore::new(dynamodb, table),
+    )
+}

@@ -14,13 +14,11 @@ use crm_sync::crm::oauth::{AccessGrant, OAuthProvider, OAuthSession};
 use crm_sync::crm::{AdapterContext, CrmHttp};
 use crm_sync::domain::CrmType;
 use crm_sync::error::Error;
-use crm_sync::store::aws::{DynamoDbSyncRecordStore, SecretsManagerConnectionStore};
 use crm_sync::store::local;
 use crm_sync::store::{ConnectionStore, SyncRecordStore};
 use crm_sync_tests::emulator::oauth::OAuthTokens;
 use crm_sync_tests::emulator::{RunningEmulator, serve};
-use crm_sync_tests::harness::{TempDir, aws_sdk_config, test_config};
-use crm_sync_tests::store_suite::create_records_table;
+use crm_sync_tests::harness::{TempDir, aws_stores, test_config};
 use serde_json::json;
 
 type Tokens = Arc<Mutex<OAuthTokens>>;
@@ -176,19 +174,8 @@ async fn concurrent_rejections_refresh_once_on_local_stores() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_rejections_refresh_once_on_aws_stores() {
-    let sdk = aws_sdk_config().await;
-    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
-    let table = format!("records-{}", uuid::Uuid::new_v4());
-    create_records_table(&dynamodb, &table).await;
-    let prefix = format!("crm-sync-oauth-{}/connections/", uuid::Uuid::new_v4());
-    concurrent_rejections_refresh_once(context(
-        Arc::new(SecretsManagerConnectionStore::new(
-            aws_sdk_secretsmanager::Client::new(&sdk),
-            prefix,
-        )),
-        Arc::new(DynamoDbSyncRecordStore::new(dynamodb, table)),
-    ))
-    .await;
+    let (connections, records) = aws_stores().await;
+    concurrent_rejections_refresh_once(context(Arc::new(connections), Arc::new(records))).await;
 }
 
 #[tokio::test]

@@ -5,21 +5,15 @@ use std::sync::Arc;
 
 use crm_sync::store::aws::{DynamoDbSyncRecordStore, SecretsManagerConnectionStore};
 use crm_sync::store::local::{LocalConnectionStore, LocalSyncRecordStore};
-use crm_sync_tests::harness::{TempDir, aws_sdk_config};
+use crm_sync_tests::harness::{TempDir, aws_stores};
 use crm_sync_tests::store_suite::*;
 
 async fn dynamodb_store() -> DynamoDbSyncRecordStore {
-    let sdk = aws_sdk_config().await;
-    let client = aws_sdk_dynamodb::Client::new(&sdk);
-    let table = format!("records-{}", uuid::Uuid::new_v4());
-    create_records_table(&client, &table).await;
-    DynamoDbSyncRecordStore::new(client, table)
+    aws_stores().await.1
 }
 
 async fn secrets_store() -> SecretsManagerConnectionStore {
-    let sdk = aws_sdk_config().await;
-    let prefix = format!("crm-sync-test-{}/connections/", uuid::Uuid::new_v4());
-    SecretsManagerConnectionStore::new(aws_sdk_secretsmanager::Client::new(&sdk), prefix)
+    aws_stores().await.0
 }
 
 #[tokio::test]

@@ -413,8 +413,8 @@ pub async fn get_customer_finds_by_id_email_and_phone_and_answers_not_found(fx: 
             .get_customer(&query)
             .await
             .unwrap_or_else(|e| panic!("{query}: {e}"));
-        assert_eq!(found.crm_id, id);
-        assert_eq!(found.email.as_deref(), Some("annie@example.com"));
+        assert_eq!(found.contact.crm_id, id);
+        assert_eq!(found.contact.email.as_deref(), Some("annie@example.com"));
         assert_eq!(found.phone.as_deref(), Some("+12165550100"));
     }
     for query in [
