@@ -1,0 +1,195 @@
+//! Benchmark: the sync operations through the Lambda handler against the HubSpot emulator on
+//! loopback, on the local stores. Prints throughput, latency percentiles and peak memory.
+//!
+//! `cargo run --release -p crm-sync-tests --bin bench -- [COUNT] [CONCURRENCY]`
+//!
+//! Goals (checked at the end; the process exits non-zero if one is missed):
+//! - an identical resend answers `unchanged` from the sync record alone: no CRM call, p95 < 5 ms;
+//! - crm-sync adds little to the CRM's own latency: a created contact (search + create) p95 < 25 ms;
+//! - peak resident memory of the whole process (emulator included) stays under 64 MiB.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crm_sync::domain::CrmType;
+use crm_sync::http::{Operation, handle};
+use crm_sync_tests::emulator::hubspot::HubSpotEmulator;
+use crm_sync_tests::harness::*;
+use lambda_http::http::Method;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "bench-token";
+
+struct Phase {
+    name: &'static str,
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+}
+
+impl Phase {
+    fn percentile(&self, p: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+    }
+    fn print(&self) {
+        println!(
+            "{:<22} {:>6} calls  {:>8.0} calls/s  p50 {:>7.2} ms  p95 {:>7.2} ms  p99 {:>7.2} ms",
+            self.name,
+            self.latencies.len(),
+            self.latencies.len() as f64 / self.elapsed.as_secs_f64(),
+            self.percentile(0.50).as_secs_f64() * 1e3,
+            self.percentile(0.95).as_secs_f64() * 1e3,
+            self.percentile(0.99).as_secs_f64() * 1e3,
+        );
+    }
+}
+
+async fn run_phase(
+    name: &'static str,
+    app: Arc<crm_sync::App>,
+    operation: Operation,
+    bodies: Vec<Value>,
+    concurrency: usize,
+) -> Phase {
+    let started = Instant::now();
+    let bodies = Arc::new(bodies);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (app, bodies, next) = (app.clone(), bodies.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(body) = bodies.get(i) else { break };
+                let request = api_request(Method::POST, Some(TEST_API_KEY), Some(body));
+                let began = Instant::now();
+                let (status, answer) =
+                    read_response(handle(&app, operation, request).await.unwrap());
+                latencies.push(began.elapsed());
+                assert_eq!(status, 200, "{answer}");
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for worker in workers {
+        latencies.extend(worker.await.unwrap());
+    }
+    Phase {
+        name,
+        latencies,
+        elapsed: started.elapsed(),
+    }
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let count = args.first().copied().unwrap_or(2000);
+    let concurrency = args.get(1).copied().unwrap_or(8);
+
+    let hubspot = HubSpotEmulator::start(&[TOKEN]).await.expect("emulator");
+    let dir = TempDir::new("bench");
+    let cold_start = Instant::now();
+    let app = Arc::new(local_app(&dir));
+    let cold_start = cold_start.elapsed();
+    store_connection(
+        &app,
+        "bench",
+        &connection(
+            CrmType::Hubspot,
+            hubspot.base_url(),
+            &[("accessToken", TOKEN)],
+        ),
+    )
+    .await;
+
+    let customers: Vec<Value> = (0..count)
+        .map(|i| json!({"connectionId": "bench", "customer": {"firstName": "Bench", "lastName": format!("User {i}"),
+            "email": format!("bench{i}@example.com"), "phone": format!("+1415555{:04}", i % 10_000)}}))
+        .collect();
+    let appointments: Vec<Value> = (0..count)
+        .map(|i| {
+            json!({"connectionId": "bench", "customer": {"email": format!("bench{i}@example.com")},
+            "appointment": {"externalId": format!("bench-{i}"), "start": "2025-07-01T10:00:00",
+                            "timezone": "America/Los_Angeles", "durationMinutes": 30}})
+        })
+        .collect();
+
+    println!(
+        "crm-sync bench: {count} entities, concurrency {concurrency}, HubSpot emulator on {}",
+        hubspot.base_url()
+    );
+    println!(
+        "app setup (cold start, local stores): {:.2} ms",
+        cold_start.as_secs_f64() * 1e3
+    );
+    let calls_before = hubspot.server.control.request_count();
+    let created = run_phase(
+        "sync-customer created",
+        app.clone(),
+        Operation::SyncCustomer,
+        customers.clone(),
+        concurrency,
+    )
+    .await;
+    created.print();
+    let calls_after_create = hubspot.server.control.request_count();
+    let unchanged = run_phase(
+        "sync-customer unchanged",
+        app.clone(),
+        Operation::SyncCustomer,
+        customers,
+        concurrency,
+    )
+    .await;
+    unchanged.print();
+    let crm_calls_for_resends = hubspot.server.control.request_count() - calls_after_create;
+    let booked = run_phase(
+        "sync-appointment",
+        app.clone(),
+        Operation::SyncAppointment,
+        appointments,
+        concurrency,
+    )
+    .await;
+    booked.print();
+    let rss = peak_rss_mib();
+    println!(
+        "CRM calls: {} for creates, {crm_calls_for_resends} for identical resends",
+        calls_after_create - calls_before
+    );
+    println!("peak resident memory: {rss:.1} MiB");
+
+    let mut missed = Vec::new();
+    if crm_calls_for_resends != 0 || unchanged.percentile(0.95) >= Duration::from_millis(5) {
+        missed.push("identical resend: no CRM call and p95 < 5 ms");
+    }
+    if created.percentile(0.95) >= Duration::from_millis(25) {
+        missed.push("created contact p95 < 25 ms");
+    }
+    if rss >= 64.0 {
+        missed.push("peak memory < 64 MiB");
+    }
+    if missed.is_empty() {
+        println!("goals: all met");
+    } else {
+        println!("goals missed: {}", missed.join("; "));
+        std::process::exit(1);
+    }
+}
