@@ -1,5 +1,6 @@
 //! The `CrmAdapter` port, one module per CRM, and the upsert logic every adapter shares.
 
+pub mod freshsales;
 pub mod http;
 pub mod hubspot;
 
@@ -93,6 +94,10 @@ pub trait CrmAdapter: Send + Sync {
 pub fn adapter_for(connection: &Connection, http: &CrmHttp) -> Result<Box<dyn CrmAdapter>> {
     match connection.crm_type {
         CrmType::Hubspot => Ok(Box::new(hubspot::HubSpotAdapter::new(
+            connection,
+            http.clone(),
+        )?)),
+        CrmType::Freshsales => Ok(Box::new(freshsales::FreshsalesAdapter::new(
             connection,
             http.clone(),
         )?)),
