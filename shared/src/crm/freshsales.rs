@@ -187,16 +187,18 @@ impl FreshsalesAdapter {
         Ok(list.cloned().unwrap_or_default())
     }
 
-    /// Contacts whose phone fields hold this number in any common notation. Freshworks keeps
-    /// phones as typed and filtered search compares exactly, so each field is asked for every
-    /// notation at once; the shared upsert then compares in E.164.
+    /// Contacts whose phone fields hold this number in any common notation. Lookup search only
+    /// takes email, name or custom fields, so this is the filtered search integrators use
+    /// (`POST /api/filtered_search/contact`, `is_in`). Freshworks keeps phones as typed and
+    /// `is_in` compares exactly, so each field is asked for every notation at once; the shared
+    /// upsert then compares in E.164.
     async fn contacts_with_phone(&self, phone: &E164Phone) -> Result<Vec<Value>> {
         let notations = phone_notations(phone);
         let mut fields: Vec<&str> = PHONE_FIELDS.to_vec();
-        if let Some(mapped) = property_name("contact", "phone", CONTACT_FIELDS, &self.settings) {
-            if !fields.contains(&mapped) {
-                fields.push(mapped);
-            }
+        if let Some(mapped) = property_name("contact", "phone", CONTACT_FIELDS, &self.settings)
+            && !fields.contains(&mapped)
+        {
+            fields.push(mapped);
         }
         let mut found: Vec<Value> = Vec::new();
         for field in fields {
@@ -398,10 +400,8 @@ impl FreshsalesAdapter {
                 json!([{"attendee_type": "Contact", "attendee_id": id_value(contact_id)}]),
             );
         }
-        if cancelled {
-            if let Some(outcome) = self.settings.extra.get("cancelledOutcomeId") {
-                body.insert("outcome_id".into(), outcome.clone());
-            }
+        if cancelled && let Some(outcome) = self.settings.extra.get("cancelledOutcomeId") {
+            body.insert("outcome_id".into(), outcome.clone());
         }
         json!({ "appointment": body })
     }
@@ -485,26 +485,24 @@ impl CrmAdapter for FreshsalesAdapter {
                 })
                 .collect();
         }
-        if found.is_empty() {
-            if let Some(phone) = &person.phone {
-                found = self
-                    .find_contacts(&ContactLookup::Phone(phone.clone()))
-                    .await?
-                    .into_iter()
-                    .filter(|c| {
-                        c.phones.iter().any(|raw| {
-                            E164Phone::parse(raw, &self.default_country).as_ref() == Ok(phone)
-                        })
+        if found.is_empty()
+            && let Some(phone) = &person.phone
+        {
+            found = self
+                .find_contacts(&ContactLookup::Phone(phone.clone()))
+                .await?
+                .into_iter()
+                .filter(|c| {
+                    c.phones.iter().any(|raw| {
+                        E164Phone::parse(raw, &self.default_country).as_ref() == Ok(phone)
                     })
-                    // Same number, another email: someone else sharing the phone.
-                    .filter(|c| match (&person.email, c.email.as_deref()) {
-                        (Some(ours), Some(theirs)) => {
-                            theirs.trim().eq_ignore_ascii_case(ours.as_str())
-                        }
-                        _ => true,
-                    })
-                    .collect();
-            }
+                })
+                // Same number, another email: someone else sharing the phone.
+                .filter(|c| match (&person.email, c.email.as_deref()) {
+                    (Some(ours), Some(theirs)) => theirs.trim().eq_ignore_ascii_case(ours.as_str()),
+                    _ => true,
+                })
+                .collect();
         }
         match found.len() {
             0 => Ok(None),

@@ -7,8 +7,9 @@
 //! (`{"contact": {...}}`), numeric ids, `Authorization: Token token=<key>`, lookup by `email`,
 //! `name` or a `cf_` field, upsert keyed on `unique_identifier` (200 updated, 201 created),
 //! appointments with `from_date`/`end_date`/`time_zone` and a `targetable`, and 429 once the
-//! hourly limit of the plan is spent. Where the docs are silent the choices are marked here:
-//! exact error wording, 200 on a plain create, and `Retry-After` on the 429.
+//! hourly limit of the plan is spent. Filtered search (`POST /api/filtered_search/contact`,
+//! ANDed `filter_rule`s, `is_in`) follows how integrators call it. Where the docs are silent the
+//! choices are marked here: exact error wording, 200 on a plain create, `Retry-After` on the 429.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -313,27 +314,40 @@ fn errors(status: StatusCode, messages: &[&str]) -> Value {
     json!({"errors": {"code": status.as_u16(), "message": messages}})
 }
 
-fn error(status: StatusCode, message: impl AsRef<str>) -> Response {
-    (status, Json(errors(status, &[message.as_ref()]))).into_response()
+/// A refused request: the status and the CRM's message, answered in Freshworks' error body.
+#[derive(Debug)]
+pub struct Rejection {
+    status: StatusCode,
+    message: String,
 }
 
-fn bad_request(message: impl AsRef<str>) -> Response {
-    error(StatusCode::BAD_REQUEST, message)
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        (self.status, Json(errors(self.status, &[&self.message]))).into_response()
+    }
 }
 
-fn not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        Json(error_body(StatusCode::NOT_FOUND)),
-    )
-        .into_response()
+type Reply = Result<Response, Rejection>;
+
+fn bad_request(message: impl Into<String>) -> Rejection {
+    Rejection {
+        status: StatusCode::BAD_REQUEST,
+        message: message.into(),
+    }
+}
+
+fn not_found() -> Rejection {
+    Rejection {
+        status: StatusCode::NOT_FOUND,
+        message: "The requested record was not found".into(),
+    }
 }
 
 /// Checks the API key and the account's hourly budget, then answers with `f`.
 fn authorised(
     state: &SharedState,
     headers: &HeaderMap,
-    f: impl FnOnce(&mut FreshsalesState) -> Response,
+    f: impl FnOnce(&mut FreshsalesState) -> Reply,
 ) -> Response {
     let key = headers
         .get("authorization")
@@ -359,7 +373,7 @@ fn authorised(
             .insert("retry-after", HeaderValue::from(wait));
         return response;
     }
-    f(&mut state)
+    f(&mut state).unwrap_or_else(IntoResponse::into_response)
 }
 
 pub fn routes(state: SharedState) -> Router {
@@ -398,7 +412,7 @@ pub fn parse_time(value: &str) -> Option<DateTime<Utc>> {
 }
 
 /// The `{"<entity>": {...}}` object of a request body.
-fn entity(bytes: &Bytes, name: &str) -> Result<(Value, Map<String, Value>), Response> {
+fn entity(bytes: &Bytes, name: &str) -> Result<(Value, Map<String, Value>), Rejection> {
     let body: Value = serde_json::from_slice(bytes)
         .map_err(|_| bad_request("The request body is not valid JSON"))?;
     let object = body
@@ -462,7 +476,7 @@ fn check_scalars(
     text: &[&str],
     ids: &[&str],
     other: &[&str],
-) -> Result<(), Response> {
+) -> Result<(), Rejection> {
     for (name, value) in input {
         let ok = if text.contains(&name.as_str()) {
             value.is_string() || value.is_null()
@@ -496,12 +510,13 @@ fn validate_contact(
     state: &FreshsalesState,
     existing: Option<&Record>,
     mut input: Map<String, Value>,
-) -> Result<Map<String, Value>, Response> {
+) -> Result<Map<String, Value>, Rejection> {
     // Some clients send the primary email as `emails`.
-    if let Some(emails) = input.remove("emails") {
-        if emails.is_string() && !input.contains_key("email") {
-            input.insert("email".into(), emails);
-        }
+    if let Some(emails) = input.remove("emails")
+        && emails.is_string()
+        && !input.contains_key("email")
+    {
+        input.insert("email".into(), emails);
     }
     check_scalars(
         &input,
@@ -522,10 +537,10 @@ fn validate_contact(
         }
         input.insert("email".into(), email.into());
     }
-    if let Some(stage) = input.get("lifecycle_stage_id").and_then(id_of) {
-        if !state.lifecycle_stages.iter().any(|s| s.id == stage) {
-            return Err(bad_request("Lifecycle stage is invalid"));
-        }
+    if let Some(stage) = input.get("lifecycle_stage_id").and_then(id_of)
+        && !state.lifecycle_stages.iter().any(|s| s.id == stage)
+    {
+        return Err(bad_request("Lifecycle stage is invalid"));
     }
     if let Some(custom) = input.get("custom_field") {
         let valid = custom.as_object().is_some_and(|m| {
@@ -575,7 +590,7 @@ fn save_contact(
     state: &mut FreshsalesState,
     id: Option<u64>,
     input: Map<String, Value>,
-) -> Result<u64, Response> {
+) -> Result<u64, Rejection> {
     let existing = id.and_then(|id| state.contacts.get(&id));
     let fields = validate_contact(state, existing, input)?;
     Ok(match id {
@@ -594,19 +609,27 @@ fn contact_answer(
     status: StatusCode,
     id: u64,
     query: &BTreeMap<String, String>,
-) -> Response {
+) -> Reply {
     let json = contact_json(
         state,
         &state.contacts[&id],
         include(query, "sales_accounts"),
     );
-    (status, Json(json!({ "contact": json }))).into_response()
+    Ok((status, Json(json!({ "contact": json }))).into_response())
+}
+
+/// The id in a path, if a record of that kind has it.
+fn known_id(state: &FreshsalesState, kind: Kind, id: &str) -> Result<u64, Rejection> {
+    id.parse::<u64>()
+        .ok()
+        .filter(|id| state.records(kind).contains_key(id))
+        .ok_or_else(not_found)
 }
 
 async fn owners(State(state): State<SharedState>, headers: HeaderMap) -> Response {
     authorised(&state, &headers, |_| {
-        Json(json!({"users": [{"id": 16000000001u64, "display_name": "Demo Owner", "email": "owner@example.com"}]}))
-            .into_response()
+        Ok(Json(json!({"users": [{"id": 16000000001u64, "display_name": "Demo Owner", "email": "owner@example.com"}]}))
+            .into_response())
     })
 }
 
@@ -620,7 +643,7 @@ async fn lifecycle_stages(State(state): State<SharedState>, headers: HeaderMap) 
                        "default": true, "type": stage.kind, "contact_status_ids": []})
             })
             .collect();
-        Json(json!({ "lifecycle_stages": stages })).into_response()
+        Ok(Json(json!({ "lifecycle_stages": stages })).into_response())
     })
 }
 
@@ -631,14 +654,9 @@ async fn create_contact(
     bytes: Bytes,
 ) -> Response {
     authorised(&state, &headers, |s| {
-        let (_, input) = match entity(&bytes, "contact") {
-            Ok(e) => e,
-            Err(r) => return r,
-        };
-        match save_contact(s, None, input) {
-            Ok(id) => contact_answer(s, StatusCode::OK, id, &query),
-            Err(r) => r,
-        }
+        let (_, input) = entity(&bytes, "contact")?;
+        let id = save_contact(s, None, input)?;
+        contact_answer(s, StatusCode::OK, id, &query)
     })
 }
 
@@ -649,14 +667,8 @@ async fn get_contact(
     headers: HeaderMap,
 ) -> Response {
     authorised(&state, &headers, |s| {
-        match id
-            .parse::<u64>()
-            .ok()
-            .filter(|id| s.contacts.contains_key(id))
-        {
-            Some(id) => contact_answer(s, StatusCode::OK, id, &query),
-            None => not_found(),
-        }
+        let id = known_id(s, Kind::Contact, &id)?;
+        contact_answer(s, StatusCode::OK, id, &query)
     })
 }
 
@@ -668,21 +680,10 @@ async fn update_contact(
     bytes: Bytes,
 ) -> Response {
     authorised(&state, &headers, |s| {
-        let Some(id) = id
-            .parse::<u64>()
-            .ok()
-            .filter(|id| s.contacts.contains_key(id))
-        else {
-            return not_found();
-        };
-        let (_, input) = match entity(&bytes, "contact") {
-            Ok(e) => e,
-            Err(r) => return r,
-        };
-        match save_contact(s, Some(id), input) {
-            Ok(id) => contact_answer(s, StatusCode::OK, id, &query),
-            Err(r) => r,
-        }
+        let id = known_id(s, Kind::Contact, &id)?;
+        let (_, input) = entity(&bytes, "contact")?;
+        let id = save_contact(s, Some(id), input)?;
+        contact_answer(s, StatusCode::OK, id, &query)
     })
 }
 
@@ -694,30 +695,27 @@ async fn upsert_contact(
     bytes: Bytes,
 ) -> Response {
     authorised(&state, &headers, |s| {
-        let (body, mut input) = match entity(&bytes, "contact") {
-            Ok(e) => e,
-            Err(r) => return r,
-        };
+        let (body, mut input) = entity(&bytes, "contact")?;
         let identifier = body.get("unique_identifier").and_then(Value::as_object);
         let email = match identifier.map(|i| (i.len(), i.get("emails"))) {
             Some((1, Some(Value::String(email)))) if !email.trim().is_empty() => email.trim(),
-            _ => return bad_request("unique_identifier must be {\"emails\": \"<email>\"}"),
+            _ => {
+                return Err(bad_request(
+                    "unique_identifier must be {\"emails\": \"<email>\"}",
+                ));
+            }
         };
         let existing = s.contact_with_email(email, None).map(|c| c.id);
         if existing.is_none() && !input.contains_key("email") {
             input.insert("email".into(), email.into());
         }
-        match save_contact(s, existing, input) {
-            Ok(id) => {
-                let status = if existing.is_some() {
-                    StatusCode::OK
-                } else {
-                    StatusCode::CREATED
-                };
-                contact_answer(s, status, id, &query)
-            }
-            Err(r) => r,
-        }
+        let id = save_contact(s, existing, input)?;
+        let status = if existing.is_some() {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        };
+        contact_answer(s, status, id, &query)
     })
 }
 
@@ -731,10 +729,10 @@ async fn lookup(
         let (Some(q), Some(f), Some(entities)) =
             (query.get("q"), query.get("f"), query.get("entities"))
         else {
-            return bad_request("q, f and entities are required");
+            return Err(bad_request("q, f and entities are required"));
         };
         let q = q.trim();
-        let matches = |record: &Record, kind: Kind| -> Result<bool, Response> {
+        let matches = |record: &Record, kind: Kind| -> Result<bool, Rejection> {
             Ok(match f.as_str() {
                 "email" if kind == Kind::Contact => record
                     .text("email")
@@ -750,7 +748,11 @@ async fn lookup(
                     .fields
                     .get("custom_field")
                     .and_then(|c| c.get(custom))
-                    .is_some_and(|v| v.as_str().map_or(v.to_string() == q, |t| t == q)),
+                    .is_some_and(|v| match v {
+                        Value::String(t) => t == q,
+                        Value::Number(n) => q.parse::<f64>().ok() == n.as_f64(),
+                        _ => false,
+                    }),
                 other => return Err(bad_request(format!("'{other}' cannot be looked up"))),
             })
         };
@@ -763,23 +765,21 @@ async fn lookup(
                     answer.insert("deals".into(), json!({"deals": []}));
                     continue;
                 }
-                other => return bad_request(format!("'{other}' is not a lookup entity")),
+                other => return Err(bad_request(format!("'{other}' is not a lookup entity"))),
             };
             let mut found = Vec::new();
             for record in s.records(kind).values() {
-                match matches(record, kind) {
-                    Ok(true) => found.push(match kind {
+                if matches(record, kind)? {
+                    found.push(match kind {
                         Kind::Contact => contact_json(s, record, false),
                         _ => record_json(record),
-                    }),
-                    Ok(false) => {}
-                    Err(r) => return r,
+                    });
                 }
             }
             let plural = format!("{}s", kind.singular());
             answer.insert(plural.clone(), json!({ plural: found }));
         }
-        Json(Value::Object(answer)).into_response()
+        Ok(Json(Value::Object(answer)).into_response())
     })
 }
 
@@ -793,35 +793,40 @@ async fn filtered_search(
 ) -> Response {
     authorised(&state, &headers, |s| {
         if entity_name != "contact" {
-            return bad_request(format!(
+            return Err(bad_request(format!(
                 "filtered search on '{entity_name}' is not emulated"
-            ));
+            )));
         }
-        let body: Value = match serde_json::from_slice(&bytes) {
-            Ok(b) => b,
-            Err(_) => return bad_request("The request body is not valid JSON"),
-        };
-        let Some(rules) = body.get("filter_rule").and_then(Value::as_array) else {
-            return bad_request("filter_rule is required");
-        };
+        let body: Value = serde_json::from_slice(&bytes)
+            .map_err(|_| bad_request("The request body is not valid JSON"))?;
+        let rules = body
+            .get("filter_rule")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad_request("filter_rule is required"))?;
         let mut conditions = Vec::new();
         for rule in rules {
             let attribute = rule.get("attribute").and_then(Value::as_str).unwrap_or("");
             let operator = rule.get("operator").and_then(Value::as_str).unwrap_or("");
             if operator != "is_in" {
-                return bad_request(format!("operator '{operator}' is not supported"));
+                return Err(bad_request(format!(
+                    "operator '{operator}' is not supported"
+                )));
             }
             let field = match attribute {
                 "contact_email.email" => "email",
                 "mobile_number" | "work_number" | "first_name" | "last_name" | "city"
                 | "lifecycle_stage_id" => attribute,
                 custom if custom.starts_with("cf_") => custom,
-                other => return bad_request(format!("attribute '{other}' is not filterable")),
+                other => {
+                    return Err(bad_request(format!(
+                        "attribute '{other}' is not filterable"
+                    )));
+                }
             };
             let values: Vec<String> = match rule.get("value") {
                 Some(Value::Array(items)) => items.iter().map(scalar_text).collect(),
                 Some(value) => vec![scalar_text(value)],
-                None => return bad_request("value is required"),
+                None => return Err(bad_request("value is required")),
             };
             conditions.push((field.to_string(), values));
         }
@@ -867,8 +872,8 @@ async fn filtered_search(
             .map(|c| contact_json(s, c, false))
             .collect();
         let total = matched.len();
-        Json(json!({"contacts": contacts, "meta": {"total": total, "total_pages": total.div_ceil(per_page)}}))
-            .into_response()
+        Ok(Json(json!({"contacts": contacts, "meta": {"total": total, "total_pages": total.div_ceil(per_page)}}))
+            .into_response())
     })
 }
 
@@ -886,24 +891,23 @@ async fn upsert_sales_account(
     bytes: Bytes,
 ) -> Response {
     authorised(&state, &headers, |s| {
-        let (body, mut input) = match entity(&bytes, "sales_account") {
-            Ok(e) => e,
-            Err(r) => return r,
-        };
+        let (body, mut input) = entity(&bytes, "sales_account")?;
         let name = match body.pointer("/unique_identifier/name") {
             Some(Value::String(name)) if !name.trim().is_empty() => name.trim().to_string(),
-            _ => return bad_request("unique_identifier must be {\"name\": \"<account name>\"}"),
+            _ => {
+                return Err(bad_request(
+                    "unique_identifier must be {\"name\": \"<account name>\"}",
+                ));
+            }
         };
-        if let Err(r) = check_scalars(
+        check_scalars(
             &input,
             &[
                 "name", "address", "city", "state", "zipcode", "country", "phone", "website",
             ],
             &["owner_id", "industry_type_id", "business_type_id"],
             &["custom_field"],
-        ) {
-            return r;
-        }
+        )?;
         input.insert("name".into(), name.clone().into());
         let existing = s
             .sales_accounts
@@ -923,7 +927,7 @@ async fn upsert_sales_account(
             None => (s.insert(Kind::SalesAccount, input), StatusCode::CREATED),
         };
         let json = record_json(&s.sales_accounts[&id]);
-        (status, Json(json!({ "sales_account": json }))).into_response()
+        Ok((status, Json(json!({ "sales_account": json }))).into_response())
     })
 }
 
@@ -932,7 +936,7 @@ fn validate_appointment(
     state: &FreshsalesState,
     existing: Option<&Record>,
     mut input: Map<String, Value>,
-) -> Result<Map<String, Value>, Response> {
+) -> Result<Map<String, Value>, Rejection> {
     let attendees = input.remove("appointment_attendees_attributes");
     check_scalars(
         &input,
@@ -941,25 +945,25 @@ fn validate_appointment(
         &["from_date", "end_date", "is_allday", "targetable_type"],
     )?;
     for name in ["from_date", "end_date"] {
-        if let Some(value) = input.get(name) {
-            if value.as_str().and_then(parse_time).is_none() {
-                return Err(bad_request(format!(
-                    "'{name}' must be an ISO 8601 date-time with an offset"
-                )));
-            }
+        if input
+            .get(name)
+            .is_some_and(|v| v.as_str().and_then(parse_time).is_none())
+        {
+            return Err(bad_request(format!(
+                "'{name}' must be an ISO 8601 date-time with an offset"
+            )));
         }
     }
     if input.get("is_allday").is_some_and(|v| !v.is_boolean()) {
         return Err(bad_request("is_allday must be true or false"));
     }
-    if let Some(outcome) = input.get("outcome_id").and_then(id_of) {
-        if !state
+    if let Some(outcome) = input.get("outcome_id").and_then(id_of)
+        && !state
             .appointment_outcomes
             .iter()
             .any(|(id, _)| *id == outcome)
-        {
-            return Err(bad_request("Outcome is invalid"));
-        }
+    {
+        return Err(bad_request("Outcome is invalid"));
     }
     let mut merged = existing.map(|a| a.fields.clone()).unwrap_or_default();
     merge(&mut merged, input);
@@ -1024,8 +1028,8 @@ fn validate_appointment(
     Ok(merged)
 }
 
-fn appointment_answer(state: &FreshsalesState, id: u64) -> Response {
-    Json(json!({"appointment": record_json(&state.appointments[&id])})).into_response()
+fn appointment_answer(state: &FreshsalesState, id: u64) -> Reply {
+    Ok(Json(json!({"appointment": record_json(&state.appointments[&id])})).into_response())
 }
 
 async fn create_appointment(
@@ -1034,17 +1038,10 @@ async fn create_appointment(
     bytes: Bytes,
 ) -> Response {
     authorised(&state, &headers, |s| {
-        let (_, input) = match entity(&bytes, "appointment") {
-            Ok(e) => e,
-            Err(r) => return r,
-        };
-        match validate_appointment(s, None, input) {
-            Ok(fields) => {
-                let id = s.insert(Kind::Appointment, fields);
-                appointment_answer(s, id)
-            }
-            Err(r) => r,
-        }
+        let (_, input) = entity(&bytes, "appointment")?;
+        let fields = validate_appointment(s, None, input)?;
+        let id = s.insert(Kind::Appointment, fields);
+        appointment_answer(s, id)
     })
 }
 
@@ -1054,14 +1051,8 @@ async fn get_appointment(
     headers: HeaderMap,
 ) -> Response {
     authorised(&state, &headers, |s| {
-        match id
-            .parse::<u64>()
-            .ok()
-            .filter(|id| s.appointments.contains_key(id))
-        {
-            Some(id) => appointment_answer(s, id),
-            None => not_found(),
-        }
+        let id = known_id(s, Kind::Appointment, &id)?;
+        appointment_answer(s, id)
     })
 }
 
@@ -1072,25 +1063,12 @@ async fn update_appointment(
     bytes: Bytes,
 ) -> Response {
     authorised(&state, &headers, |s| {
-        let Some(id) = id
-            .parse::<u64>()
-            .ok()
-            .filter(|id| s.appointments.contains_key(id))
-        else {
-            return not_found();
-        };
-        let (_, input) = match entity(&bytes, "appointment") {
-            Ok(e) => e,
-            Err(r) => return r,
-        };
-        match validate_appointment(s, s.appointments.get(&id), input) {
-            Ok(fields) => {
-                let appointment = s.appointments.get_mut(&id).expect("checked above");
-                appointment.fields = fields;
-                appointment.updated_at = Utc::now();
-                appointment_answer(s, id)
-            }
-            Err(r) => r,
-        }
+        let id = known_id(s, Kind::Appointment, &id)?;
+        let (_, input) = entity(&bytes, "appointment")?;
+        let fields = validate_appointment(s, s.appointments.get(&id), input)?;
+        let appointment = s.appointments.get_mut(&id).expect("checked above");
+        appointment.fields = fields;
+        appointment.updated_at = Utc::now();
+        appointment_answer(s, id)
     })
 }
