@@ -256,20 +256,31 @@ async fn an_appointment_keeps_its_wall_time_and_a_cancel_marks_it_without_deleti
         .await;
     assert_eq!(cancelled.status, 200, "{}", cancelled.body);
     assert_eq!(cancelled.body["appointment"]["status"], "updated");
+    {
+        let state = api.freshsales.state.lock().unwrap();
+        assert_eq!(state.appointments.len(), 1, "a cancel never deletes");
+        let visit = state.appointments.values().next().unwrap();
+        assert_eq!(visit.text("title"), Some("Cancelled: Dental cleaning"));
+        assert!(visit.text("description").unwrap().starts_with("Cancelled"));
+        assert_eq!(visit.number("outcome_id"), state.outcome_id("Cancelled"));
+        assert_eq!(
+            visit.fields["appointment_attendees"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1,
+            "an update does not add the attendee again"
+        );
+    }
+
+    let booked_again = api
+        .post(Operation::SyncAppointment, body("scheduled"))
+        .await;
+    assert_eq!(booked_again.body["appointment"]["status"], "updated");
     let state = api.freshsales.state.lock().unwrap();
-    assert_eq!(state.appointments.len(), 1, "a cancel never deletes");
     let visit = state.appointments.values().next().unwrap();
-    assert_eq!(visit.text("title"), Some("Cancelled: Dental cleaning"));
-    assert!(visit.text("description").unwrap().starts_with("Cancelled"));
-    assert_eq!(visit.number("outcome_id"), state.outcome_id("Cancelled"));
-    assert_eq!(
-        visit.fields["appointment_attendees"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1,
-        "an update does not add the attendee again"
-    );
+    assert_eq!(visit.text("title"), Some("Dental cleaning"));
+    assert_eq!(visit.number("outcome_id"), None);
 }
 
 #[tokio::test]

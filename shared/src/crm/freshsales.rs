@@ -394,14 +394,21 @@ impl FreshsalesAdapter {
         body.insert("targetable_type".into(), "Contact".into());
         body.insert("targetable_id".into(), id_value(contact_id));
         if create {
-            // Attendees are nested attributes: sent again on an update they would be added twice.
+            // Attendees are a nested list of rows; an update leaves them as created rather than
+            // risk adding the contact a second time.
             body.insert(
                 "appointment_attendees_attributes".into(),
                 json!([{"attendee_type": "Contact", "attendee_id": id_value(contact_id)}]),
             );
         }
-        if cancelled && let Some(outcome) = self.settings.extra.get("cancelledOutcomeId") {
-            body.insert("outcome_id".into(), outcome.clone());
+        // An account may define a "cancelled" outcome; a booking made again clears it.
+        if let Some(outcome) = self.settings.extra.get("cancelledOutcomeId") {
+            let outcome = if cancelled {
+                outcome.clone()
+            } else {
+                Value::Null
+            };
+            body.insert("outcome_id".into(), outcome);
         }
         json!({ "appointment": body })
     }
