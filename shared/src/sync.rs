@@ -817,6 +817,6 @@ pub fn platforms() -> Value {
         entry(CrmType::Salesforce, "Salesforce", "oauth2", &["clientId", "clientSecret", "refreshToken"], &with(&["loginUrl", "instanceUrl"]), false),
         entry(CrmType::Pipedrive, "Pipedrive", "api_token", &["apiToken"], &with(&["companyDomain"]), false),
         entry(CrmType::Zoho, "Zoho CRM", "oauth2", &["clientId", "clientSecret", "refreshToken"], &with(&["dataCenter"]), false),
-        entry(CrmType::Freshsales, "Freshsales", "api_key", &["apiKey"], &with(&["bundleAlias"]), false),
+        entry(CrmType::Freshsales, "Freshsales", "api_key", &["apiKey"], &with(&["bundleAlias", "baseUrl", "leadLifecycleStage", "cancelledOutcomeId"]), true),
     ]})
 }

@@ -1,5 +1,6 @@
 //! The `CrmAdapter` port, one module per CRM, and the upsert logic every adapter shares.
 
+pub mod freshsales;
 pub mod http;
 pub mod hubspot;
 pub mod oauth;
@@ -108,6 +109,10 @@ pub fn adapter_for(connection: &Connection, ctx: &AdapterContext) -> Result<Box<
         CrmType::Hubspot => Ok(Box::new(hubspot::HubSpotAdapter::new(
             connection,
             ctx.http.clone(),
+        )?)),
+        CrmType::Freshsales => Ok(Box::new(freshsales::FreshsalesAdapter::new(
+            connection,
+            http.clone(),
         )?)),
         other => Err(Error::ConnectionInvalid {
             id: connection.id_str().to_string(),

@@ -2,6 +2,7 @@
 //! emulator through the sync operations. A new adapter is done when it passes all of them:
 //! `conformance_suite!(start_fn)` in a test file expands to one test per case.
 
+pub mod freshsales;
 pub mod hubspot;
 
 use std::str::FromStr;

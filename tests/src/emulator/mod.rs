@@ -1,6 +1,7 @@
 //! The skeleton every CRM emulator shares: an axum server on 127.0.0.1, a request log, and a
 //! fault injector (status, `Retry-After`, delay) applied before the CRM's own routes.
 
+pub mod freshsales;
 pub mod hubspot;
 pub mod oauth;
 
@@ -234,6 +235,41 @@ pub async fn serve(
         control,
         task,
     })
+}
+
+/// A request budget per fixed window (CRMs that limit per hour or per day per account).
+#[derive(Debug, Clone)]
+pub struct RequestBudget {
+    pub limit: u32,
+    window: chrono::Duration,
+    started: chrono::DateTime<chrono::Utc>,
+    used: u32,
+}
+
+impl RequestBudget {
+    pub fn new(limit: u32, window: chrono::Duration) -> Self {
+        RequestBudget {
+            limit,
+            window,
+            started: chrono::Utc::now(),
+            used: 0,
+        }
+    }
+
+    /// Counts one request; `Err(seconds until the window resets)` once the budget is spent.
+    pub fn take(&mut self) -> Result<u32, u64> {
+        let now = chrono::Utc::now();
+        if now - self.started >= self.window {
+            self.started = now;
+            self.used = 0;
+        }
+        if self.used >= self.limit {
+            let left = (self.started + self.window - now).num_seconds().max(1);
+            return Err(left as u64);
+        }
+        self.used += 1;
+        Ok(self.limit - self.used)
+    }
 }
 
 /// Ids as CRMs hand them out: increasing numbers, as strings.
