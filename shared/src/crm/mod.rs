@@ -112,7 +112,7 @@ pub fn adapter_for(connection: &Connection, ctx: &AdapterContext) -> Result<Box<
         )?)),
         CrmType::Freshsales => Ok(Box::new(freshsales::FreshsalesAdapter::new(
             connection,
-            http.clone(),
+            ctx.http.clone(),
         )?)),
         other => Err(Error::ConnectionInvalid {
             id: connection.id_str().to_string(),
