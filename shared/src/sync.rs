@@ -613,15 +613,16 @@ impl App {
         let now = Utc::now();
         let existing = self.records.get(&key).await?;
         if let Some(record) = &existing {
-            if record.status == SyncStatus::Synced && record.payload_hash == payload_hash {
-                if let Some(crm_id) = &record.crm_id {
-                    log_sync(target, entity, "unchanged", started, Some(crm_id));
-                    return Ok(EntitySync {
-                        sync_id: Some(record.sync_id.clone()),
-                        crm_id: crm_id.clone(),
-                        status: Outcome::Unchanged,
-                    });
-                }
+            if record.status == SyncStatus::Synced
+                && record.payload_hash == payload_hash
+                && let Some(crm_id) = &record.crm_id
+            {
+                log_sync(target, entity, "unchanged", started, Some(crm_id));
+                return Ok(EntitySync {
+                    sync_id: Some(record.sync_id.clone()),
+                    crm_id: crm_id.clone(),
+                    status: Outcome::Unchanged,
+                });
             }
             let lease = chrono::Duration::from_std(self.config.sync_lease).unwrap_or_default();
             if record.status == SyncStatus::Pending && now - record.updated_at < lease {

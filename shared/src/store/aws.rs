@@ -123,10 +123,10 @@ impl ConnectionStore for SecretsManagerConnectionStore {
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| sdk_error("Secrets Manager", e))?;
             for secret in page.secret_list() {
-                if let Some(id) = secret.name().and_then(|n| n.strip_prefix(&self.prefix)) {
-                    if let Ok(id) = ConnectionId::parse(id) {
-                        ids.push(id);
-                    }
+                if let Some(id) = secret.name().and_then(|n| n.strip_prefix(&self.prefix))
+                    && let Ok(id) = ConnectionId::parse(id)
+                {
+                    ids.push(id);
                 }
             }
         }

@@ -334,26 +334,26 @@ fn validate(
     id: Option<&str>,
     props: &BTreeMap<String, String>,
 ) -> Result<(), Response> {
-    if object_type == "contacts" {
-        if let Some(email) = props.get("email").filter(|e| !e.is_empty()) {
-            if crm_sync::domain::Email::parse(email).is_err() {
-                return Err(invalid_property(
-                    "email",
-                    &format!("Email address {email} is invalid"),
-                    "INVALID_EMAIL",
-                ));
-            }
-            let email = email.trim().to_ascii_lowercase();
-            let existing = state.objects["contacts"]
-                .values()
-                .find(|c| c.prop("email") == Some(email.as_str()) && Some(c.id.as_str()) != id);
-            if let Some(existing) = existing {
-                return Err(error(
-                    StatusCode::CONFLICT,
-                    format!("Contact already exists. Existing ID: {}", existing.id),
-                    "CONFLICT",
-                ));
-            }
+    if object_type == "contacts"
+        && let Some(email) = props.get("email").filter(|e| !e.is_empty())
+    {
+        if crm_sync::domain::Email::parse(email).is_err() {
+            return Err(invalid_property(
+                "email",
+                &format!("Email address {email} is invalid"),
+                "INVALID_EMAIL",
+            ));
+        }
+        let email = email.trim().to_ascii_lowercase();
+        let existing = state.objects["contacts"]
+            .values()
+            .find(|c| c.prop("email") == Some(email.as_str()) && Some(c.id.as_str()) != id);
+        if let Some(existing) = existing {
+            return Err(error(
+                StatusCode::CONFLICT,
+                format!("Contact already exists. Existing ID: {}", existing.id),
+                "CONFLICT",
+            ));
         }
     }
     for (name, value) in props {
