@@ -20,12 +20,17 @@ pub struct RetryPolicy {
     pub base_backoff: Duration,
 }
 
+/// How long a 429 asks us to wait, read from the answer's headers; `None` leaves the wait to the
+/// backoff. A wait longer than the policy's `max_wait` is not waited for.
+pub type RateLimitWait = fn(&HeaderMap) -> Option<Duration>;
+
 /// One reqwest client (connection pool) for the life of a Lambda container.
 #[derive(Debug, Clone)]
 pub struct CrmHttp {
     client: Client,
     policy: RetryPolicy,
     timeout: Duration,
+    rate_limit_wait: RateLimitWait,
 }
 
 /// A CRM's answer, body already read.
@@ -76,7 +81,15 @@ impl CrmHttp {
             client,
             policy,
             timeout,
+            rate_limit_wait: retry_after,
         }
+    }
+
+    /// The same client, reading a 429's wait with `wait` instead of `Retry-After` alone (for
+    /// CRMs that say it in their own headers).
+    pub fn with_rate_limit_wait(mut self, wait: RateLimitWait) -> Self {
+        self.rate_limit_wait = wait;
+        self
     }
 
     pub fn client(&self) -> &Client {
@@ -117,7 +130,7 @@ impl CrmHttp {
                         text,
                     };
                     let wait = match status {
-                        429 => match response.retry_after() {
+                        429 => match (self.rate_limit_wait)(&response.headers) {
                             Some(asked) if asked > self.policy.max_wait => return Ok(response),
                             Some(asked) => asked,
                             None => backoff,
