@@ -2,6 +2,7 @@
 
 pub mod http;
 pub mod hubspot;
+pub mod pipedrive;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -93,6 +94,10 @@ pub trait CrmAdapter: Send + Sync {
 pub fn adapter_for(connection: &Connection, http: &CrmHttp) -> Result<Box<dyn CrmAdapter>> {
     match connection.crm_type {
         CrmType::Hubspot => Ok(Box::new(hubspot::HubSpotAdapter::new(
+            connection,
+            http.clone(),
+        )?)),
+        CrmType::Pipedrive => Ok(Box::new(pipedrive::PipedriveAdapter::new(
             connection,
             http.clone(),
         )?)),
