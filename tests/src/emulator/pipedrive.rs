@@ -1142,14 +1142,10 @@ async fn list_leads(
             .map(|l| lead_json(l))
             .collect();
         let more = start + limit < matching.len();
-        let mut pagination =
-            json!({"start": start, "limit": limit, "more_items_in_collection": more});
-        if more {
-            pagination["next_start"] = (start + limit).into();
-        }
         Ok(answer(
             StatusCode::OK,
-            json!({"success": true, "data": page, "additional_data": {"pagination": pagination}}),
+            json!({"success": true, "data": page, "additional_data":
+                {"start": start, "limit": limit, "more_items_in_collection": more}}),
         ))
     })
 }
