@@ -1,14 +1,19 @@
 //! Runs the CRM emulators as a local server for `make dev`:
-//! `crm-emulator [--hubspot ADDR] [--token TOKEN] [--state DIR]`.
+//! `crm-emulator [--hubspot ADDR] [--token TOKEN] [--pipedrive ADDR] [--state DIR]`.
 //! With `--state`, what the emulated CRMs hold is loaded at start and saved at shutdown, so the
-//! local run's records and the emulated CRM stay in step across restarts.
+//! local run's records and the emulated CRMs stay in step across restarts.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crm_sync_tests::emulator::hubspot::HubSpotEmulator;
+use crm_sync_tests::emulator::pipedrive::PipedriveEmulator;
+use serde_json::Value;
 
 pub const DEMO_TOKEN: &str = "demo-hubspot-token";
+pub const PIPEDRIVE_DEMO_TOKEN: &str = "demo-pipedrive-token";
+
+type Failure = Box<dyn std::error::Error>;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -17,33 +22,64 @@ fn arg(args: &[String], name: &str) -> Option<String> {
         .cloned()
 }
 
+/// Restores an emulator from what it saved in `file`, when there is such a file.
+fn load(
+    file: Option<&Path>,
+    crm: &str,
+    restore: impl FnOnce(&Value) -> Result<(), serde_json::Error>,
+) -> Result<(), Failure> {
+    if let Some(file) = file.filter(|f| f.exists()) {
+        restore(&serde_json::from_slice(&std::fs::read(file)?)?)?;
+        println!("{crm} emulator state loaded from {}", file.display());
+    }
+    Ok(())
+}
+
+fn save(file: Option<&Path>, crm: &str, snapshot: Value) -> Result<(), Failure> {
+    if let Some(file) = file {
+        std::fs::create_dir_all(file.parent().expect("a folder"))?;
+        std::fs::write(file, serde_json::to_vec_pretty(&snapshot)?)?;
+        println!("{crm} emulator state saved to {}", file.display());
+    }
+    Ok(())
+}
+
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), Failure> {
     let args: Vec<String> = std::env::args().collect();
-    let hubspot_addr: SocketAddr = arg(&args, "--hubspot")
-        .unwrap_or_else(|| "127.0.0.1:4010".into())
-        .parse()?;
+    let address = |flag: &str, default: &str| -> Result<SocketAddr, Failure> {
+        Ok(arg(&args, flag).unwrap_or_else(|| default.into()).parse()?)
+    };
+    let hubspot_addr = address("--hubspot", "127.0.0.1:4010")?;
+    let pipedrive_addr = address("--pipedrive", "127.0.0.1:4012")?;
     let token = arg(&args, "--token").unwrap_or_else(|| DEMO_TOKEN.into());
-    let state_file = arg(&args, "--state").map(|dir| PathBuf::from(dir).join("hubspot.json"));
+    let state_dir = arg(&args, "--state").map(PathBuf::from);
+    let state_file = |crm: &str| {
+        state_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{crm}.json")))
+    };
+    let (hubspot_file, pipedrive_file) = (state_file("hubspot"), state_file("pipedrive"));
 
     let hubspot = HubSpotEmulator::start_on(&[&token], hubspot_addr).await?;
-    if let Some(file) = state_file.as_ref().filter(|f| f.exists()) {
-        let snapshot = serde_json::from_slice(&std::fs::read(file)?)?;
-        hubspot.state.lock().unwrap().restore(&snapshot)?;
-        println!("HubSpot emulator state loaded from {}", file.display());
-    }
+    load(hubspot_file.as_deref(), "HubSpot", |s| {
+        hubspot.state.lock().unwrap().restore(s)
+    })?;
     println!("HubSpot emulator listening on {}", hubspot.base_url());
+    let pipedrive = PipedriveEmulator::start_on(&[PIPEDRIVE_DEMO_TOKEN], pipedrive_addr).await?;
+    load(pipedrive_file.as_deref(), "Pipedrive", |s| {
+        pipedrive.state.lock().unwrap().restore(s)
+    })?;
+    println!("Pipedrive emulator listening on {}", pipedrive.base_url());
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
     }
-    if let Some(file) = state_file {
-        std::fs::create_dir_all(file.parent().expect("a folder"))?;
-        let snapshot = hubspot.state.lock().unwrap().snapshot();
-        std::fs::write(&file, serde_json::to_vec_pretty(&snapshot)?)?;
-        println!("HubSpot emulator state saved to {}", file.display());
-    }
+    let snapshot = hubspot.state.lock().unwrap().snapshot();
+    save(hubspot_file.as_deref(), "HubSpot", snapshot)?;
+    let snapshot = pipedrive.state.lock().unwrap().snapshot();
+    save(pipedrive_file.as_deref(), "Pipedrive", snapshot)?;
     Ok(())
 }
