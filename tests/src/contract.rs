@@ -226,10 +226,8 @@ fn to_json_schema_2020(value: &mut Value) {
             ] {
                 if let Some(Value::Bool(exclusive)) = object.get(flag).cloned() {
                     object.remove(flag);
-                    if exclusive {
-                        if let Some(limit) = object.remove(bound) {
-                            object.insert(flag.into(), limit);
-                        }
+                    if exclusive && let Some(limit) = object.remove(bound) {
+                        object.insert(flag.into(), limit);
                     }
                 }
             }
@@ -237,10 +235,10 @@ fn to_json_schema_2020(value: &mut Value) {
                 return;
             }
             object.remove("nullable");
-            if let Some(Value::Array(allowed)) = object.get_mut("enum") {
-                if !allowed.contains(&Value::Null) {
-                    allowed.push(Value::Null);
-                }
+            if let Some(Value::Array(allowed)) = object.get_mut("enum")
+                && !allowed.contains(&Value::Null)
+            {
+                allowed.push(Value::Null);
             }
             match object.get("type").cloned() {
                 Some(Value::String(kind)) => {
