@@ -7,9 +7,9 @@
 //! (https://pipedrive.readme.io/docs/core-api-concepts-authentication); rate limits and their
 //! headers: https://pipedrive.readme.io/docs/core-api-concepts-rate-limiting.
 //!
-//! Why two versions: persons and activities are written through v2 because the v1 spec no longer
-//! documents writing them, v2 costs fewer tokens and validates strictly (`emails`/`phones` arrays,
-//! real booleans, PATCH). Leads can only be written through v1 (v2 has lead search only).
+//! Why two versions: persons and activities go through v2 because the v1 spec no longer documents
+//! those endpoints, v2 costs fewer tokens and validates strictly (`emails`/`phones` arrays, real
+//! booleans, PATCH). Leads can only be written through v1 (v2 has lead search only).
 
 use std::time::Duration;
 
@@ -33,8 +33,9 @@ pub const MEETING_TYPE: &str = "meeting";
 /// Pipedrive has no cancelled state: a cancelled meeting keeps its record, is marked done (off the
 /// to-do list), frees the calendar slot (`busy: false`) and says so in its subject.
 pub const CANCELLED_PREFIX: &str = "Cancelled: ";
-/// Persons asked for per search; more than one already makes the match ambiguous.
-const SEARCH_LIMIT: &str = "10";
+/// Records asked for per lookup: a person search needs only enough to show a match is
+/// ambiguous, a lead lookup only the oldest.
+const LOOKUP_LIMIT: &str = "10";
 /// Customer fields with a standard Pipedrive home (`name`, `emails`, `phones`). The others have
 /// none, so they are written only to the person custom fields the connection maps them to.
 const NATIVE_CONTACT_FIELDS: [&str; 4] = ["firstName", "lastName", "email", "phone"];
@@ -120,7 +121,7 @@ impl PipedriveAdapter {
             ("term", term),
             ("fields", field),
             ("exact_match", if exact { "true" } else { "false" }),
-            ("limit", SEARCH_LIMIT),
+            ("limit", LOOKUP_LIMIT),
         ];
         let response = self
             .call(
@@ -334,6 +335,10 @@ impl CrmAdapter for PipedriveAdapter {
             .await?
             .ok_or_else(|| Error::NotFound(format!("Pipedrive person {id}")))?;
         let body = self.person_body(customer, Some(&existing));
+        if body.as_object().is_some_and(Map::is_empty) {
+            // What differs has no Pipedrive field to go to (an unmapped address, say).
+            return Ok(());
+        }
         let path = format!("/api/v2/persons/{id}");
         self.call(
             Method::PATCH,
@@ -356,7 +361,7 @@ impl CrmAdapter for PipedriveAdapter {
         };
         let person = numeric_id(contact_id, "customerId")?.to_string();
         // Lists only leads that are not archived, oldest first.
-        let query = [("person_id", person.as_str()), ("limit", SEARCH_LIMIT)];
+        let query = [("person_id", person.as_str()), ("limit", LOOKUP_LIMIT)];
         let response = self
             .call(
                 Method::GET,

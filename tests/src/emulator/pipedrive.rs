@@ -102,6 +102,21 @@ pub struct Person {
 }
 
 impl Person {
+    /// A person with only a name, not yet given an id.
+    fn named(name: &str) -> Self {
+        let now = now();
+        Person {
+            id: 0,
+            name: name.into(),
+            emails: vec![],
+            phones: vec![],
+            custom_fields: Map::new(),
+            is_deleted: false,
+            add_time: now,
+            update_time: now,
+        }
+    }
+
     /// Pipedrive splits `name` into first and last name; the first word is taken as the first.
     pub fn first_name(&self) -> Option<&str> {
         self.name.split_whitespace().next()
@@ -218,7 +233,6 @@ impl PipedriveState {
 
     /// Adds a person as someone using Pipedrive would (values as typed), returning its id.
     pub fn insert_person(&mut self, name: &str, email: Option<&str>, phone: Option<&str>) -> u64 {
-        let id = self.next_person_id();
         let entry = |value: &str| {
             vec![Labeled {
                 value: value.into(),
@@ -226,20 +240,14 @@ impl PipedriveState {
                 label: "work".into(),
             }]
         };
-        let now = now();
-        self.persons.insert(
-            id,
-            Person {
-                id,
-                name: name.into(),
-                emails: email.map(entry).unwrap_or_default(),
-                phones: phone.map(entry).unwrap_or_default(),
-                custom_fields: Map::new(),
-                is_deleted: false,
-                add_time: now,
-                update_time: now,
-            },
-        );
+        let person = Person {
+            id: self.next_person_id(),
+            emails: email.map(entry).unwrap_or_default(),
+            phones: phone.map(entry).unwrap_or_default(),
+            ..Person::named(name)
+        };
+        let id = person.id;
+        self.persons.insert(id, person);
         id
     }
 
@@ -600,17 +608,7 @@ async fn create_person(
         if string(&body, "name")?.is_none_or(|n| n.trim().is_empty()) {
             return Err(invalid("name", "This value should not be blank."));
         }
-        let now = now();
-        let mut person = Person {
-            id: 0,
-            name: String::new(),
-            emails: vec![],
-            phones: vec![],
-            custom_fields: Map::new(),
-            is_deleted: false,
-            add_time: now,
-            update_time: now,
-        };
+        let mut person = Person::named("");
         apply_person(&mut person, &body)?;
         person.id = s.next_person_id();
         let data = person_json(&person);
