@@ -51,6 +51,19 @@ impl CrmResponse {
     pub fn retry_after(&self) -> Option<Duration> {
         retry_after(&self.headers)
     }
+
+    /// The CRM's own error message, found under `key` in its JSON body, or else the status and
+    /// the start of whatever it answered.
+    pub fn error_message(&self, key: &str) -> String {
+        match self.body.get(key).and_then(Value::as_str) {
+            Some(message) => message.to_string(),
+            None => format!(
+                "HTTP {} {}",
+                self.status,
+                self.text.chars().take(200).collect::<String>()
+            ),
+        }
+    }
 }
 
 /// Whether repeating a request is harmless. Creates are not: a timeout may hide a success.

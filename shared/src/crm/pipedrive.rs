@@ -101,6 +101,32 @@ impl PipedriveAdapter {
         }
     }
 
+    /// Creates a record (never retried: a timeout may hide a success) and answers its id.
+    async fn create(&self, path: &str, body: &Value) -> Result<String> {
+        let response = self
+            .call(
+                Method::POST,
+                path,
+                &[],
+                Some(body),
+                Idempotency::NotIdempotent,
+            )
+            .await?;
+        record_id(&response)
+    }
+
+    async fn update(&self, path: &str, body: &Value) -> Result<()> {
+        self.call(
+            Method::PATCH,
+            path,
+            &[],
+            Some(body),
+            Idempotency::Idempotent,
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// A person by id; `None` when Pipedrive has none (or only a deleted one).
     async fn person(&self, id: u64) -> Result<Option<Value>> {
         let path = format!("/api/v2/persons/{id}");
@@ -316,16 +342,7 @@ impl CrmAdapter for PipedriveAdapter {
 
     async fn create_contact(&self, customer: &Customer) -> Result<String> {
         let body = self.person_body(customer, None);
-        let response = self
-            .call(
-                Method::POST,
-                "/api/v2/persons",
-                &[],
-                Some(&body),
-                Idempotency::NotIdempotent,
-            )
-            .await?;
-        record_id(&response)
+        self.create("/api/v2/persons", &body).await
     }
 
     async fn update_contact(&self, crm_id: &str, customer: &Customer) -> Result<()> {
@@ -340,15 +357,7 @@ impl CrmAdapter for PipedriveAdapter {
             return Ok(());
         }
         let path = format!("/api/v2/persons/{id}");
-        self.call(
-            Method::PATCH,
-            &path,
-            &[],
-            Some(&body),
-            Idempotency::Idempotent,
-        )
-        .await
-        .map(|_| ())
+        self.update(&path, &body).await
     }
 
     fn lead_needs_contact(&self) -> bool {
@@ -383,30 +392,13 @@ impl CrmAdapter for PipedriveAdapter {
             message: "a Pipedrive lead must be linked to a person or an organization".into(),
         })?;
         let body = self.lead_body(lead, Some(contact_id))?;
-        let response = self
-            .call(
-                Method::POST,
-                "/api/v1/leads",
-                &[],
-                Some(&body),
-                Idempotency::NotIdempotent,
-            )
-            .await?;
-        record_id(&response)
+        self.create("/api/v1/leads", &body).await
     }
 
     async fn update_lead(&self, crm_id: &str, lead: &Lead, contact_id: Option<&str>) -> Result<()> {
         let path = format!("/api/v1/leads/{}", lead_id(crm_id)?);
         let body = self.lead_body(lead, contact_id)?;
-        self.call(
-            Method::PATCH,
-            &path,
-            &[],
-            Some(&body),
-            Idempotency::Idempotent,
-        )
-        .await
-        .map(|_| ())
+        self.update(&path, &body).await
     }
 
     async fn create_appointment(
@@ -415,16 +407,7 @@ impl CrmAdapter for PipedriveAdapter {
         contact_id: &str,
     ) -> Result<String> {
         let body = self.activity_body(appointment, contact_id)?;
-        let response = self
-            .call(
-                Method::POST,
-                "/api/v2/activities",
-                &[],
-                Some(&body),
-                Idempotency::NotIdempotent,
-            )
-            .await?;
-        record_id(&response)
+        self.create("/api/v2/activities", &body).await
     }
 
     /// A reschedule or cancel updates the same activity; nothing is ever deleted.
@@ -436,15 +419,7 @@ impl CrmAdapter for PipedriveAdapter {
     ) -> Result<()> {
         let path = format!("/api/v2/activities/{}", numeric_id(crm_id, "appointment")?);
         let body = self.activity_body(appointment, contact_id)?;
-        self.call(
-            Method::PATCH,
-            &path,
-            &[],
-            Some(&body),
-            Idempotency::Idempotent,
-        )
-        .await
-        .map(|_| ())
+        self.update(&path, &body).await
     }
 }
 
@@ -582,19 +557,7 @@ fn pipedrive_error(response: &CrmResponse) -> Error {
             retry_after: rate_limit_wait(&response.headers),
         };
     }
-    let message = response
-        .body
-        .get("error")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| {
-            format!(
-                "HTTP {} {}",
-                response.status,
-                response.text.chars().take(200).collect::<String>()
-            )
-        });
-    status_error(response, message)
+    status_error(response, response.error_message("error"))
 }
 
 /// How long a Pipedrive 429 asks us to wait. When the company's daily token budget is spent
