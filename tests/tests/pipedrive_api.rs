@@ -5,7 +5,7 @@
 use chrono::{NaiveDate, NaiveTime};
 use crm_sync::App;
 use crm_sync::domain::CrmType;
-use crm_sync::http::{Operation, handle};
+use crm_sync::http::Operation;
 use crm_sync_tests::contract::OpenApi;
 use crm_sync_tests::emulator::pipedrive::PipedriveEmulator;
 use crm_sync_tests::harness::*;
@@ -21,12 +21,6 @@ struct Api {
     pipedrive: PipedriveEmulator,
     spec: OpenApi,
     dir: TempDir,
-}
-
-struct Answer {
-    status: u16,
-    body: Value,
-    retry_after: Option<String>,
 }
 
 impl Api {
@@ -52,33 +46,11 @@ impl Api {
         }
     }
 
-    /// Calls the function and checks the response (and a successful request) against the spec.
-    async fn call(&self, operation: Operation, request: Request) -> Answer {
-        let method = request.method().to_string();
-        let sent: Value = serde_json::from_slice(request.body().as_ref()).unwrap_or(Value::Null);
-        let response = handle(&self.app, operation, request).await.unwrap();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .map(|v| v.to_str().unwrap().to_string());
-        let (status, body) = read_response(response);
-        let path = format!("/{}", operation.name());
-        self.spec
-            .check_response(&method, &path, status, &body)
-            .unwrap_or_else(|e| panic!("{e}\nbody: {body}"));
-        if status == 200 && method == "POST" {
-            self.spec
-                .check_request("POST", &path, &sent)
-                .unwrap_or_else(|e| panic!("{e}\nrequest: {sent}"));
-        }
-        Answer {
-            status,
-            body,
-            retry_after,
-        }
+    async fn call(&self, operation: Operation, request: Request) -> ApiAnswer {
+        call_checked(&self.app, &self.spec, operation, request).await
     }
 
-    async fn post(&self, operation: Operation, body: Value) -> Answer {
+    async fn post(&self, operation: Operation, body: Value) -> ApiAnswer {
         self.call(
             operation,
             api_request(Method::POST, Some(TEST_API_KEY), Some(&body)),
@@ -86,7 +58,7 @@ impl Api {
         .await
     }
 
-    async fn get(&self, query: &[(&str, &str)]) -> Answer {
+    async fn get(&self, query: &[(&str, &str)]) -> ApiAnswer {
         self.call(
             Operation::GetCustomer,
             get_request(Some(TEST_API_KEY), query),
