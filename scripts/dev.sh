@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the API locally: the CRM emulators (HubSpot on 127.0.0.1:4010, Freshsales on 127.0.0.1:4014),
+# Runs the API locally: the CRM emulators (HubSpot 127.0.0.1:4010, Pipedrive :4012, Freshsales :4014),
 # the functions under `cargo lambda watch` on 127.0.0.1:9000, connections and records under .local/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,43 +9,29 @@ ensure_tool cargo-lambda cargo-lambda
 
 data_dir="$PWD/.local"
 mkdir -p "$data_dir/connections" "$data_dir/records"
-demo="$data_dir/connections/demo-hubspot.json"
-if [ ! -f "$demo" ]; then
-  cat >"$demo" <<'JSON'
-{
-  "crmType": "hubspot",
-  "credentials": { "accessToken": "demo-hubspot-token" },
-  "settings": {
-    "baseUrl": "http://127.0.0.1:4010",
-    "defaultTimezone": "America/New_York",
-    "defaultCountry": "US"
-  }
+
+# demo_connection ID JSON: writes the connection once; an edited one is kept across restarts.
+demo_connection() {
+  local file="$data_dir/connections/$1.json"
+  if [ ! -f "$file" ]; then
+    printf '%s\n' "$2" >"$file"
+    echo "created the $1 connection in $file"
+  fi
 }
-JSON
-  echo "created the demo-hubspot connection in $demo"
-fi
-demo="$data_dir/connections/demo-freshsales.json"
-if [ ! -f "$demo" ]; then
-  cat >"$demo" <<'JSON'
-{
-  "crmType": "freshsales",
-  "credentials": { "apiKey": "demo-freshsales-key" },
-  "settings": {
-    "baseUrl": "http://127.0.0.1:4014",
-    "defaultTimezone": "America/New_York",
-    "defaultCountry": "US"
-  }
-}
-JSON
-  echo "created the demo-freshsales connection in $demo"
-fi
+demo_settings='"defaultTimezone": "America/New_York", "defaultCountry": "US"'
+demo_connection demo-hubspot "{\"crmType\": \"hubspot\", \"credentials\": {\"accessToken\": \"demo-hubspot-token\"},
+  \"settings\": {\"baseUrl\": \"http://127.0.0.1:4010\", $demo_settings}}"
+demo_connection demo-pipedrive "{\"crmType\": \"pipedrive\", \"credentials\": {\"apiToken\": \"demo-pipedrive-token\"},
+  \"settings\": {\"companyDomain\": \"crm-sync-demo\", \"baseUrl\": \"http://127.0.0.1:4012\", $demo_settings}}"
+demo_connection demo-freshsales "{\"crmType\": \"freshsales\", \"credentials\": {\"apiKey\": \"demo-freshsales-key\"},
+  \"settings\": {\"baseUrl\": \"http://127.0.0.1:4014\", $demo_settings}}"
 
 cargo build --quiet -p crm-sync-tests --bin crm-emulator
-./target/debug/crm-emulator --hubspot 127.0.0.1:4010 --freshsales 127.0.0.1:4014 --state "$data_dir/emulator" &
+./target/debug/crm-emulator --hubspot 127.0.0.1:4010 --pipedrive 127.0.0.1:4012 --freshsales 127.0.0.1:4014 \
+  --state "$data_dir/emulator" &
 emulator_pid=$!
 trap 'kill "$emulator_pid" 2>/dev/null || true' EXIT
-wait_for_port 4010 30
-wait_for_port 4014 30
+for port in 4010 4012 4014; do wait_for_port "$port" 30; done
 
 export CRM_SYNC_STORE=local
 export CRM_SYNC_DATA_DIR="$data_dir"

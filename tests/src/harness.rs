@@ -10,9 +10,12 @@ use crm_sync::App;
 use crm_sync::config::{Config, StoreKind};
 use crm_sync::connection::{Connection, ConnectionId, ConnectionSettings, SecretString};
 use crm_sync::domain::CrmType;
+use crm_sync::http::{Operation, handle};
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, RequestExt};
 use serde_json::Value;
+
+use crate::contract::OpenApi;
 
 /// A folder under the system temp dir, removed on drop.
 pub struct TempDir(PathBuf);
@@ -109,6 +112,57 @@ pub fn read_response(response: lambda_http::Response<Body>) -> (u16, Value) {
     let status = response.status().as_u16();
     let body = serde_json::from_slice(response.body().as_ref()).unwrap_or(Value::Null);
     (status, body)
+}
+
+/// A function's answer.
+pub struct ApiAnswer {
+    pub status: u16,
+    pub body: Value,
+    pub retry_after: Option<String>,
+}
+
+/// The method an operation is served on.
+pub fn operation_method(operation: Operation) -> Method {
+    match operation {
+        Operation::Platforms | Operation::GetCustomer => Method::GET,
+        _ => Method::POST,
+    }
+}
+
+/// Calls the function for `operation` and checks its response (and a successful request)
+/// against `spec`, crm-sync's OpenAPI document.
+pub async fn call_checked(
+    app: &App,
+    spec: &OpenApi,
+    operation: Operation,
+    request: Request,
+) -> ApiAnswer {
+    let method = request.method().to_string();
+    let sent: Value = serde_json::from_slice(request.body().as_ref()).unwrap_or(Value::Null);
+    let response = handle(app, operation, request).await.unwrap();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let (status, body) = read_response(response);
+    let path = format!("/{}", operation.name());
+    // A wrong method is documented under the method the operation is served on.
+    let spec_method = if status == 405 {
+        operation_method(operation).to_string()
+    } else {
+        method.clone()
+    };
+    spec.check_response(&spec_method, &path, status, &body)
+        .unwrap_or_else(|e| panic!("{e}\nbody: {body}"));
+    if status == 200 && method == "POST" {
+        spec.check_request("POST", &path, &sent)
+            .unwrap_or_else(|e| panic!("{e}\nrequest: {sent}"));
+    }
+    ApiAnswer {
+        status,
+        body,
+        retry_after,
+    }
 }
 
 /// The AWS endpoint (moto) the test command started; AWS store tests need it.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crm_sync::App;
 use crm_sync::config::StoreKind;
 use crm_sync::domain::CrmType;
-use crm_sync::http::{Operation, handle};
+use crm_sync::http::Operation;
 use crm_sync::store::aws::{DynamoDbSyncRecordStore, SecretsManagerConnectionStore};
 use crm_sync_tests::contract::OpenApi;
 use crm_sync_tests::emulator::Fault;
@@ -34,12 +34,6 @@ struct Api {
     hubspot: HubSpotEmulator,
     spec: OpenApi,
     dir: TempDir,
-}
-
-struct Answer {
-    status: u16,
-    body: Value,
-    retry_after: Option<String>,
 }
 
 impl Api {
@@ -80,38 +74,11 @@ impl Api {
         }
     }
 
-    /// Calls the function and checks the response (and a successful request) against the spec.
-    async fn call(&self, operation: Operation, request: Request) -> Answer {
-        let method = request.method().to_string();
-        let sent: Value = serde_json::from_slice(request.body().as_ref()).unwrap_or(Value::Null);
-        let response = handle(&self.app, operation, request).await.unwrap();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .map(|v| v.to_str().unwrap().to_string());
-        let (status, body) = read_response(response);
-        let path = format!("/{}", operation.name());
-        let spec_method = if status == 405 {
-            operation_method(operation)
-        } else {
-            method.clone()
-        };
-        self.spec
-            .check_response(&spec_method, &path, status, &body)
-            .unwrap_or_else(|e| panic!("{e}\nbody: {body}"));
-        if status == 200 && method == "POST" {
-            self.spec
-                .check_request("POST", &path, &sent)
-                .unwrap_or_else(|e| panic!("{e}\nrequest: {sent}"));
-        }
-        Answer {
-            status,
-            body,
-            retry_after,
-        }
+    async fn call(&self, operation: Operation, request: Request) -> ApiAnswer {
+        call_checked(&self.app, &self.spec, operation, request).await
     }
 
-    async fn post(&self, operation: Operation, body: Value) -> Answer {
+    async fn post(&self, operation: Operation, body: Value) -> ApiAnswer {
         self.call(
             operation,
             api_request(Method::POST, Some(TEST_API_KEY), Some(&body)),
@@ -119,7 +86,7 @@ impl Api {
         .await
     }
 
-    async fn get(&self, operation: Operation, query: &[(&str, &str)]) -> Answer {
+    async fn get(&self, operation: Operation, query: &[(&str, &str)]) -> ApiAnswer {
         self.call(operation, get_request(Some(TEST_API_KEY), query))
             .await
     }
@@ -136,14 +103,7 @@ impl Api {
     }
 }
 
-fn operation_method(operation: Operation) -> String {
-    match operation {
-        Operation::Platforms | Operation::GetCustomer => "GET".into(),
-        _ => "POST".into(),
-    }
-}
-
-fn field(answer: &Answer) -> &str {
+fn field(answer: &ApiAnswer) -> &str {
     answer.body["error"]["field"].as_str().unwrap_or("<none>")
 }
 
@@ -182,7 +142,7 @@ async fn platforms_says_what_each_crm_needs() {
 async fn every_endpoint_refuses_a_missing_or_wrong_api_key() {
     let api = Api::start().await;
     for operation in ALL {
-        let method: Method = operation_method(operation).parse().unwrap();
+        let method = operation_method(operation);
         for key in [None, Some("not-the-key")] {
             let answer = api
                 .call(

@@ -20,12 +20,17 @@ pub struct RetryPolicy {
     pub base_backoff: Duration,
 }
 
+/// How long a 429 asks us to wait, read from the answer's headers; `None` leaves the wait to the
+/// backoff. A wait longer than the policy's `max_wait` is not waited for.
+pub type RateLimitWait = fn(&HeaderMap) -> Option<Duration>;
+
 /// One reqwest client (connection pool) for the life of a Lambda container.
 #[derive(Debug, Clone)]
 pub struct CrmHttp {
     client: Client,
     policy: RetryPolicy,
     timeout: Duration,
+    rate_limit_wait: RateLimitWait,
 }
 
 /// A CRM's answer, body already read.
@@ -45,6 +50,19 @@ impl CrmResponse {
 
     pub fn retry_after(&self) -> Option<Duration> {
         retry_after(&self.headers)
+    }
+
+    /// The CRM's own error message, found under `key` in its JSON body, or else the status and
+    /// the start of whatever it answered.
+    pub fn error_message(&self, key: &str) -> String {
+        match self.body.get(key).and_then(Value::as_str) {
+            Some(message) => message.to_string(),
+            None => format!(
+                "HTTP {} {}",
+                self.status,
+                self.text.chars().take(200).collect::<String>()
+            ),
+        }
     }
 }
 
@@ -76,7 +94,15 @@ impl CrmHttp {
             client,
             policy,
             timeout,
+            rate_limit_wait: retry_after,
         }
+    }
+
+    /// The same client, reading a 429's wait with `wait` instead of `Retry-After` alone (for
+    /// CRMs that say it in their own headers).
+    pub fn with_rate_limit_wait(mut self, wait: RateLimitWait) -> Self {
+        self.rate_limit_wait = wait;
+        self
     }
 
     pub fn client(&self) -> &Client {
@@ -117,7 +143,7 @@ impl CrmHttp {
                         text,
                     };
                     let wait = match status {
-                        429 => match response.retry_after() {
+                        429 => match (self.rate_limit_wait)(&response.headers) {
                             Some(asked) if asked > self.policy.max_wait => return Ok(response),
                             Some(asked) => asked,
                             None => backoff,

@@ -410,18 +410,7 @@ fn object_id(response: &CrmResponse) -> Result<String> {
 
 /// HubSpot errors: `{"status":"error","message":…,"category":…}`; a 409 names the existing id.
 fn hubspot_error(response: &CrmResponse) -> Error {
-    let message = response
-        .body
-        .get("message")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| {
-            format!(
-                "HTTP {} {}",
-                response.status,
-                response.text.chars().take(200).collect::<String>()
-            )
-        });
+    let message = response.error_message("message");
     match status_error(response, message.clone()) {
         Error::CrmDuplicate { .. } => Error::CrmDuplicate {
             existing_id: existing_id(&message),

@@ -4,6 +4,7 @@ pub mod freshsales;
 pub mod http;
 pub mod hubspot;
 pub mod oauth;
+pub mod pipedrive;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -111,6 +112,10 @@ pub fn adapter_for(connection: &Connection, ctx: &AdapterContext) -> Result<Box<
             ctx.http.clone(),
         )?)),
         CrmType::Freshsales => Ok(Box::new(freshsales::FreshsalesAdapter::new(
+            connection,
+            ctx.http.clone(),
+        )?)),
+        CrmType::Pipedrive => Ok(Box::new(pipedrive::PipedriveAdapter::new(
             connection,
             ctx.http.clone(),
         )?)),

@@ -1,6 +1,6 @@
 //! Runs the CRM emulators as a local server for `make dev`:
-//! `crm-emulator [--hubspot ADDR] [--token TOKEN] [--freshsales ADDR] [--freshsales-key KEY]
-//! [--state DIR]`.
+//! `crm-emulator [--hubspot ADDR] [--token TOKEN] [--pipedrive ADDR] [--freshsales ADDR]
+//! [--freshsales-key KEY] [--state DIR]`.
 //! With `--state`, what the emulated CRMs hold is loaded at start and saved at shutdown, so the
 //! local run's records and the emulated CRMs stay in step across restarts.
 
@@ -9,10 +9,14 @@ use std::path::{Path, PathBuf};
 
 use crm_sync_tests::emulator::freshsales::FreshsalesEmulator;
 use crm_sync_tests::emulator::hubspot::HubSpotEmulator;
+use crm_sync_tests::emulator::pipedrive::PipedriveEmulator;
 use serde_json::Value;
 
 pub const DEMO_TOKEN: &str = "demo-hubspot-token";
+pub const PIPEDRIVE_DEMO_TOKEN: &str = "demo-pipedrive-token";
 pub const DEMO_FRESHSALES_KEY: &str = "demo-freshsales-key";
+
+type Failure = Box<dyn std::error::Error>;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -21,47 +25,74 @@ fn arg(args: &[String], name: &str) -> Option<String> {
         .cloned()
 }
 
-fn load(file: Option<&PathBuf>) -> Result<Option<Value>, Box<dyn std::error::Error>> {
-    match file.filter(|f| f.exists()) {
-        Some(file) => Ok(Some(serde_json::from_slice(&std::fs::read(file)?)?)),
-        None => Ok(None),
+/// Restores an emulator from what it saved in `file`, when there is such a file.
+fn load(
+    file: Option<&Path>,
+    crm: &str,
+    restore: impl FnOnce(&Value) -> Result<(), serde_json::Error>,
+) -> Result<(), Failure> {
+    if let Some(file) = file.filter(|f| f.exists()) {
+        restore(&serde_json::from_slice(&std::fs::read(file)?)?)?;
+        println!("{crm} emulator state loaded from {}", file.display());
     }
+    Ok(())
 }
 
-fn save(file: &Path, snapshot: &Value) -> Result<(), Box<dyn std::error::Error>> {
-    std::fs::create_dir_all(file.parent().expect("a folder"))?;
-    std::fs::write(file, serde_json::to_vec_pretty(snapshot)?)?;
+fn save(file: Option<&Path>, crm: &str, snapshot: Value) -> Result<(), Failure> {
+    if let Some(file) = file {
+        std::fs::create_dir_all(file.parent().expect("a folder"))?;
+        std::fs::write(file, serde_json::to_vec_pretty(&snapshot)?)?;
+        println!("{crm} emulator state saved to {}", file.display());
+    }
     Ok(())
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), Failure> {
     let args: Vec<String> = std::env::args().collect();
-    let hubspot_addr: SocketAddr = arg(&args, "--hubspot")
-        .unwrap_or_else(|| "127.0.0.1:4010".into())
-        .parse()?;
-    let freshsales_addr: SocketAddr = arg(&args, "--freshsales")
-        .unwrap_or_else(|| "127.0.0.1:4014".into())
-        .parse()?;
+    let address = |flag: &str, default: &str| -> Result<SocketAddr, Failure> {
+        Ok(arg(&args, flag).unwrap_or_else(|| default.into()).parse()?)
+    };
     let token = arg(&args, "--token").unwrap_or_else(|| DEMO_TOKEN.into());
     let freshsales_key =
         arg(&args, "--freshsales-key").unwrap_or_else(|| DEMO_FRESHSALES_KEY.into());
     let state_dir = arg(&args, "--state").map(PathBuf::from);
-    let hubspot_file = state_dir.as_ref().map(|dir| dir.join("hubspot.json"));
-    let freshsales_file = state_dir.as_ref().map(|dir| dir.join("freshsales.json"));
+    let state_file = |crm: &str| {
+        state_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{crm}.json")))
+    };
+    let (hubspot_file, pipedrive_file, freshsales_file) = (
+        state_file("hubspot"),
+        state_file("pipedrive"),
+        state_file("freshsales"),
+    );
 
-    let hubspot = HubSpotEmulator::start_on(&[&token], hubspot_addr).await?;
-    if let Some(snapshot) = load(hubspot_file.as_ref())? {
-        hubspot.state.lock().unwrap().restore(&snapshot)?;
-        println!("HubSpot emulator state loaded");
-    }
+    let hubspot =
+        HubSpotEmulator::start_on(&[&token], address("--hubspot", "127.0.0.1:4010")?).await?;
+    load(hubspot_file.as_deref(), "HubSpot", |s| {
+        hubspot.state.lock().unwrap().restore(s)
+    })?;
     println!("HubSpot emulator listening on {}", hubspot.base_url());
 
-    let freshsales = FreshsalesEmulator::start_on(&[&freshsales_key], freshsales_addr).await?;
-    if let Some(snapshot) = load(freshsales_file.as_ref())? {
-        freshsales.state.lock().unwrap().restore(&snapshot)?;
-        println!("Freshsales emulator state loaded");
-    }
+    let pipedrive = PipedriveEmulator::start_on(
+        &[PIPEDRIVE_DEMO_TOKEN],
+        address("--pipedrive", "127.0.0.1:4012")?,
+    )
+    .await?;
+    load(pipedrive_file.as_deref(), "Pipedrive", |s| {
+        pipedrive.state.lock().unwrap().restore(s)
+    })?;
+    println!("Pipedrive emulator listening on {}", pipedrive.base_url());
+
+    let freshsales = FreshsalesEmulator::start_on(
+        &[&freshsales_key],
+        address("--freshsales", "127.0.0.1:4014")?,
+    )
+    .await?;
+    load(freshsales_file.as_deref(), "Freshsales", |s| {
+        freshsales.state.lock().unwrap().restore(s)
+    })?;
     println!("Freshsales emulator listening on {}", freshsales.base_url());
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -69,13 +100,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
     }
-    if let Some(file) = hubspot_file {
-        save(&file, &hubspot.state.lock().unwrap().snapshot())?;
-        println!("HubSpot emulator state saved to {}", file.display());
-    }
-    if let Some(file) = freshsales_file {
-        save(&file, &freshsales.state.lock().unwrap().snapshot())?;
-        println!("Freshsales emulator state saved to {}", file.display());
-    }
+    let snapshot = hubspot.state.lock().unwrap().snapshot();
+    save(hubspot_file.as_deref(), "HubSpot", snapshot)?;
+    let snapshot = pipedrive.state.lock().unwrap().snapshot();
+    save(pipedrive_file.as_deref(), "Pipedrive", snapshot)?;
+    let snapshot = freshsales.state.lock().unwrap().snapshot();
+    save(freshsales_file.as_deref(), "Freshsales", snapshot)?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 pub mod freshsales;
 pub mod hubspot;
+pub mod pipedrive;
 
 use std::str::FromStr;
 

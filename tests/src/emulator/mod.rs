@@ -4,6 +4,7 @@
 pub mod freshsales;
 pub mod hubspot;
 pub mod oauth;
+pub mod pipedrive;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -74,6 +75,10 @@ pub struct RecordedRequest {
     pub query: Option<String>,
     pub authorization: Option<String>,
     pub body: Value,
+    /// The status answered (the CRM's own or an injected fault), once answered.
+    pub status: Option<u16>,
+    /// The JSON body answered, or `Value::Null`.
+    pub response: Value,
 }
 
 #[derive(Default)]
@@ -100,6 +105,17 @@ impl Control {
     }
     pub fn request_count(&self) -> usize {
         self.inner.lock().unwrap().requests.len()
+    }
+
+    /// Notes what request `index` was answered, and hands the answer on unchanged.
+    async fn record_response(&self, index: usize, response: Response) -> Response {
+        let (parts, body) = response.into_parts();
+        let bytes = to_bytes(body, 16 * 1024 * 1024).await.unwrap_or_default();
+        if let Some(request) = self.inner.lock().unwrap().requests.get_mut(index) {
+            request.status = Some(parts.status.as_u16());
+            request.response = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        }
+        Response::from_parts(parts, Body::from(bytes))
     }
 
     fn take_fault(&self, route: &str) -> Option<Fault> {
@@ -131,43 +147,47 @@ async fn fault_layer(State(layer): State<Layer>, request: Request, next: Next) -
     let (parts, body) = request.into_parts();
     let bytes = to_bytes(body, 16 * 1024 * 1024).await.unwrap_or_default();
     let route = format!("{} {}", parts.method, parts.uri.path());
-    if !parts.uri.path().starts_with("/__emulator") {
-        layer
-            .control
-            .inner
-            .lock()
-            .unwrap()
-            .requests
-            .push(RecordedRequest {
-                method: parts.method.to_string(),
-                path: parts.uri.path().to_string(),
-                query: parts.uri.query().map(str::to_string),
-                authorization: parts
-                    .headers
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string),
-                body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            });
-        if let Some(fault) = layer.control.take_fault(&route) {
-            if fault.delay_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(fault.delay_ms)).await;
+    if parts.uri.path().starts_with("/__emulator") {
+        return next
+            .run(Request::from_parts(parts, Body::from(bytes)))
+            .await;
+    }
+    let index = {
+        let mut state = layer.control.inner.lock().unwrap();
+        state.requests.push(RecordedRequest {
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().map(str::to_string),
+            authorization: parts
+                .headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            status: None,
+            response: Value::Null,
+        });
+        state.requests.len() - 1
+    };
+    if let Some(fault) = layer.control.take_fault(&route) {
+        if fault.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(fault.delay_ms)).await;
+        }
+        if let Some(status) = fault.status {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut response = (status, Json((layer.error_body)(status))).into_response();
+            if let Some(seconds) = fault.retry_after {
+                response
+                    .headers_mut()
+                    .insert("retry-after", HeaderValue::from(seconds));
             }
-            if let Some(status) = fault.status {
-                let status =
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                let mut response = (status, Json((layer.error_body)(status))).into_response();
-                if let Some(seconds) = fault.retry_after {
-                    response
-                        .headers_mut()
-                        .insert("retry-after", HeaderValue::from(seconds));
-                }
-                return response;
-            }
+            return layer.control.record_response(index, response).await;
         }
     }
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    layer.control.record_response(index, response).await
 }
 
 /// Admin routes, for driving an emulator that runs as its own process.
