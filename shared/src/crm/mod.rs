@@ -3,6 +3,7 @@
 pub mod http;
 pub mod hubspot;
 pub mod oauth;
+pub mod salesforce;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -108,6 +109,9 @@ pub fn adapter_for(connection: &Connection, ctx: &AdapterContext) -> Result<Box<
         CrmType::Hubspot => Ok(Box::new(hubspot::HubSpotAdapter::new(
             connection,
             ctx.http.clone(),
+        )?)),
+        CrmType::Salesforce => Ok(Box::new(salesforce::SalesforceAdapter::new(
+            connection, ctx,
         )?)),
         other => Err(Error::ConnectionInvalid {
             id: connection.id_str().to_string(),
