@@ -310,10 +310,10 @@ impl SalesforceState {
 
     /// Deletes a record as a person would (it goes to the recycle bin).
     pub fn delete(&mut self, sobject: &str, id: &str) {
-        if let Some(records) = self.records.get_mut(sobject) {
-            if records.remove(id).is_some() {
-                self.deleted.insert(id.to_string());
-            }
+        if let Some(records) = self.records.get_mut(sobject)
+            && records.remove(id).is_some()
+        {
+            self.deleted.insert(id.to_string());
         }
     }
 
@@ -402,12 +402,26 @@ pub fn error_body(status: StatusCode) -> Value {
     json!([{"message": message, "errorCode": code}])
 }
 
-fn error(status: StatusCode, code: &str, message: impl Into<String>, fields: &[&str]) -> Response {
-    let body = json!([{"message": message.into(), "errorCode": code, "fields": fields}]);
-    (status, Json(body)).into_response()
+/// An error answer: a status and Salesforce's error array.
+#[derive(Debug)]
+struct ApiError(StatusCode, Value);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
 }
 
-fn not_found() -> Response {
+type Answer = Result<Response, ApiError>;
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>, fields: &[&str]) -> ApiError {
+    ApiError(
+        status,
+        json!([{"message": message.into(), "errorCode": code, "fields": fields}]),
+    )
+}
+
+fn not_found() -> ApiError {
     error(
         StatusCode::NOT_FOUND,
         "NOT_FOUND",
@@ -421,7 +435,7 @@ fn authorised(
     state: &SharedState,
     headers: &HeaderMap,
     version: &str,
-    f: impl FnOnce(&mut SalesforceState) -> Response,
+    f: impl FnOnce(&mut SalesforceState) -> Answer,
 ) -> Response {
     let known_version = version
         .strip_prefix('v')
@@ -442,7 +456,7 @@ fn authorised(
             .into_response();
     }
     if !known_version {
-        return not_found();
+        return not_found().into_response();
     }
     if state.api_used >= state.daily_limit {
         return (
@@ -453,7 +467,7 @@ fn authorised(
     }
     state.api_used += 1;
     let usage = format!("api-usage={}/{}", state.api_used, state.daily_limit);
-    let mut response = f(&mut state);
+    let mut response = f(&mut state).unwrap_or_else(IntoResponse::into_response);
     response.headers_mut().insert(
         "sforce-limit-info",
         HeaderValue::from_str(&usage).expect("ascii"),
@@ -529,11 +543,12 @@ async fn limits(
     headers: HeaderMap,
 ) -> Response {
     authorised(&state, &headers, &version, |s| {
-        Json(json!({
-            "DailyApiRequests": {"Max": s.daily_limit, "Remaining": s.daily_limit.saturating_sub(s.api_used)},
+        let remaining = s.daily_limit.saturating_sub(s.api_used);
+        Ok(Json(json!({
+            "DailyApiRequests": {"Max": s.daily_limit, "Remaining": remaining},
             "DataStorageMB": {"Max": 5, "Remaining": 5},
         }))
-        .into_response()
+        .into_response())
     })
 }
 
@@ -824,7 +839,7 @@ fn parse_sosl(text: &str) -> Result<Sosl, String> {
 }
 
 /// The fields a query names, or INVALID_TYPE / INVALID_FIELD as Salesforce answers.
-fn selected(sobject: &str, names: &[String]) -> Result<(&'static str, Vec<FieldDef>), Response> {
+fn selected(sobject: &str, names: &[String]) -> Result<(&'static str, Vec<FieldDef>), ApiError> {
     let Some((name, _, fields)) = schema(sobject) else {
         return Err(error(
             StatusCode::BAD_REQUEST,
@@ -863,22 +878,13 @@ async fn query(
     headers: HeaderMap,
 ) -> Response {
     authorised(&state, &headers, &version, |s| {
-        let soql = match parse_soql(params.q.as_deref().unwrap_or("")) {
-            Ok(soql) => soql,
-            Err(message) => {
-                return error(StatusCode::BAD_REQUEST, "MALFORMED_QUERY", message, &[]);
-            }
-        };
-        let (sobject, defs) = match selected(&soql.sobject, &soql.fields) {
-            Ok(selected) => selected,
-            Err(response) => return response,
-        };
+        let soql = parse_soql(params.q.as_deref().unwrap_or(""))
+            .map_err(|m| error(StatusCode::BAD_REQUEST, "MALFORMED_QUERY", m, &[]))?;
+        let (sobject, defs) = selected(&soql.sobject, &soql.fields)?;
         let mut filters = Vec::new();
         for (field, value) in &soql.any_of {
-            match selected(sobject, std::slice::from_ref(field)) {
-                Ok((_, def)) => filters.push((def[0].name, value)),
-                Err(response) => return response,
-            }
+            let (_, def) = selected(sobject, std::slice::from_ref(field))?;
+            filters.push((def[0].name, value));
         }
         // Text comparisons in SOQL ignore case.
         let records: Vec<Value> = s.records[sobject]
@@ -894,7 +900,10 @@ async fn query(
             .take(soql.limit.unwrap_or(2000))
             .map(|r| r.json(&version, &defs))
             .collect();
-        Json(json!({"totalSize": records.len(), "done": true, "records": records})).into_response()
+        Ok(
+            Json(json!({"totalSize": records.len(), "done": true, "records": records}))
+                .into_response(),
+        )
     })
 }
 
@@ -905,20 +914,13 @@ async fn search(
     headers: HeaderMap,
 ) -> Response {
     authorised(&state, &headers, &version, |s| {
-        let sosl = match parse_sosl(params.q.as_deref().unwrap_or("")) {
-            Ok(sosl) => sosl,
-            Err(message) => {
-                return error(StatusCode::BAD_REQUEST, "MALFORMED_SEARCH", message, &[]);
-            }
-        };
+        let sosl = parse_sosl(params.q.as_deref().unwrap_or(""))
+            .map_err(|m| error(StatusCode::BAD_REQUEST, "MALFORMED_SEARCH", m, &[]))?;
         let digits = |v: &str| v.chars().filter(char::is_ascii_digit).collect::<String>();
         let terms: Vec<String> = sosl.terms.iter().map(|t| digits(t)).collect();
         let mut found = Vec::new();
         for (sobject, names) in &sosl.returning {
-            let (sobject, defs) = match selected(sobject, names) {
-                Ok(selected) => selected,
-                Err(response) => return response,
-            };
+            let (sobject, defs) = selected(sobject, names)?;
             let phone_fields: Vec<&str> = schema(sobject)
                 .map(|(_, _, fields)| fields)
                 .unwrap_or_default()
@@ -938,14 +940,14 @@ async fn search(
             }
         }
         found.truncate(sosl.limit.unwrap_or(2000));
-        Json(json!({"searchRecords": found})).into_response()
+        Ok(Json(json!({"searchRecords": found})).into_response())
     })
 }
 
 // ---------------------------------------------------------------------------------------------
 // sObject rows.
 
-fn parse_body(body: &Bytes) -> Result<Map<String, Value>, Response> {
+fn parse_body(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
         _ => Err(error(
@@ -976,7 +978,7 @@ fn validate_fields(
     sobject: &str,
     fields: &[FieldDef],
     body: &Map<String, Value>,
-) -> Result<BTreeMap<String, Value>, Response> {
+) -> Result<BTreeMap<String, Value>, ApiError> {
     let mut values = BTreeMap::new();
     for (name, value) in body {
         let Some(def) = field_def(fields, name) else {
@@ -1105,7 +1107,7 @@ fn validate_fields(
 fn apply_event_times(
     merged: &mut BTreeMap<String, Value>,
     written: &BTreeMap<String, Value>,
-) -> Result<(), Response> {
+) -> Result<(), ApiError> {
     let time = |name: &str| {
         merged
             .get(name)
@@ -1196,7 +1198,7 @@ fn check_record(
     merged: &mut BTreeMap<String, Value>,
     written: &BTreeMap<String, Value>,
     allow_duplicates: bool,
-) -> Result<(), Response> {
+) -> Result<(), ApiError> {
     let present = |name: &str| {
         merged
             .get(name)
@@ -1221,18 +1223,17 @@ fn check_record(
             .filter(move |r| Some(r.id.as_str()) != id)
     };
     for def in fields.iter().filter(|f| f.external_id) {
-        if let Some(value) = merged.get(def.name).and_then(Value::as_str) {
-            if let Some(other) = others().find(|r| r.get(def.name) == Some(value)) {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    "DUPLICATE_VALUE",
-                    format!(
-                        "duplicate value found: {} duplicates value on record with id: {}",
-                        def.name, other.id
-                    ),
-                    &[def.name],
-                ));
-            }
+        let value = merged.get(def.name).and_then(Value::as_str);
+        if let Some(other) = value.and_then(|v| others().find(|r| r.get(def.name) == Some(v))) {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "DUPLICATE_VALUE",
+                format!(
+                    "duplicate value found: {} duplicates value on record with id: {}",
+                    def.name, other.id
+                ),
+                &[def.name],
+            ));
         }
     }
     if sobject == "Event" {
@@ -1265,7 +1266,7 @@ fn check_record(
                         "size": matches.len(), "success": true}]
                 }
             }]);
-            return Err((StatusCode::BAD_REQUEST, Json(body)).into_response());
+            return Err(ApiError(StatusCode::BAD_REQUEST, body));
         }
     }
     Ok(())
@@ -1278,7 +1279,7 @@ fn insert_checked(
     body: &Map<String, Value>,
     extra: &[(&str, Value)],
     allow_duplicates: bool,
-) -> Result<String, Response> {
+) -> Result<String, ApiError> {
     let (name, prefix, fields) = schema(sobject).ok_or_else(not_found)?;
     let written = validate_fields(state, name, fields, body)?;
     let mut merged: BTreeMap<String, Value> = written
@@ -1338,7 +1339,7 @@ fn update_checked(
     id: &str,
     body: &Map<String, Value>,
     allow_duplicates: bool,
-) -> Result<(), Response> {
+) -> Result<(), ApiError> {
     let (name, _, fields) = schema(sobject).ok_or_else(not_found)?;
     let Some(existing) = state.find(name, id).cloned() else {
         if state.deleted.iter().any(|d| d.starts_with(id)) {
@@ -1393,14 +1394,9 @@ async fn create(
     body: Bytes,
 ) -> Response {
     authorised(&state, &headers, &version, |s| {
-        let body = match parse_body(&body) {
-            Ok(body) => body,
-            Err(response) => return response,
-        };
-        match insert_checked(s, &sobject, &body, &[], allow_save(&headers)) {
-            Ok(id) => (StatusCode::CREATED, Json(created(&id, None))).into_response(),
-            Err(response) => response,
-        }
+        let body = parse_body(&body)?;
+        let id = insert_checked(s, &sobject, &body, &[], allow_save(&headers))?;
+        Ok((StatusCode::CREATED, Json(created(&id, None))).into_response())
     })
 }
 
@@ -1416,12 +1412,8 @@ async fn retrieve(
     headers: HeaderMap,
 ) -> Response {
     authorised(&state, &headers, &version, |s| {
-        let Some((name, _, fields)) = schema(&sobject) else {
-            return not_found();
-        };
-        let Some(record) = s.find(name, &id) else {
-            return not_found();
-        };
+        let (name, _, fields) = schema(&sobject).ok_or_else(not_found)?;
+        let record = s.find(name, &id).ok_or_else(not_found)?;
         let names: Vec<String> = match params.fields.as_deref() {
             Some(list) => list.split(',').map(|f| f.trim().to_string()).collect(),
             None => SYSTEM_FIELDS
@@ -1430,10 +1422,8 @@ async fn retrieve(
                 .map(|f| f.name.to_string())
                 .collect(),
         };
-        match selected(name, &names) {
-            Ok((_, defs)) => Json(record.json(&version, &defs)).into_response(),
-            Err(response) => response,
-        }
+        let (_, defs) = selected(name, &names)?;
+        Ok(Json(record.json(&version, &defs)).into_response())
     })
 }
 
@@ -1444,14 +1434,9 @@ async fn update(
     body: Bytes,
 ) -> Response {
     authorised(&state, &headers, &version, |s| {
-        let body = match parse_body(&body) {
-            Ok(body) => body,
-            Err(response) => return response,
-        };
-        match update_checked(s, &sobject, &id, &body, allow_save(&headers)) {
-            Ok(()) => StatusCode::NO_CONTENT.into_response(),
-            Err(response) => response,
-        }
+        let body = parse_body(&body)?;
+        update_checked(s, &sobject, &id, &body, allow_save(&headers))?;
+        Ok(StatusCode::NO_CONTENT.into_response())
     })
 }
 
@@ -1464,26 +1449,25 @@ async fn upsert(
     body: Bytes,
 ) -> Response {
     authorised(&state, &headers, &version, |s| {
-        let Some((name, _, fields)) = schema(&sobject) else {
-            return not_found();
-        };
-        let Some(def) = field_def(fields, &field).filter(|d| d.external_id) else {
-            return error(
-                StatusCode::NOT_FOUND,
-                "NOT_FOUND",
-                format!("Provided external ID field does not exist or is not accessible: {field}"),
-                &[],
-            );
-        };
-        let body = match parse_body(&body) {
-            Ok(body) => body,
-            Err(response) => return response,
-        };
+        let (name, _, fields) = schema(&sobject).ok_or_else(not_found)?;
+        let def = field_def(fields, &field)
+            .filter(|d| d.external_id)
+            .ok_or_else(|| {
+                error(
+                    StatusCode::NOT_FOUND,
+                    "NOT_FOUND",
+                    format!(
+                        "Provided external ID field does not exist or is not accessible: {field}"
+                    ),
+                    &[],
+                )
+            })?;
+        let body = parse_body(&body)?;
         if let Some(key) = body
             .keys()
             .find(|k| k.eq_ignore_ascii_case("Id") || k.eq_ignore_ascii_case(def.name))
         {
-            return error(
+            return Err(error(
                 StatusCode::BAD_REQUEST,
                 "INVALID_FIELD",
                 format!(
@@ -1491,7 +1475,7 @@ async fn upsert(
                     def.name
                 ),
                 &[],
-            );
+            ));
         }
         let matching: Vec<String> = s.records[name]
             .values()
@@ -1499,17 +1483,16 @@ async fn upsert(
             .map(|r| r.id.clone())
             .collect();
         let allow = allow_save(&headers);
-        match matching.as_slice() {
+        Ok(match matching.as_slice() {
             [] => {
-                match insert_checked(s, name, &body, &[(def.name, value.clone().into())], allow) {
-                    Ok(id) => (StatusCode::CREATED, Json(created(&id, Some(true)))).into_response(),
-                    Err(response) => response,
-                }
+                let key = [(def.name, Value::String(value.clone()))];
+                let id = insert_checked(s, name, &body, &key, allow)?;
+                (StatusCode::CREATED, Json(created(&id, Some(true)))).into_response()
             }
-            [id] => match update_checked(s, name, id, &body, allow) {
-                Ok(()) => Json(created(id, Some(false))).into_response(),
-                Err(response) => response,
-            },
+            [id] => {
+                update_checked(s, name, id, &body, allow)?;
+                Json(created(id, Some(false))).into_response()
+            }
             several => {
                 let urls: Vec<String> = several
                     .iter()
@@ -1517,7 +1500,7 @@ async fn upsert(
                     .collect();
                 (StatusCode::MULTIPLE_CHOICES, Json(json!(urls))).into_response()
             }
-        }
+        })
     })
 }
 
