@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs the API locally: the CRM emulators on 127.0.0.1:4010, the functions under
-# `cargo lambda watch` on 127.0.0.1:9000, connections and records under .local/.
+# Runs the API locally: the CRM emulators (HubSpot on 127.0.0.1:4010, Salesforce on 127.0.0.1:4011),
+# the functions under `cargo lambda watch` on 127.0.0.1:9000, connections and records under .local/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/tools.sh
@@ -24,12 +24,34 @@ if [ ! -f "$demo" ]; then
 JSON
   echo "created the demo-hubspot connection in $demo"
 fi
+# The Salesforce emulator is both the login host and the instance; the first call refreshes the
+# session and writes the access token and instanceUrl back to this file.
+demo="$data_dir/connections/demo-salesforce.json"
+if [ ! -f "$demo" ]; then
+  cat >"$demo" <<'JSON'
+{
+  "crmType": "salesforce",
+  "credentials": {
+    "clientId": "demo-salesforce-client",
+    "clientSecret": "demo-salesforce-secret",
+    "refreshToken": "demo-salesforce-refresh-token"
+  },
+  "settings": {
+    "loginUrl": "http://127.0.0.1:4011",
+    "defaultTimezone": "America/New_York",
+    "defaultCountry": "US"
+  }
+}
+JSON
+  echo "created the demo-salesforce connection in $demo"
+fi
 
 cargo build --quiet -p crm-sync-tests --bin crm-emulator
-./target/debug/crm-emulator --hubspot 127.0.0.1:4010 --state "$data_dir/emulator" &
+./target/debug/crm-emulator --hubspot 127.0.0.1:4010 --salesforce 127.0.0.1:4011 --state "$data_dir/emulator" &
 emulator_pid=$!
 trap 'kill "$emulator_pid" 2>/dev/null || true' EXIT
 wait_for_port 4010 30
+wait_for_port 4011 30
 
 export CRM_SYNC_STORE=local
 export CRM_SYNC_DATA_DIR="$data_dir"
