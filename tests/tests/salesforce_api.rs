@@ -429,6 +429,30 @@ async fn a_connection_with_only_a_refresh_token_logs_in_and_a_revoked_one_fails_
         "the API host comes from the token answer"
     );
 
+    let (_, inline) = api
+        .post(
+            Operation::TestConnection,
+            json!({"crmType": "salesforce",
+            "credentials": {"clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET, "refreshToken": REFRESH_TOKEN},
+            "settings": {"loginUrl": api.salesforce.base_url()}}),
+        )
+        .await;
+    assert_eq!(inline["ok"], true, "{inline}");
+    let ids: Vec<String> = api
+        .app
+        .connections
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| i.to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        vec!["demo", "fresh"],
+        "inline credentials are never stored"
+    );
+
     api.salesforce
         .state
         .lock()
