@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the API locally: the CRM emulators (HubSpot 127.0.0.1:4010, Pipedrive :4012, Freshsales :4014),
+# Runs the API locally: the CRM emulators (HubSpot 127.0.0.1:4010, Salesforce :4011, Pipedrive :4012,
+# Freshsales :4014),
 # the functions under `cargo lambda watch` on 127.0.0.1:9000, connections and records under .local/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,13 +26,19 @@ demo_connection demo-pipedrive "{\"crmType\": \"pipedrive\", \"credentials\": {\
   \"settings\": {\"companyDomain\": \"crm-sync-demo\", \"baseUrl\": \"http://127.0.0.1:4012\", $demo_settings}}"
 demo_connection demo-freshsales "{\"crmType\": \"freshsales\", \"credentials\": {\"apiKey\": \"demo-freshsales-key\"},
   \"settings\": {\"baseUrl\": \"http://127.0.0.1:4014\", $demo_settings}}"
+# The Salesforce emulator is both the login host and the instance; the first call refreshes the
+# session and writes the access token and instanceUrl back to the connection file.
+demo_connection demo-salesforce "{\"crmType\": \"salesforce\", \"credentials\": {\"clientId\": \"demo-salesforce-client\",
+  \"clientSecret\": \"demo-salesforce-secret\", \"refreshToken\": \"demo-salesforce-refresh-token\"},
+  \"settings\": {\"loginUrl\": \"http://127.0.0.1:4011\", $demo_settings}}"
 
 cargo build --quiet -p crm-sync-tests --bin crm-emulator
-./target/debug/crm-emulator --hubspot 127.0.0.1:4010 --pipedrive 127.0.0.1:4012 --freshsales 127.0.0.1:4014 \
+./target/debug/crm-emulator --hubspot 127.0.0.1:4010 --salesforce 127.0.0.1:4011 --pipedrive 127.0.0.1:4012 \
+  --freshsales 127.0.0.1:4014 \
   --state "$data_dir/emulator" &
 emulator_pid=$!
 trap 'kill "$emulator_pid" 2>/dev/null || true' EXIT
-for port in 4010 4012 4014; do wait_for_port "$port" 30; done
+for port in 4010 4011 4012 4014; do wait_for_port "$port" 30; done
 
 export CRM_SYNC_STORE=local
 export CRM_SYNC_DATA_DIR="$data_dir"

@@ -5,6 +5,7 @@ pub mod http;
 pub mod hubspot;
 pub mod oauth;
 pub mod pipedrive;
+pub mod salesforce;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -118,6 +119,9 @@ pub fn adapter_for(connection: &Connection, ctx: &AdapterContext) -> Result<Box<
         CrmType::Pipedrive => Ok(Box::new(pipedrive::PipedriveAdapter::new(
             connection,
             ctx.http.clone(),
+        )?)),
+        CrmType::Salesforce => Ok(Box::new(salesforce::SalesforceAdapter::new(
+            connection, ctx,
         )?)),
         other => Err(Error::ConnectionInvalid {
             id: connection.id_str().to_string(),

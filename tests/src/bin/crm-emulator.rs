@@ -1,6 +1,6 @@
 //! Runs the CRM emulators as a local server for `make dev`:
-//! `crm-emulator [--hubspot ADDR] [--token TOKEN] [--pipedrive ADDR] [--freshsales ADDR]
-//! [--freshsales-key KEY] [--state DIR]`.
+//! `crm-emulator [--hubspot ADDR] [--token TOKEN] [--salesforce ADDR] [--pipedrive ADDR]
+//! [--freshsales ADDR] [--freshsales-key KEY] [--state DIR]`.
 //! With `--state`, what the emulated CRMs hold is loaded at start and saved at shutdown, so the
 //! local run's records and the emulated CRMs stay in step across restarts.
 
@@ -10,11 +10,16 @@ use std::path::{Path, PathBuf};
 use crm_sync_tests::emulator::freshsales::FreshsalesEmulator;
 use crm_sync_tests::emulator::hubspot::HubSpotEmulator;
 use crm_sync_tests::emulator::pipedrive::PipedriveEmulator;
+use crm_sync_tests::emulator::salesforce::{SalesforceEmulator, client};
 use serde_json::Value;
 
 pub const DEMO_TOKEN: &str = "demo-hubspot-token";
 pub const PIPEDRIVE_DEMO_TOKEN: &str = "demo-pipedrive-token";
 pub const DEMO_FRESHSALES_KEY: &str = "demo-freshsales-key";
+/// The connected app and refresh token the demo-salesforce connection holds.
+pub const DEMO_SALESFORCE_CLIENT_ID: &str = "demo-salesforce-client";
+pub const DEMO_SALESFORCE_CLIENT_SECRET: &str = "demo-salesforce-secret";
+pub const DEMO_SALESFORCE_REFRESH_TOKEN: &str = "demo-salesforce-refresh-token";
 
 type Failure = Box<dyn std::error::Error>;
 
@@ -62,10 +67,11 @@ async fn main() -> Result<(), Failure> {
             .as_ref()
             .map(|dir| dir.join(format!("{crm}.json")))
     };
-    let (hubspot_file, pipedrive_file, freshsales_file) = (
+    let (hubspot_file, pipedrive_file, freshsales_file, salesforce_file) = (
         state_file("hubspot"),
         state_file("pipedrive"),
         state_file("freshsales"),
+        state_file("salesforce"),
     );
 
     let hubspot =
@@ -95,6 +101,23 @@ async fn main() -> Result<(), Failure> {
     })?;
     println!("Freshsales emulator listening on {}", freshsales.base_url());
 
+    let salesforce = SalesforceEmulator::start_on(
+        client(
+            DEMO_SALESFORCE_CLIENT_ID,
+            DEMO_SALESFORCE_CLIENT_SECRET,
+            DEMO_SALESFORCE_REFRESH_TOKEN,
+        ),
+        address("--salesforce", "127.0.0.1:4011")?,
+    )
+    .await?;
+    load(salesforce_file.as_deref(), "Salesforce", |s| {
+        salesforce.state.lock().unwrap().restore(s)
+    })?;
+    println!(
+        "Salesforce emulator listening on {} (login and instance URL)",
+        salesforce.base_url()
+    );
+
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -106,5 +129,7 @@ async fn main() -> Result<(), Failure> {
     save(pipedrive_file.as_deref(), "Pipedrive", snapshot)?;
     let snapshot = freshsales.state.lock().unwrap().snapshot();
     save(freshsales_file.as_deref(), "Freshsales", snapshot)?;
+    let snapshot = salesforce.state.lock().unwrap().snapshot();
+    save(salesforce_file.as_deref(), "Salesforce", snapshot)?;
     Ok(())
 }

@@ -5,6 +5,7 @@
 pub mod freshsales;
 pub mod hubspot;
 pub mod pipedrive;
+pub mod salesforce;
 
 use std::str::FromStr;
 

@@ -5,6 +5,7 @@ pub mod freshsales;
 pub mod hubspot;
 pub mod oauth;
 pub mod pipedrive;
+pub mod salesforce;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
