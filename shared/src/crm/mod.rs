@@ -3,6 +3,7 @@
 pub mod http;
 pub mod hubspot;
 pub mod oauth;
+pub mod zoho;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -109,6 +110,7 @@ pub fn adapter_for(connection: &Connection, ctx: &AdapterContext) -> Result<Box<
             connection,
             ctx.http.clone(),
         )?)),
+        CrmType::Zoho => Ok(Box::new(zoho::ZohoAdapter::new(connection, ctx)?)),
         other => Err(Error::ConnectionInvalid {
             id: connection.id_str().to_string(),
             message: format!("{other} is not supported by this version of crm-sync yet"),
