@@ -3,6 +3,7 @@
 //! `conformance_suite!(start_fn)` in a test file expands to one test per case.
 
 pub mod hubspot;
+pub mod zoho;
 
 use std::str::FromStr;
 

@@ -3,6 +3,7 @@
 
 pub mod hubspot;
 pub mod oauth;
+pub mod zoho;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
