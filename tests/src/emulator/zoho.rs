@@ -77,6 +77,9 @@ pub struct ZohoState {
     ids: IdSequence,
     /// module -> id -> record
     pub records: BTreeMap<String, BTreeMap<String, ZohoRecord>>,
+    /// How long a written record stays out of search results: Zoho's search index lags behind
+    /// writes, answering 204 meanwhile. None by default.
+    pub search_index_delay: chrono::Duration,
 }
 
 impl ZohoState {
@@ -89,6 +92,7 @@ impl ZohoState {
                 .iter()
                 .map(|m| (m.to_string(), BTreeMap::new()))
                 .collect(),
+            search_index_delay: chrono::Duration::zero(),
         }
     }
 
@@ -1053,8 +1057,13 @@ async fn search_records(
                 json!({"param_names": ["criteria", "email", "phone", "word"]}),
             );
         };
+        let indexed_before = Utc::now() - s.search_index_delay;
         let mut matched = Vec::new();
-        for record in s.records[&module].values().rev() {
+        let indexed = s.records[&module]
+            .values()
+            .rev()
+            .filter(|r| r.modified_time <= indexed_before);
+        for record in indexed {
             match matcher(record) {
                 Ok(true) => matched.push(record),
                 Ok(false) => {}
