@@ -216,11 +216,11 @@ fn single_or_ambiguous(mut found: Vec<CrmContact>, by: &str) -> Result<Option<Cr
     }
 }
 
-fn same_email(theirs: Option<&str>, ours: &str) -> bool {
+pub(crate) fn same_email(theirs: Option<&str>, ours: &str) -> bool {
     theirs.is_some_and(|t| t.trim().eq_ignore_ascii_case(ours))
 }
 
-fn has_phone(contact: &CrmContact, phone: &E164Phone, default_country: &str) -> bool {
+pub(crate) fn has_phone(contact: &CrmContact, phone: &E164Phone, default_country: &str) -> bool {
     contact
         .phones
         .iter()

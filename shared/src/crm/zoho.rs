@@ -19,11 +19,11 @@ use serde_json::{Map, Value, json};
 use super::http::{CrmHttp, CrmResponse, Idempotency, status_error};
 use super::oauth::{AccessGrant, OAuthProvider, OAuthSession};
 use super::{
-    AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, customer_fields,
-    map_properties, property_name,
+    AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, customer_fields, has_phone,
+    map_properties, property_name, same_email,
 };
 use crate::connection::{Connection, ConnectionSettings};
-use crate::domain::{Appointment, AppointmentStatus, CrmType, Customer, E164Phone, Lead};
+use crate::domain::{Appointment, AppointmentStatus, CrmType, Customer, Lead};
 use crate::error::{Error, Result};
 
 /// The API version every path uses (`/crm/v8/...`), the current one in Zoho's docs.
@@ -405,13 +405,19 @@ impl ZohoAdapter {
         record
     }
 
-    fn to_contact(&self, record: &Value) -> Option<CrmContact> {
+    /// A contact or lead record in our vocabulary (`entity` names the field mapping).
+    fn to_person(
+        &self,
+        entity: &str,
+        defaults: &[(&'static str, &'static str)],
+        record: &Value,
+    ) -> Option<CrmContact> {
         let read = |ours: &str| {
-            property_name("contact", ours, CONTACT_FIELDS, &self.settings)
+            property_name(entity, ours, defaults, &self.settings)
                 .and_then(|name| text(record, name))
         };
         let phone_field =
-            property_name("contact", "phone", CONTACT_FIELDS, &self.settings).unwrap_or("Phone");
+            property_name(entity, "phone", defaults, &self.settings).unwrap_or("Phone");
         let phones: Vec<String> = std::iter::once(phone_field)
             .chain(OTHER_PHONE_FIELDS.iter().copied())
             .filter_map(|name| text(record, name))
@@ -479,7 +485,9 @@ impl CrmAdapter for ZohoAdapter {
                     .await?
             }
         };
-        let contacts = records.iter().filter_map(|r| self.to_contact(r));
+        let contacts = records
+            .iter()
+            .filter_map(|r| self.to_person("contact", CONTACT_FIELDS, r));
         Ok(match lookup {
             // Zoho's email search also matches parts of addresses and secondary emails.
             ContactLookup::Email(email) => contacts
@@ -523,39 +531,32 @@ impl CrmAdapter for ZohoAdapter {
     async fn find_lead(&self, lead: &Lead, _contact_id: Option<&str>) -> Result<Option<String>> {
         let person = &lead.person;
         let fields = self.field_list("lead", LEAD_FIELDS);
-        let email_name = self.email_field("lead", LEAD_FIELDS);
+        let to_person = |r: &Value| self.to_person("lead", LEAD_FIELDS, r);
         if let Some(email) = &person.email {
             let found = self
                 .search("Leads", "email", email.as_str(), &fields)
                 .await?;
             let exact = found
                 .iter()
-                .find(|r| same_email(text(r, email_name).as_deref(), email.as_str()));
-            if let Some(id) = exact.and_then(id_of) {
-                return Ok(Some(id));
+                .filter_map(to_person)
+                .find(|l| same_email(l.email.as_deref(), email.as_str()));
+            if let Some(lead) = exact {
+                return Ok(Some(lead.crm_id));
             }
         }
         if let Some(phone) = &person.phone {
-            let phone_name =
-                property_name("lead", "phone", LEAD_FIELDS, &self.settings).unwrap_or("Phone");
             let found = self
                 .search("Leads", "phone", &phone.national_number(), &fields)
                 .await?;
-            let same_person = found.iter().find(|r| {
-                let has_phone = std::iter::once(phone_name)
-                    .chain(OTHER_PHONE_FIELDS.iter().copied())
-                    .filter_map(|name| text(r, name))
-                    .any(|raw| {
-                        E164Phone::parse(&raw, self.default_country()).is_ok_and(|p| &p == phone)
-                    });
-                // Someone else on a shared phone has another email.
-                let other_email = match (&person.email, text(r, email_name)) {
-                    (Some(ours), Some(theirs)) => !same_email(Some(&theirs), ours.as_str()),
-                    _ => false,
-                };
-                has_phone && !other_email
+            let same_person = found.iter().filter_map(to_person).find(|l| {
+                has_phone(l, phone, self.default_country())
+                    // Someone else on a shared phone has another email.
+                    && match (&person.email, l.email.as_deref()) {
+                        (Some(ours), Some(theirs)) => same_email(Some(theirs), ours.as_str()),
+                        _ => true,
+                    }
             });
-            return Ok(same_person.and_then(id_of));
+            return Ok(same_person.map(|l| l.crm_id));
         }
         Ok(None)
     }
@@ -682,10 +683,6 @@ fn last_name_stand_in(person: &Customer) -> Option<String> {
         .as_ref()
         .map(|e| e.as_str().to_string())
         .or_else(|| person.phone.as_ref().map(|p| p.as_str().to_string()))
-}
-
-fn same_email(theirs: Option<&str>, ours: &str) -> bool {
-    theirs.is_some_and(|t| t.trim().eq_ignore_ascii_case(ours))
 }
 
 /// What a write answered for its one record.

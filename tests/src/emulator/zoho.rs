@@ -325,7 +325,7 @@ fn known_module(module: &str) -> bool {
 }
 
 /// The records of a write's body, or the error Zoho gives for the body itself.
-fn write_records(body: &Bytes) -> Result<Vec<Value>, Box<Response>> {
+fn write_records(body: &Bytes) -> Result<Vec<Map<String, Value>>, Box<Response>> {
     let parsed: Value = serde_json::from_slice(body).map_err(|_| {
         Box::new(error(
             StatusCode::BAD_REQUEST,
@@ -341,7 +341,10 @@ fn write_records(body: &Bytes) -> Result<Vec<Value>, Box<Response>> {
             "the number of records exceeds the limit",
             json!({"api_name": "data", "limit": MAX_RECORDS_PER_WRITE}),
         ))),
-        Some(records) if !records.is_empty() => Ok(records.clone()),
+        Some(records) if !records.is_empty() => Ok(records
+            .iter()
+            .map(|r| r.as_object().cloned().unwrap_or_default())
+            .collect()),
         _ => Err(Box::new(error(
             StatusCode::BAD_REQUEST,
             "MANDATORY_NOT_FOUND",
@@ -349,6 +352,25 @@ fn write_records(body: &Bytes) -> Result<Vec<Value>, Box<Response>> {
             json!({"api_name": "data", "json_path": "$.data"}),
         ))),
     }
+}
+
+/// A write: checks the token, the module and the body's `data`, then lets `f` answer.
+fn write(
+    state: &SharedState,
+    headers: &HeaderMap,
+    module_ok: bool,
+    body: &Bytes,
+    f: impl FnOnce(&mut ZohoState, Vec<Map<String, Value>>) -> Response,
+) -> Response {
+    authorised(state, headers, |s| {
+        if !module_ok {
+            return invalid_module();
+        }
+        match write_records(body) {
+            Ok(records) => f(s, records),
+            Err(response) => *response,
+        }
+    })
 }
 
 /// 201/200 when every record succeeded, 400 when none did, 207 for a mix.
@@ -648,27 +670,23 @@ async fn insert_records(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    authorised(&state, &headers, |s| {
-        if !known_module(&module) {
-            return invalid_module();
-        }
-        let records = match write_records(&body) {
-            Ok(r) => r,
-            Err(response) => return *response,
-        };
-        let results = records
-            .iter()
-            .enumerate()
-            .map(|(i, record)| {
-                let fields = record.as_object().cloned().unwrap_or_default();
-                match create(s, &module, &fields, i) {
+    write(
+        &state,
+        &headers,
+        known_module(&module),
+        &body,
+        |s, records| {
+            let results = records
+                .iter()
+                .enumerate()
+                .map(|(i, fields)| match create(s, &module, fields, i) {
                     Ok(id) => success(&record_of(s, &module, &id), "record added"),
                     Err(e) => e,
-                }
-            })
-            .collect();
-        write_answer(results, StatusCode::CREATED)
-    })
+                })
+                .collect();
+            write_answer(results, StatusCode::CREATED)
+        },
+    )
 }
 
 async fn update_record(
@@ -677,21 +695,19 @@ async fn update_record(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    authorised(&state, &headers, |s| {
-        if !known_module(&module) {
-            return invalid_module();
-        }
-        let records = match write_records(&body) {
-            Ok(r) => r,
-            Err(response) => return *response,
-        };
-        let fields = records[0].as_object().cloned().unwrap_or_default();
-        let result = match modify(s, &module, &id, &fields, 0) {
-            Ok(()) => success(&record_of(s, &module, &id), "record updated"),
-            Err(e) => e,
-        };
-        write_answer(vec![result], StatusCode::OK)
-    })
+    write(
+        &state,
+        &headers,
+        known_module(&module),
+        &body,
+        |s, records| {
+            let result = match modify(s, &module, &id, &records[0], 0) {
+                Ok(()) => success(&record_of(s, &module, &id), "record updated"),
+                Err(e) => e,
+            };
+            write_answer(vec![result], StatusCode::OK)
+        },
+    )
 }
 
 /// Inserts or updates on the duplicate check fields (the system's `Email` by default).
@@ -701,14 +717,8 @@ async fn upsert_records(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    authorised(&state, &headers, |s| {
-        if module != "Contacts" && module != "Leads" {
-            return invalid_module();
-        }
-        let records = match write_records(&body) {
-            Ok(r) => r,
-            Err(response) => return *response,
-        };
+    let upsertable = module == "Contacts" || module == "Leads";
+    write(&state, &headers, upsertable, &body, |s, records| {
         let parsed: Value = serde_json::from_slice(&body).unwrap_or_default();
         let check_fields: Vec<String> = match parsed.get("duplicate_check_fields") {
             None | Some(Value::Null) => vec!["Email".into()],
@@ -730,8 +740,7 @@ async fn upsert_records(
         let results = records
             .iter()
             .enumerate()
-            .map(|(i, record)| {
-                let fields = record.as_object().cloned().unwrap_or_default();
+            .map(|(i, fields)| {
                 let wanted = fields
                     .get("Email")
                     .and_then(Value::as_str)
@@ -748,11 +757,11 @@ async fn upsert_records(
                 });
                 let (result, action, duplicate_field) = match existing {
                     Some(id) => (
-                        modify(s, &module, &id, &fields, i).map(|()| id),
+                        modify(s, &module, &id, fields, i).map(|()| id),
                         "update",
                         json!("Email"),
                     ),
-                    None => (create(s, &module, &fields, i), "insert", Value::Null),
+                    None => (create(s, &module, fields, i), "insert", Value::Null),
                 };
                 match result {
                     Ok(id) => {
