@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the API locally: the CRM emulators (HubSpot 127.0.0.1:4010, Salesforce :4011, Pipedrive :4012,
-# Freshsales :4014),
-# the functions under `cargo lambda watch` on 127.0.0.1:9000, connections and records under .local/.
+# Zoho CRM :4013, Freshsales :4014), the functions under `cargo lambda watch` on 127.0.0.1:9000,
+# connections and records under .local/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/tools.sh
@@ -31,14 +31,20 @@ demo_connection demo-freshsales "{\"crmType\": \"freshsales\", \"credentials\": 
 demo_connection demo-salesforce "{\"crmType\": \"salesforce\", \"credentials\": {\"clientId\": \"demo-salesforce-client\",
   \"clientSecret\": \"demo-salesforce-secret\", \"refreshToken\": \"demo-salesforce-refresh-token\"},
   \"settings\": {\"loginUrl\": \"http://127.0.0.1:4011\", $demo_settings}}"
+# Zoho: the emulator is both the accounts server and the API; the first call fetches an access token
+# and writes it (with its expiry) back to the connection file.
+demo_connection demo-zoho "{\"crmType\": \"zoho\", \"credentials\": {\"clientId\": \"1000.DEMOZOHOCLIENT\",
+  \"clientSecret\": \"demo-zoho-client-secret\", \"refreshToken\": \"1000.demo-zoho-refresh-token\"},
+  \"settings\": {\"accountsUrl\": \"http://127.0.0.1:4013\", \"baseUrl\": \"http://127.0.0.1:4013\",
+  \"defaultLeadCompany\": \"Walk-in\", $demo_settings}}"
 
 cargo build --quiet -p crm-sync-tests --bin crm-emulator
 ./target/debug/crm-emulator --hubspot 127.0.0.1:4010 --salesforce 127.0.0.1:4011 --pipedrive 127.0.0.1:4012 \
-  --freshsales 127.0.0.1:4014 \
+  --zoho 127.0.0.1:4013 --freshsales 127.0.0.1:4014 \
   --state "$data_dir/emulator" &
 emulator_pid=$!
 trap 'kill "$emulator_pid" 2>/dev/null || true' EXIT
-for port in 4010 4011 4012 4014; do wait_for_port "$port" 30; done
+for port in 4010 4011 4012 4013 4014; do wait_for_port "$port" 30; done
 
 export CRM_SYNC_STORE=local
 export CRM_SYNC_DATA_DIR="$data_dir"

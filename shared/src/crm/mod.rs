@@ -6,6 +6,7 @@ pub mod hubspot;
 pub mod oauth;
 pub mod pipedrive;
 pub mod salesforce;
+pub mod zoho;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -123,10 +124,7 @@ pub fn adapter_for(connection: &Connection, ctx: &AdapterContext) -> Result<Box<
         CrmType::Salesforce => Ok(Box::new(salesforce::SalesforceAdapter::new(
             connection, ctx,
         )?)),
-        other => Err(Error::ConnectionInvalid {
-            id: connection.id_str().to_string(),
-            message: format!("{other} is not supported by this version of crm-sync yet"),
-        }),
+        CrmType::Zoho => Ok(Box::new(zoho::ZohoAdapter::new(connection, ctx)?)),
     }
 }
 
@@ -228,11 +226,11 @@ fn single_or_ambiguous(mut found: Vec<CrmContact>, by: &str) -> Result<Option<Cr
     }
 }
 
-fn same_email(theirs: Option<&str>, ours: &str) -> bool {
+pub(crate) fn same_email(theirs: Option<&str>, ours: &str) -> bool {
     theirs.is_some_and(|t| t.trim().eq_ignore_ascii_case(ours))
 }
 
-fn has_phone(contact: &CrmContact, phone: &E164Phone, default_country: &str) -> bool {
+pub(crate) fn has_phone(contact: &CrmContact, phone: &E164Phone, default_country: &str) -> bool {
     contact
         .phones
         .iter()

@@ -1,6 +1,6 @@
 //! Runs the CRM emulators as a local server for `make dev`:
 //! `crm-emulator [--hubspot ADDR] [--token TOKEN] [--salesforce ADDR] [--pipedrive ADDR]
-//! [--freshsales ADDR] [--freshsales-key KEY] [--state DIR]`.
+//! [--zoho ADDR] [--freshsales ADDR] [--freshsales-key KEY] [--state DIR]`.
 //! With `--state`, what the emulated CRMs hold is loaded at start and saved at shutdown, so the
 //! local run's records and the emulated CRMs stay in step across restarts.
 
@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 
 use crm_sync_tests::emulator::freshsales::FreshsalesEmulator;
 use crm_sync_tests::emulator::hubspot::HubSpotEmulator;
+use crm_sync_tests::emulator::oauth::OAuthTokens;
 use crm_sync_tests::emulator::pipedrive::PipedriveEmulator;
 use crm_sync_tests::emulator::salesforce::{SalesforceEmulator, client};
+use crm_sync_tests::emulator::zoho::ZohoEmulator;
 use serde_json::Value;
 
 pub const DEMO_TOKEN: &str = "demo-hubspot-token";
@@ -20,6 +22,10 @@ pub const DEMO_FRESHSALES_KEY: &str = "demo-freshsales-key";
 pub const DEMO_SALESFORCE_CLIENT_ID: &str = "demo-salesforce-client";
 pub const DEMO_SALESFORCE_CLIENT_SECRET: &str = "demo-salesforce-secret";
 pub const DEMO_SALESFORCE_REFRESH_TOKEN: &str = "demo-salesforce-refresh-token";
+/// The Zoho client and refresh token `make dev` stores in `demo-zoho`.
+pub const DEMO_ZOHO_CLIENT_ID: &str = "1000.DEMOZOHOCLIENT";
+pub const DEMO_ZOHO_CLIENT_SECRET: &str = "demo-zoho-client-secret";
+pub const DEMO_ZOHO_REFRESH_TOKEN: &str = "1000.demo-zoho-refresh-token";
 
 type Failure = Box<dyn std::error::Error>;
 
@@ -67,11 +73,12 @@ async fn main() -> Result<(), Failure> {
             .as_ref()
             .map(|dir| dir.join(format!("{crm}.json")))
     };
-    let (hubspot_file, pipedrive_file, freshsales_file, salesforce_file) = (
+    let (hubspot_file, pipedrive_file, freshsales_file, salesforce_file, zoho_file) = (
         state_file("hubspot"),
         state_file("pipedrive"),
         state_file("freshsales"),
         state_file("salesforce"),
+        state_file("zoho"),
     );
 
     let hubspot =
@@ -118,6 +125,23 @@ async fn main() -> Result<(), Failure> {
         salesforce.base_url()
     );
 
+    // Access tokens live in memory only: after a restart the stored one is refused with
+    // INVALID_TOKEN and the adapter refreshes, as it would against Zoho.
+    let zoho_tokens = OAuthTokens::new(
+        DEMO_ZOHO_CLIENT_ID,
+        DEMO_ZOHO_CLIENT_SECRET,
+        DEMO_ZOHO_REFRESH_TOKEN,
+        chrono::Duration::hours(1),
+    );
+    let zoho = ZohoEmulator::start_on(zoho_tokens, address("--zoho", "127.0.0.1:4013")?).await?;
+    load(zoho_file.as_deref(), "Zoho CRM", |s| {
+        zoho.state.lock().unwrap().restore(s)
+    })?;
+    println!(
+        "Zoho CRM emulator (accounts server and API) listening on {}",
+        zoho.base_url()
+    );
+
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -131,5 +155,7 @@ async fn main() -> Result<(), Failure> {
     save(freshsales_file.as_deref(), "Freshsales", snapshot)?;
     let snapshot = salesforce.state.lock().unwrap().snapshot();
     save(salesforce_file.as_deref(), "Salesforce", snapshot)?;
+    let snapshot = zoho.state.lock().unwrap().snapshot();
+    save(zoho_file.as_deref(), "Zoho CRM", snapshot)?;
     Ok(())
 }

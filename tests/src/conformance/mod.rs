@@ -6,6 +6,7 @@ pub mod freshsales;
 pub mod hubspot;
 pub mod pipedrive;
 pub mod salesforce;
+pub mod zoho;
 
 use std::str::FromStr;
 

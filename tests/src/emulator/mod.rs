@@ -6,6 +6,7 @@ pub mod hubspot;
 pub mod oauth;
 pub mod pipedrive;
 pub mod salesforce;
+pub mod zoho;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
