@@ -203,7 +203,8 @@ impl LogCapture {
             let subscriber = tracing_subscriber::fmt()
                 .json()
                 .with_max_level(tracing::Level::DEBUG)
-                .with_current_span(true)
+                .with_current_span(false)
+                .with_span_list(true)
                 .with_writer(move || writer.clone())
                 .finish();
             tracing::subscriber::set_global_default(subscriber)

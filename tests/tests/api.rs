@@ -640,3 +640,36 @@ async fn the_production_stores_on_moto_serve_a_sync_end_to_end() {
         .await;
     assert_eq!(missing.status, 404);
 }
+
+#[tokio::test]
+async fn every_sync_logs_one_json_line_with_connection_crm_operation_status_and_duration() {
+    let api = Api::start().await;
+    let logs = LogCapture::global();
+    // Tests run in parallel into one log: a connection of its own tells this test's line apart.
+    let connection_id = format!("log-{}", uuid::Uuid::new_v4().simple());
+    let demo_id = crm_sync::connection::ConnectionId::parse("demo").unwrap();
+    let demo = api.app.connections.get(&demo_id).await.unwrap();
+    store_connection(&api.app, &connection_id, &demo).await;
+    let body = json!({"connectionId": connection_id, "customer": {"email": "log@example.com"}});
+    let answer = api.post(Operation::SyncCustomer, body).await;
+    assert_eq!(answer.status, 200);
+    let line: Value = logs
+        .text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| {
+            l["fields"]["message"] == "sync finished"
+                && l["fields"]["connection_id"] == connection_id.as_str()
+        })
+        .expect("a sync line for this sync");
+    assert_eq!(line["fields"]["crm_id"], answer.body["crmId"]);
+    assert_eq!(line["fields"]["crm"], "hubspot");
+    assert_eq!(line["fields"]["entity"], "customer");
+    assert_eq!(line["fields"]["status"], "created");
+    assert!(line["fields"]["duration_ms"].is_u64());
+    let spans = line["spans"].as_array().expect("the span list");
+    assert!(
+        spans.iter().any(|s| s["operation"] == "sync-customer"),
+        "{line}"
+    );
+}
