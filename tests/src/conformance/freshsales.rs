@@ -127,6 +127,10 @@ impl EmulatedCrm for FreshsalesUnderTest {
             .collect()
     }
 
+    fn custom_contact_field(&self) -> &'static str {
+        "cf_booking_city"
+    }
+
     fn add_contact(
         &self,
         first_name: &str,

@@ -103,6 +103,10 @@ impl EmulatedCrm for HubSpotUnderTest {
             .collect()
     }
 
+    fn custom_contact_field(&self) -> &'static str {
+        "booking_city"
+    }
+
     fn add_contact(
         &self,
         first_name: &str,

@@ -62,6 +62,8 @@ pub trait EmulatedCrm: Send + Sync {
     fn contacts(&self) -> Vec<EmulatedContact>;
     fn appointments(&self) -> Vec<EmulatedAppointment>;
     fn leads(&self) -> Vec<EmulatedLead>;
+    /// A custom contact field this CRM's emulator accepts, named as the CRM's API names it.
+    fn custom_contact_field(&self) -> &'static str;
     /// Adds a contact as a person using the CRM would, values typed as given.
     fn add_contact(
         &self,
@@ -555,6 +557,52 @@ pub async fn a_slow_crm_times_out_as_unavailable(fx: Fixture) {
     );
 }
 
+/// Whether `value` holds `key: expected` anywhere (CRMs nest custom fields differently).
+fn holds_pair(value: &Value, key: &str, expected: &str) -> bool {
+    match value {
+        Value::Object(map) => map
+            .iter()
+            .any(|(k, v)| (k == key && v == expected) || holds_pair(v, key, expected)),
+        Value::Array(items) => items.iter().any(|v| holds_pair(v, key, expected)),
+        _ => false,
+    }
+}
+
+pub async fn a_field_mapping_writes_and_reads_the_mapped_crm_field(fx: Fixture) {
+    let custom = fx.crm.custom_contact_field();
+    let mut mapped = fx.crm.connection();
+    mapped.settings.field_mappings.insert(
+        "contact".into(),
+        [("city".to_string(), custom.to_string())].into(),
+    );
+    store_connection(&fx.app, "mapped", &mapped).await;
+    store_connection(&fx.app, "mapped-again", &mapped).await;
+    let customer = json!({"firstName": "Homer", "lastName": "Simpson", "email": "homer@example.com", "city": "Springfield"});
+    let before = fx.crm.control().request_count();
+    let first = fx
+        .app
+        .sync_customer(&json!({"connectionId": "mapped", "customer": customer}))
+        .await
+        .unwrap();
+    assert_eq!(first.status, crm_sync::crm::Outcome::Created);
+    let sent = fx.crm.control().requests()[before..].to_vec();
+    assert!(
+        sent.iter()
+            .any(|r| holds_pair(&r.body, custom, "Springfield")),
+        "the city went to {custom}: {:?}",
+        sent.iter().map(|r| &r.body).collect::<Vec<_>>()
+    );
+    // A connection with no sync record of its own compares with what the CRM holds: the mapped
+    // field is read back from where it was written, so nothing differs.
+    let second = fx
+        .app
+        .sync_customer(&json!({"connectionId": "mapped-again", "customer": customer}))
+        .await
+        .unwrap();
+    assert_eq!(second.status, crm_sync::crm::Outcome::Unchanged);
+    assert_eq!(second.crm_id, first.crm_id);
+}
+
 /// Expands to one `#[tokio::test]` per conformance case, each with a fresh emulator from
 /// `$start` (an async fn returning `Box<dyn EmulatedCrm>`).
 #[macro_export]
@@ -575,6 +623,7 @@ macro_rules! conformance_suite {
             a_short_rate_limit_is_waited_out_and_a_long_one_is_passed_on,
             a_crm_outage_is_recorded_and_replayed_without_duplicates,
             a_slow_crm_times_out_as_unavailable,
+            a_field_mapping_writes_and_reads_the_mapped_crm_field,
         );
     };
     (@cases $start:path; $($case:ident),+ $(,)?) => {

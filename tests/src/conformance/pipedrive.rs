@@ -95,6 +95,10 @@ impl EmulatedCrm for PipedriveUnderTest {
             .collect()
     }
 
+    fn custom_contact_field(&self) -> &'static str {
+        "5f1a7c3e9b2d4a6f8e0c1b3d5a7f9e2c4b6d8a0e"
+    }
+
     fn add_contact(
         &self,
         first_name: &str,

@@ -136,6 +136,10 @@ impl EmulatedCrm for SalesforceUnderTest {
             .collect()
     }
 
+    fn custom_contact_field(&self) -> &'static str {
+        "Booking_City__c"
+    }
+
     fn add_contact(
         &self,
         first_name: &str,

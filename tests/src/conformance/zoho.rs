@@ -168,6 +168,10 @@ impl EmulatedCrm for ZohoUnderTest {
             .collect()
     }
 
+    fn custom_contact_field(&self) -> &'static str {
+        "Booking_City"
+    }
+
     fn add_contact(
         &self,
         first_name: &str,

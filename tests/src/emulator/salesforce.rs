@@ -114,6 +114,9 @@ const CONTACT: &[FieldDef] = &[
     field("MailingCountry", "Mailing Country", Kind::Text(80)),
     field("LeadSource", "Lead Source", Kind::Text(255)),
     field("Description", "Contact Description", Kind::Text(32000)),
+    // Custom fields of the emulated org: an external id for upserts, and a plain text field
+    // that connections can map a crm-sync field to.
+    field("Booking_City__c", "Booking City", Kind::Text(80)),
     FieldDef {
         external_id: true,
         ..field(
