@@ -1,5 +1,5 @@
 # The commands a person runs. `make dev` serves the API locally; `make test` runs every test.
-.PHONY: dev test lint build fmt clean-local
+.PHONY: dev test lint build bench fmt clean-local
 
 dev: ## Run the API on http://127.0.0.1:9000 with embedded stores and the CRM emulators
 	./scripts/dev.sh
@@ -15,6 +15,10 @@ lint: ## Formatting, clippy and the SAM template
 
 build: ## Release builds of every function for Lambda (arm64)
 	cargo lambda build --release --arm64 --workspace
+
+bench: ## Throughput, latency and memory against the HubSpot emulator on loopback (release build)
+	cargo build --release -p crm-sync-tests --bins
+	./target/release/bench 2000 8
 
 fmt:
 	cargo fmt --all

@@ -215,6 +215,10 @@ fn admin_routes(control: Control) -> Router {
             "/__emulator/requests",
             get(|State(c): State<Control>| async move { Json(json!(c.requests())) }),
         )
+        .route(
+            "/__emulator/requests/count",
+            get(|State(c): State<Control>| async move { Json(json!({ "count": c.request_count() })) }),
+        )
         .with_state(control)
 }
 
