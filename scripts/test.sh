@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Every test of the workspace, on a fresh machine too: installs moto (the AWS emulator) and
-# cfn-lint from PyPI if missing, starts moto_server on a free loopback port, runs the tests,
-# lints the SAM template, and stops moto whatever happens.
+# Every test of the workspace, on a fresh machine too: installs moto (the AWS emulator), cfn-lint,
+# the SAM CLI and openapi-spec-validator from PyPI if missing, validates openapi.yaml and the SAM
+# template, starts moto_server on a free loopback port, runs the tests, and stops moto whatever
+# happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/tools.sh
@@ -9,6 +10,7 @@ source scripts/tools.sh
 ensure_tool moto_server 'moto[server]'
 ensure_tool cfn-lint cfn-lint
 ensure_tool sam aws-sam-cli
+ensure_tool openapi-spec-validator openapi-spec-validator
 
 port=$(free_port)
 moto_log=$(mktemp)
@@ -25,6 +27,7 @@ unset AWS_PROFILE AWS_SESSION_TOKEN
 
 cfn-lint infra/template.yaml
 echo "cfn-lint: infra/template.yaml has no errors or warnings"
+openapi-spec-validator openapi.yaml
 # SAM's own validation (transform + cfn-lint); it runs offline. samconfig.toml names the template.
 SAM_CLI_TELEMETRY=0 sam validate --lint --region us-east-1
 log=$(mktemp)
