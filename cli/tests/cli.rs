@@ -19,14 +19,24 @@ struct Run {
 
 /// Runs `crm-sync ARGS` on the local stores in `dir`, with `stdin` piped in.
 async fn crm_sync(dir: &TempDir, args: &[&str], stdin: &str) -> Run {
-    let data_dir = dir.path().to_path_buf();
+    let env = vec![
+        ("CRM_SYNC_STORE".to_string(), "local".to_string()),
+        (
+            "CRM_SYNC_DATA_DIR".to_string(),
+            dir.path().display().to_string(),
+        ),
+    ];
+    crm_sync_with(env, args, stdin).await
+}
+
+/// Runs `crm-sync ARGS` with `env` added to this process's environment.
+async fn crm_sync_with(env: Vec<(String, String)>, args: &[&str], stdin: &str) -> Run {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     let stdin = stdin.to_string();
     tokio::task::spawn_blocking(move || {
         let mut child = Command::new(env!("CARGO_BIN_EXE_crm-sync"))
             .args(&args)
-            .env("CRM_SYNC_STORE", "local")
-            .env("CRM_SYNC_DATA_DIR", &data_dir)
+            .envs(env)
             .env("CRM_SYNC_CRM_ATTEMPTS", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -185,5 +195,68 @@ async fn failed_records_are_listed_and_replayed() {
         1,
         "only the header is left: {}",
         after.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_manages_connections_in_secrets_manager_and_reads_records_from_dynamodb() {
+    let hubspot = HubSpotEmulator::start(&[TOKEN]).await.unwrap();
+    let endpoint = crm_sync_tests::harness::aws_endpoint();
+    let sdk = crm_sync_tests::harness::aws_sdk_config().await;
+    let table = format!("cli-records-{}", uuid::Uuid::new_v4().simple());
+    crm_sync_tests::store_suite::create_records_table(&aws_sdk_dynamodb::Client::new(&sdk), &table)
+        .await;
+    let prefix = format!(
+        "crm-sync-cli-{}/connections/",
+        uuid::Uuid::new_v4().simple()
+    );
+    let env: Vec<(String, String)> = [
+        ("CRM_SYNC_STORE", "aws"),
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("CRM_SYNC_TABLE", table.as_str()),
+        ("CRM_SYNC_SECRET_PREFIX", prefix.as_str()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let base_url = format!("baseUrl={}", hubspot.base_url());
+    let added = crm_sync_with(
+        env.clone(),
+        &[
+            "connections",
+            "add",
+            "hubspot",
+            "--id",
+            "acme",
+            "--setting",
+            &base_url,
+        ],
+        &format!("accessToken={TOKEN}"),
+    )
+    .await;
+    assert!(added.ok, "{}", added.stderr);
+    let listed = crm_sync_with(env.clone(), &["connections", "list"], "").await;
+    assert_eq!(listed.stdout.trim(), "acme\thubspot", "{}", listed.stderr);
+    let tested = crm_sync_with(env.clone(), &["connections", "test", "acme"], "").await;
+    assert!(tested.ok, "{}", tested.stderr);
+    let records = crm_sync_with(env.clone(), &["records", "list", "--status", "failed"], "").await;
+    assert!(records.ok, "{}", records.stderr);
+    assert_eq!(
+        records.stdout.lines().count(),
+        1,
+        "no failed records yet: {}",
+        records.stdout
+    );
+    let removed = crm_sync_with(env.clone(), &["connections", "remove", "acme"], "").await;
+    assert!(removed.ok, "{}", removed.stderr);
+    assert_eq!(
+        crm_sync_with(env, &["connections", "list"], "")
+            .await
+            .stdout
+            .trim(),
+        ""
     );
 }
