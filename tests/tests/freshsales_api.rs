@@ -4,7 +4,7 @@
 
 use crm_sync::App;
 use crm_sync::domain::CrmType;
-use crm_sync::http::{Operation, handle};
+use crm_sync::http::Operation;
 use crm_sync_tests::contract::OpenApi;
 use crm_sync_tests::emulator::RequestBudget;
 use crm_sync_tests::emulator::freshsales::FreshsalesEmulator;
@@ -20,12 +20,6 @@ struct Api {
     freshsales: FreshsalesEmulator,
     spec: OpenApi,
     dir: TempDir,
-}
-
-struct Answer {
-    status: u16,
-    body: Value,
-    retry_after: Option<String>,
 }
 
 impl Api {
@@ -57,33 +51,11 @@ impl Api {
         }
     }
 
-    /// Calls the function and checks the response (and a successful request) against the spec.
-    async fn call(&self, operation: Operation, request: lambda_http::Request) -> Answer {
-        let method = request.method().to_string();
-        let sent: Value = serde_json::from_slice(request.body().as_ref()).unwrap_or(Value::Null);
-        let response = handle(&self.app, operation, request).await.unwrap();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .map(|v| v.to_str().unwrap().to_string());
-        let (status, body) = read_response(response);
-        let path = format!("/{}", operation.name());
-        self.spec
-            .check_response(&method, &path, status, &body)
-            .unwrap_or_else(|e| panic!("{e}\nbody: {body}"));
-        if status == 200 && method == "POST" {
-            self.spec
-                .check_request("POST", &path, &sent)
-                .unwrap_or_else(|e| panic!("{e}\nrequest: {sent}"));
-        }
-        Answer {
-            status,
-            body,
-            retry_after,
-        }
+    async fn call(&self, operation: Operation, request: lambda_http::Request) -> ApiAnswer {
+        call_checked(&self.app, &self.spec, operation, request).await
     }
 
-    async fn post(&self, operation: Operation, body: Value) -> Answer {
+    async fn post(&self, operation: Operation, body: Value) -> ApiAnswer {
         self.call(
             operation,
             api_request(Method::POST, Some(TEST_API_KEY), Some(&body)),
@@ -91,7 +63,7 @@ impl Api {
         .await
     }
 
-    async fn get(&self, query: &[(&str, &str)]) -> Answer {
+    async fn get(&self, query: &[(&str, &str)]) -> ApiAnswer {
         self.call(
             Operation::GetCustomer,
             get_request(Some(TEST_API_KEY), query),
