@@ -165,6 +165,21 @@ pub async fn call_checked(
     }
 }
 
+/// What the local record store under `dir` holds on disk: every sync record (and lease) file's
+/// text, for tests that read records back or check that no secret reached them.
+pub fn sync_record_files(dir: &TempDir) -> Vec<String> {
+    std::fs::read_dir(dir.path().join("records"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                // The store's lock file is empty.
+                .filter(|text| !text.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The AWS endpoint (moto) the test command started; AWS store tests need it.
 pub fn aws_endpoint() -> String {
     std::env::var("CRM_SYNC_TEST_AWS_ENDPOINT").expect(

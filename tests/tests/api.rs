@@ -92,14 +92,7 @@ impl Api {
     }
 
     fn record_files(&self) -> Vec<String> {
-        match std::fs::read_dir(self.dir.path().join("records")) {
-            Ok(entries) => entries
-                .filter_map(|e| e.ok())
-                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-                .map(|e| std::fs::read_to_string(e.path()).unwrap())
-                .collect(),
-            Err(_) => vec![],
-        }
+        sync_record_files(&self.dir)
     }
 }
 

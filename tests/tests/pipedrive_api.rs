@@ -67,14 +67,7 @@ impl Api {
     }
 
     fn record_files(&self) -> String {
-        std::fs::read_dir(self.dir.path().join("records"))
-            .map(|entries| {
-                entries
-                    .filter_map(|e| e.ok())
-                    .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-                    .collect()
-            })
-            .unwrap_or_default()
+        sync_record_files(&self.dir).concat()
     }
 }
 
