@@ -758,16 +758,6 @@ fn freshsales_error(response: &CrmResponse) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderMap;
-
-    fn response(status: u16, body: Value) -> CrmResponse {
-        CrmResponse {
-            status,
-            headers: HeaderMap::new(),
-            text: body.to_string(),
-            body,
-        }
-    }
 
     #[test]
     fn a_bundle_alias_becomes_the_api_root() {
@@ -822,7 +812,7 @@ mod tests {
 
     #[test]
     fn errors_carry_the_crm_message_and_a_taken_email_is_a_duplicate() {
-        let taken = response(
+        let taken = CrmResponse::json(
             400,
             json!({"errors": {"code": 400, "message": ["Email is not unique"]}}),
         );
@@ -833,7 +823,7 @@ mod tests {
                 message: "Email is not unique".into()
             }
         );
-        let missing = response(
+        let missing = CrmResponse::json(
             404,
             json!({"errors": {"code": 404, "message": ["Contact not found"]}}),
         );
@@ -841,9 +831,9 @@ mod tests {
             freshsales_error(&missing),
             Error::NotFound("Contact not found".into())
         );
-        let refused = response(401, json!({"message": "Invalid API key"}));
+        let refused = CrmResponse::json(401, json!({"message": "Invalid API key"}));
         assert!(matches!(freshsales_error(&refused), Error::CrmAuth(m) if m == "Invalid API key"));
-        let bare = response(502, Value::Null);
+        let bare = CrmResponse::json(502, Value::Null);
         assert!(matches!(freshsales_error(&bare), Error::CrmUnavailable(_)));
     }
 

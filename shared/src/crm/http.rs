@@ -44,6 +44,17 @@ pub struct CrmResponse {
 }
 
 impl CrmResponse {
+    /// An answer with a JSON body and no headers, for the adapters' unit tests.
+    #[cfg(test)]
+    pub(crate) fn json(status: u16, body: Value) -> Self {
+        CrmResponse {
+            status,
+            headers: HeaderMap::new(),
+            text: body.to_string(),
+            body,
+        }
+    }
+
     pub fn is_success(&self) -> bool {
         (200..300).contains(&self.status)
     }

@@ -791,18 +791,9 @@ mod tests {
         }
     }
 
-    fn response(status: u16, body: Value) -> CrmResponse {
-        CrmResponse {
-            status,
-            headers: Default::default(),
-            text: body.to_string(),
-            body,
-        }
-    }
-
     #[test]
     fn errors_map_by_status_and_error_code() {
-        let limit = response(
+        let limit = CrmResponse::json(
             403,
             json!([{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}]),
         );
@@ -810,12 +801,12 @@ mod tests {
             salesforce_error(&limit),
             Error::RateLimited { retry_after: None }
         );
-        let access = response(
+        let access = CrmResponse::json(
             403,
             json!([{"message": "Insufficient access", "errorCode": "INSUFFICIENT_ACCESS"}]),
         );
         assert!(matches!(salesforce_error(&access), Error::CrmAuth(_)));
-        let missing = response(
+        let missing = CrmResponse::json(
             400,
             json!([{"message": "Required fields are missing: [LastName]", "errorCode": "REQUIRED_FIELD_MISSING", "fields": ["LastName"]}]),
         );
@@ -825,12 +816,12 @@ mod tests {
                 message: "Required fields are missing: [LastName] (REQUIRED_FIELD_MISSING)".into()
             }
         );
-        let gone = response(
+        let gone = CrmResponse::json(
             404,
             json!([{"message": "The requested resource does not exist", "errorCode": "NOT_FOUND"}]),
         );
         assert!(matches!(salesforce_error(&gone), Error::NotFound(_)));
-        let several = response(
+        let several = CrmResponse::json(
             300,
             json!([
                 "/services/data/v62.0/sobjects/Contact/003000000000001AAA",
@@ -847,7 +838,7 @@ mod tests {
 
     #[test]
     fn duplicates_name_the_existing_record_when_salesforce_does() {
-        let rule = response(
+        let rule = CrmResponse::json(
             400,
             json!([{"message": "Use one of these records?", "errorCode": "DUPLICATES_DETECTED", "fields": [],
                 "duplicateResult": {"allowSave": false, "duplicateRule": "Standard_Contact_Duplicate_Rule",
@@ -861,7 +852,7 @@ mod tests {
                 message: "Use one of these records? (DUPLICATES_DETECTED)".into()
             }
         );
-        let bare = response(
+        let bare = CrmResponse::json(
             400,
             json!([{"message": "Use one of these records?", "errorCode": "DUPLICATES_DETECTED"}]),
         );
@@ -872,7 +863,7 @@ mod tests {
                 ..
             }
         ));
-        let unique = response(
+        let unique = CrmResponse::json(
             400,
             json!([{"message": "duplicate value found: Booking_Contact_Id__c duplicates value on record with id: 0035g000001AbCdAAK", "errorCode": "DUPLICATE_VALUE"}]),
         );
@@ -884,11 +875,11 @@ mod tests {
 
     #[test]
     fn only_invalid_session_triggers_a_refresh() {
-        assert!(session_invalid(&response(
+        assert!(session_invalid(&CrmResponse::json(
             401,
             json!([{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}])
         )));
-        assert!(!session_invalid(&response(
+        assert!(!session_invalid(&CrmResponse::json(
             403,
             json!([{"message": "x", "errorCode": "REQUEST_LIMIT_EXCEEDED"}])
         )));

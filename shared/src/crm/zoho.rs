@@ -811,16 +811,6 @@ fn zoho_error(response: &CrmResponse) -> Error {
 mod tests {
     use super::*;
     use chrono::{TimeZone, Utc};
-    use reqwest::header::HeaderMap;
-
-    fn response(status: u16, body: Value) -> CrmResponse {
-        CrmResponse {
-            status,
-            headers: HeaderMap::new(),
-            text: body.to_string(),
-            body,
-        }
-    }
 
     #[test]
     fn datetimes_carry_the_offset_of_the_appointment_zone_across_dst() {
@@ -869,7 +859,7 @@ mod tests {
 
     #[test]
     fn record_errors_inside_a_success_status_are_errors() {
-        let mandatory = response(
+        let mandatory = CrmResponse::json(
             201,
             json!({"data": [{"code": "MANDATORY_NOT_FOUND", "details": {"api_name": "Company", "json_path": "$.data[0].Company"},
                 "message": "required field not found", "status": "error"}]}),
@@ -878,7 +868,7 @@ mod tests {
             Error::CrmRejected { message } => assert!(message.contains("Company"), "{message}"),
             other => panic!("{other:?}"),
         }
-        let duplicate = response(
+        let duplicate = CrmResponse::json(
             400,
             json!({"data": [{"code": "DUPLICATE_DATA", "details": {"api_name": "Email", "json_path": "$.data[0].Email",
                 "id": "4150868000000376008", "duplicate_record": {"id": "4150868000000376008"}, "more_records": false},
@@ -886,7 +876,7 @@ mod tests {
         );
         assert!(matches!(written(&duplicate).unwrap_err(),
             Error::CrmDuplicate { existing_id: Some(id), .. } if id == "4150868000000376008"));
-        let ok = response(
+        let ok = CrmResponse::json(
             200,
             json!({"data": [{"code": "SUCCESS", "duplicate_field": "Email", "action": "update",
                 "details": {"id": "41"}, "message": "record updated", "status": "success"}]}),
@@ -902,18 +892,18 @@ mod tests {
 
     #[test]
     fn top_level_errors_map_to_what_a_caller_can_do() {
-        let expired = response(
+        let expired = CrmResponse::json(
             401,
             json!({"code": "INVALID_TOKEN", "details": {}, "message": "invalid oauth token", "status": "error"}),
         );
         assert!(token_refused(&expired));
         assert!(matches!(zoho_error(&expired), Error::CrmAuth(_)));
-        let scope = response(
+        let scope = CrmResponse::json(
             401,
             json!({"code": "OAUTH_SCOPE_MISMATCH", "details": {}, "message": "invalid oauth scope to access this URL", "status": "error"}),
         );
         assert!(!token_refused(&scope));
-        let limited = response(
+        let limited = CrmResponse::json(
             429,
             json!({"code": "TOO_MANY_REQUESTS", "details": {"retry_after": 60}, "message": "Rate limit exceeded", "status": "error"}),
         );
@@ -923,17 +913,17 @@ mod tests {
                 retry_after: Some(Duration::from_secs(60))
             }
         );
-        let unknown_id = response(
+        let unknown_id = CrmResponse::json(
             400,
             json!({"data": [{"code": "INVALID_DATA", "details": {"resource_path_index": 1}, "message": "invalid record id", "status": "error"}]}),
         );
         assert!(matches!(zoho_error(&unknown_id), Error::NotFound(_)));
-        let bad_path = response(
+        let bad_path = CrmResponse::json(
             404,
             json!({"code": "INVALID_URL_PATTERN", "details": {}, "message": "Please check if the URL trying to access is a correct one", "status": "error"}),
         );
         assert!(matches!(zoho_error(&bad_path), Error::CrmRejected { .. }));
-        let down = response(
+        let down = CrmResponse::json(
             500,
             json!({"code": "INTERNAL_ERROR", "details": {}, "message": "Internal Server Error", "status": "error"}),
         );
