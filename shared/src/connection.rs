@@ -160,9 +160,4 @@ impl Connection {
                 message: format!("credential '{name}' is missing"),
             })
     }
-
-    /// The values of every credential, for redaction checks.
-    pub fn secret_values(&self) -> impl Iterator<Item = &str> {
-        self.credentials.values().map(SecretString::expose)
-    }
 }

@@ -116,10 +116,6 @@ impl CrmHttp {
         self
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     /// Sends the request `build` makes, again if the CRM is rate limiting (within the policy's
     /// wait) or, for idempotent requests, failing with 5xx or timing out.
     pub async fn send(
