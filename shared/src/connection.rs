@@ -160,4 +160,13 @@ impl Connection {
                 message: format!("credential '{name}' is missing"),
             })
     }
+
+    /// The credential `name`, or the first of `aliases` the earlier service used for it.
+    pub fn credential_or_alias(&self, name: &str, aliases: &[&str]) -> Result<&SecretString> {
+        aliases
+            .iter()
+            .find_map(|alias| self.credentials.get(*alias))
+            .filter(|_| !self.credentials.contains_key(name))
+            .map_or_else(|| self.credential(name), Ok)
+    }
 }

@@ -12,7 +12,7 @@ use crate::config::{Config, StoreKind};
 use crate::connection::{Connection, ConnectionId, ConnectionSettings, SecretString};
 use crate::crm::{
     self, AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, CrmHttp, Outcome,
-    Upserted,
+    Upserted, WritePlan,
 };
 use crate::domain::{
     self, Appointment, CrmType, Customer, E164Phone, Email, Fields, Lead, ValidationDefaults,
@@ -97,6 +97,9 @@ pub struct TestConnectionResponse {
     pub connection_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
+    /// Works, but needs the account admin's attention (a missing stamp field).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<TestConnectionError>,
 }
@@ -251,14 +254,8 @@ impl App {
             EntityKind::Customer,
             customer.source_key(),
             payload,
-            |known| async move {
-                crm::upsert_contact(
-                    target.adapter.as_ref(),
-                    customer,
-                    known.as_deref(),
-                    &country,
-                )
-                .await
+            |plan| async move {
+                crm::upsert_contact(target.adapter.as_ref(), customer, &plan, &country).await
             },
         )
         .await
@@ -331,7 +328,7 @@ impl App {
                 EntityKind::Appointment,
                 source_key,
                 stored,
-                |known| {
+                |plan| {
                     let (payload, contact) = (&payload, &contact);
                     async move {
                         let linked = self
@@ -343,7 +340,7 @@ impl App {
                         crm::upsert_appointment(
                             target.adapter.as_ref(),
                             &payload.appointment,
-                            known.as_deref(),
+                            &plan,
                             &contact_id,
                         )
                         .await
@@ -401,7 +398,7 @@ impl App {
                 EntityKind::Lead,
                 lead.source_key(),
                 payload,
-                |known| {
+                |plan| {
                     let contact = &contact;
                     async move {
                         let contact_id = if target.adapter.lead_needs_contact() {
@@ -418,7 +415,7 @@ impl App {
                         crm::upsert_lead(
                             target.adapter.as_ref(),
                             lead,
-                            known.as_deref(),
+                            &plan,
                             contact_id.as_deref(),
                         )
                         .await
@@ -497,6 +494,7 @@ impl App {
                 crm_type,
                 connection_id: connection_id.clone(),
                 account: Some(info.account),
+                warnings: info.warnings,
                 error: None,
             },
             Err(e) => TestConnectionResponse {
@@ -504,6 +502,7 @@ impl App {
                 crm_type,
                 connection_id: connection_id.clone(),
                 account: None,
+                warnings: Vec::new(),
                 error: Some(TestConnectionError {
                     code: e.code().into(),
                     message: e.to_string(),
@@ -516,15 +515,20 @@ impl App {
         }
     }
 
-    /// Runs failed (and abandoned pending) records again, oldest first.
+    /// Runs unknown, failed and abandoned pending records again, oldest first.
     pub async fn replay_failed(&self, limit: usize) -> Result<ReplaySummary> {
         let mut summary = ReplaySummary::default();
         let stale_before =
             Utc::now() - chrono::Duration::from_std(self.config.sync_lease).unwrap_or_default();
         let mut due = self
             .records
-            .list_by_status(SyncStatus::Failed, limit)
+            .list_by_status(SyncStatus::Unknown, limit)
             .await?;
+        due.extend(
+            self.records
+                .list_by_status(SyncStatus::Failed, limit)
+                .await?,
+        );
         let pending = self
             .records
             .list_by_status(SyncStatus::Pending, limit)
@@ -534,7 +538,8 @@ impl App {
         let started = Instant::now();
         for (done, record) in due.into_iter().enumerate() {
             summary.examined += 1;
-            let retryable = record.last_error.as_ref().is_none_or(|e| e.transient);
+            let retryable = record.status == SyncStatus::Unknown
+                || record.last_error.as_ref().is_none_or(|e| e.transient);
             if !retryable || record.attempts >= self.config.max_sync_attempts {
                 summary.skipped += 1;
                 continue;
@@ -595,6 +600,8 @@ impl App {
 
     /// Claims the record (pending), does `work` with the CRM id synced before, and records the
     /// outcome. An identical resend of a synced record answers `unchanged` without a CRM call.
+    /// A record whose last attempt may have written to the CRM unheard (`unknown`, or `pending`
+    /// past its lease) is reconciled: `work` looks for its stamp before creating anything.
     async fn run_synced<'a, F, Fut>(
         &'a self,
         target: &'a Target,
@@ -604,7 +611,7 @@ impl App {
         work: F,
     ) -> SyncResult<EntitySync>
     where
-        F: FnOnce(Option<String>) -> Fut,
+        F: FnOnce(WritePlan) -> Fut,
         Fut: Future<Output = Result<Upserted>> + 'a,
     {
         let started = Instant::now();
@@ -612,6 +619,7 @@ impl App {
         let payload_hash = sha256_hex(payload.to_string().as_bytes());
         let now = Utc::now();
         let existing = self.records.get(&key).await?;
+        let lease = chrono::Duration::from_std(self.config.sync_lease).unwrap_or_default();
         if let Some(record) = &existing {
             if record.status == SyncStatus::Synced
                 && record.payload_hash == payload_hash
@@ -624,7 +632,6 @@ impl App {
                     status: Outcome::Unchanged,
                 });
             }
-            let lease = chrono::Duration::from_std(self.config.sync_lease).unwrap_or_default();
             if record.status == SyncStatus::Pending && now - record.updated_at < lease {
                 return Err(Failure {
                     error: Error::SyncInProgress,
@@ -632,6 +639,10 @@ impl App {
                 });
             }
         }
+        // An attempt that died mid-call (stale pending) is as unknown as one that lost its answer.
+        let reconcile = existing.as_ref().is_some_and(|r| {
+            r.crm_id.is_none() && matches!(r.status, SyncStatus::Unknown | SyncStatus::Pending)
+        });
         let claimed = SyncRecord {
             sync_id: existing
                 .as_ref()
@@ -663,7 +674,12 @@ impl App {
                 sync_id,
             });
         }
-        let result = work(claimed.crm_id.clone()).await;
+        let plan = WritePlan {
+            known_id: claimed.crm_id.clone(),
+            stamp: claimed.stamp().to_string(),
+            reconcile,
+        };
+        let (result, unanswered) = crm::http::track_unanswered_writes(work(plan)).await;
         let mut finished = SyncRecord {
             version: claimed.version + 1,
             updated_at: Utc::now(),
@@ -676,13 +692,19 @@ impl App {
                 finished.last_error = None;
             }
             Err(error) => {
-                finished.status = SyncStatus::Failed;
+                // Still unknown until an attempt finds the stamp or proves there is none.
+                let unknown = (unanswered || reconcile) && finished.crm_id.is_none();
+                finished.status = if unknown {
+                    SyncStatus::Unknown
+                } else {
+                    SyncStatus::Failed
+                };
                 finished.last_error = Some(error.into());
             }
         }
         match self.records.put(&finished, Some(claimed.version)).await {
             Ok(WriteOutcome::Written) => {}
-            // The CRM has the data; the record stays pending and the next replay reconciles it.
+            // The CRM has the data; the record stays pending and the next attempt reconciles it.
             outcome => {
                 tracing::error!(sync_id = %finished.sync_id, ?outcome, "could not record the sync outcome")
             }
@@ -702,7 +724,12 @@ impl App {
                 })
             }
             Err(error) => {
-                log_sync(target, entity, error.code(), started, None);
+                let status = if finished.status == SyncStatus::Unknown {
+                    "unknown"
+                } else {
+                    error.code()
+                };
+                log_sync(target, entity, status, started, None);
                 Err(Failure { error, sync_id })
             }
         }

@@ -15,8 +15,8 @@ use serde_json::{Map, Value, json};
 
 use super::http::{CrmHttp, CrmResponse, Idempotency, status_error};
 use super::{
-    AccountInfo, ContactLookup, CrmAdapter, CrmContact, customer_fields, map_properties,
-    property_name,
+    AccountInfo, ContactLookup, CrmAdapter, CrmContact, StampedRecord, customer_fields,
+    encode_path_segment, map_properties, property_name, stamp_field,
 };
 use crate::connection::{Connection, ConnectionSettings};
 use crate::domain::{Appointment, AppointmentStatus, CrmType, Customer, E164Phone, Email, Lead};
@@ -50,7 +50,13 @@ pub struct FreshsalesAdapter {
     authorization: HeaderValue,
     settings: ConnectionSettings,
     default_country: String,
+    /// A custom text field (`cf_…`) on contacts and appointments that holds our stamp; `None`
+    /// when the connection turns stamping off (`"stampField": ""`).
+    stamp_field: Option<String>,
 }
+
+/// The field our stamp goes in unless the connection's `stampField` names another.
+pub const DEFAULT_STAMP_FIELD: &str = "cf_crm_sync_id";
 
 impl FreshsalesAdapter {
     pub fn new(connection: &Connection, http: CrmHttp) -> Result<Self> {
@@ -72,10 +78,20 @@ impl FreshsalesAdapter {
         let mut authorization = HeaderValue::from_str(&format!("Token token={}", key.expose()))
             .map_err(|_| invalid("credential 'apiKey' has characters an API key cannot have"))?;
         authorization.set_sensitive(true);
+        let stamp_field = stamp_field(&connection.settings, "stampField", DEFAULT_STAMP_FIELD);
+        if stamp_field
+            .as_deref()
+            .is_some_and(|f| !f.starts_with("cf_"))
+        {
+            return Err(invalid(
+                "setting 'stampField' must name a custom field (cf_…)",
+            ));
+        }
         Ok(FreshsalesAdapter {
             http,
             base_url,
             authorization,
+            stamp_field,
             settings: connection.settings.clone(),
             default_country: connection
                 .settings
@@ -231,6 +247,13 @@ impl FreshsalesAdapter {
 
     /// Creates the contact. With an email it goes through the upsert keyed on that email, so a
     /// retry after a lost answer, or a race with another writer, updates instead of duplicating.
+    fn stamped(&self, mut attributes: Map<String, Value>, stamp: &str) -> Map<String, Value> {
+        if let Some(field) = &self.stamp_field {
+            attributes.insert(field.clone(), stamp.into());
+        }
+        attributes
+    }
+
     async fn create_person(
         &self,
         attributes: Map<String, Value>,
@@ -438,6 +461,7 @@ impl CrmAdapter for FreshsalesAdapter {
         let host = self.base_url.split("://").nth(1).unwrap_or(&self.base_url);
         Ok(AccountInfo {
             account: format!("Freshworks CRM {host} ({users} users)"),
+            warnings: Vec::new(),
         })
     }
 
@@ -460,8 +484,9 @@ impl CrmAdapter for FreshsalesAdapter {
         Ok(objects.iter().filter_map(|o| self.to_contact(o)).collect())
     }
 
-    async fn create_contact(&self, customer: &Customer) -> Result<String> {
-        self.create_person(self.contact_attributes(customer), customer.email.as_ref())
+    async fn create_contact(&self, customer: &Customer, stamp: &str) -> Result<String> {
+        let attributes = self.stamped(self.contact_attributes(customer), stamp);
+        self.create_person(attributes, customer.email.as_ref())
             .await
     }
 
@@ -521,8 +546,13 @@ impl CrmAdapter for FreshsalesAdapter {
         }
     }
 
-    async fn create_lead(&self, lead: &Lead, _contact_id: Option<&str>) -> Result<String> {
-        let mut attributes = self.lead_attributes(lead).await?;
+    async fn create_lead(
+        &self,
+        lead: &Lead,
+        _contact_id: Option<&str>,
+        stamp: &str,
+    ) -> Result<String> {
+        let mut attributes = self.stamped(self.lead_attributes(lead).await?, stamp);
         attributes.insert("lifecycle_stage_id".into(), self.lead_stage_id().await?);
         self.create_person(attributes, lead.person.email.as_ref())
             .await
@@ -544,9 +574,13 @@ impl CrmAdapter for FreshsalesAdapter {
         &self,
         appointment: &Appointment,
         contact_id: &str,
+        stamp: &str,
     ) -> Result<String> {
         path_segment(contact_id)?;
-        let body = self.appointment_body(appointment, contact_id, true);
+        let mut body = self.appointment_body(appointment, contact_id, true);
+        if let Some(field) = &self.stamp_field {
+            body["custom_field"][field] = stamp.into();
+        }
         let response = self
             .call(
                 Method::POST,
@@ -557,6 +591,50 @@ impl CrmAdapter for FreshsalesAdapter {
             )
             .await?;
         entity_id(&response, "appointment")
+    }
+
+    /// Contacts (and leads, which are contacts) by `GET /lookup` on the stamp field; an
+    /// appointment among the contact's own (`GET /contacts/{id}?include=appointments`).
+    async fn find_stamped(&self, stamp: &str, record: StampedRecord<'_>) -> Result<Option<String>> {
+        let Some(field) = &self.stamp_field else {
+            return Ok(None);
+        };
+        let carries_stamp =
+            |object: &&Value| object["custom_field"][field.as_str()].as_str() == Some(stamp);
+        match record {
+            StampedRecord::Contact | StampedRecord::Lead { .. } => {
+                let query = [("q", stamp), ("f", field.as_str()), ("entities", "contact")];
+                let response = self
+                    .call(
+                        Method::GET,
+                        "/lookup",
+                        &query,
+                        None,
+                        Idempotency::Idempotent,
+                    )
+                    .await?;
+                Ok(response.body["contacts"]["contacts"]
+                    .as_array()
+                    .and_then(|found| found.iter().find(carries_stamp))
+                    .and_then(|c| id_text(&c["id"])))
+            }
+            StampedRecord::Appointment { contact_id, .. } => {
+                let path = format!("/contacts/{}", encode_path_segment(contact_id));
+                let query = [("include", "appointments")];
+                let response = match self
+                    .call(Method::GET, &path, &query, None, Idempotency::Idempotent)
+                    .await
+                {
+                    Ok(response) => response,
+                    Err(Error::NotFound(_)) => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                Ok(response.body["appointments"]
+                    .as_array()
+                    .and_then(|found| found.iter().find(carries_stamp))
+                    .and_then(|a| id_text(&a["id"])))
+            }
+        }
     }
 
     async fn update_appointment(
@@ -636,6 +714,12 @@ pub fn phone_notations(phone: &E164Phone) -> Vec<String> {
 }
 
 /// Freshworks keeps custom fields (`cf_…`) under `custom_field`; everything else is top level.
+fn id_text(id: &Value) -> Option<String> {
+    id.as_u64()
+        .map(|n| n.to_string())
+        .or_else(|| id.as_str().map(str::to_string))
+}
+
 fn with_custom_fields(attributes: Map<String, Value>) -> Map<String, Value> {
     let mut out = Map::new();
     let mut custom = Map::new();

@@ -1,6 +1,8 @@
 //! The HTTP client every adapter shares: timeouts, retries that honour `Retry-After`, and the
 //! mapping of common HTTP statuses to our errors.
 
+use std::cell::Cell;
+use std::future::Future;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
@@ -9,6 +11,29 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+
+tokio::task_local! {
+    /// Set when a write sent inside `track_unanswered_writes` ended without a clear answer.
+    static UNANSWERED_WRITE: Cell<bool>;
+}
+
+/// Runs `work` and says whether a write it sent to a CRM may have been applied although no
+/// answer said so (a timeout or reset after the request was sent, or a 5xx): the sync's outcome
+/// is then unknown rather than failed. Nested calls track their own writes only.
+pub async fn track_unanswered_writes<F: Future>(work: F) -> (F::Output, bool) {
+    UNANSWERED_WRITE
+        .scope(Cell::new(false), async move {
+            let output = work.await;
+            (output, UNANSWERED_WRITE.with(Cell::get))
+        })
+        .await
+}
+
+fn note_unanswered_write(idempotency: Idempotency) {
+    if idempotency == Idempotency::NotIdempotent {
+        let _ = UNANSWERED_WRITE.try_with(|flag| flag.set(true));
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -132,6 +157,9 @@ impl CrmHttp {
                     // A refused connection sent nothing, so it is always safe to try again.
                     let retryable = e.is_connect()
                         || (idempotency == Idempotency::Idempotent && e.is_timeout());
+                    if !e.is_connect() {
+                        note_unanswered_write(idempotency);
+                    }
                     if last || !retryable {
                         return Err(Error::CrmUnavailable(self.describe(&e)));
                     }
@@ -141,7 +169,17 @@ impl CrmHttp {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     let headers = response.headers().clone();
-                    let text = response.text().await.unwrap_or_default();
+                    let text = match response.text().await {
+                        Ok(text) => text,
+                        // The status came, the body (and the new record's id) did not.
+                        Err(e) => {
+                            note_unanswered_write(idempotency);
+                            return Err(Error::CrmUnavailable(self.describe(&e)));
+                        }
+                    };
+                    if (500..=599).contains(&status) {
+                        note_unanswered_write(idempotency);
+                    }
                     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
                     let response = CrmResponse {
                         status,

@@ -9,8 +9,8 @@ use serde_json::{Map, Value, json};
 
 use super::http::{CrmHttp, CrmResponse, Idempotency, status_error};
 use super::{
-    AccountInfo, ContactLookup, CrmAdapter, CrmContact, customer_fields, map_properties,
-    property_name,
+    AccountInfo, ContactLookup, CrmAdapter, CrmContact, StampedRecord, customer_fields,
+    encode_path_segment, map_properties, property_name, stamp_field,
 };
 use crate::connection::{Connection, ConnectionSettings, SecretString};
 use crate::domain::{Appointment, AppointmentStatus, CrmType, Customer, Lead};
@@ -34,11 +34,17 @@ const CONTACT_PROPERTIES: &[(&str, &str)] = &[
     ("country", "country"),
 ];
 
+/// The custom property our stamp goes in unless the connection's `stampProperty` names another.
+pub const DEFAULT_STAMP_PROPERTY: &str = "crm_sync_id";
+
 pub struct HubSpotAdapter {
     http: CrmHttp,
     base_url: String,
     token: SecretString,
     settings: ConnectionSettings,
+    /// A unique-value property on contacts, leads and meetings; `None` when the connection
+    /// turns stamping off (`"stampProperty": ""`).
+    stamp_property: Option<String>,
 }
 
 impl HubSpotAdapter {
@@ -52,8 +58,15 @@ impl HubSpotAdapter {
                 .unwrap_or(DEFAULT_BASE_URL)
                 .trim_end_matches('/')
                 .into(),
-            token: connection.credential("accessToken")?.clone(),
+            token: connection
+                .credential_or_alias("accessToken", &["apiKey"])?
+                .clone(),
             settings: connection.settings.clone(),
+            stamp_property: stamp_field(
+                &connection.settings,
+                "stampProperty",
+                DEFAULT_STAMP_PROPERTY,
+            ),
         })
     }
 
@@ -156,7 +169,10 @@ impl HubSpotAdapter {
             .unwrap_or_default())
     }
 
-    async fn create(&self, object_type: &str, body: Value) -> Result<String> {
+    async fn create(&self, object_type: &str, mut body: Value, stamp: &str) -> Result<String> {
+        if let Some(property) = &self.stamp_property {
+            body["properties"][property] = stamp.into();
+        }
         let path = format!("/crm/v3/objects/{object_type}");
         let response = self
             .call(Method::POST, &path, Some(&body), Idempotency::NotIdempotent)
@@ -256,8 +272,28 @@ impl CrmAdapter for HubSpotAdapter {
             .get("uiDomain")
             .and_then(Value::as_str)
             .unwrap_or("app.hubspot.com");
+        let mut warnings = Vec::new();
+        if let Some(property) = &self.stamp_property {
+            for object_type in ["contacts", "leads", "meetings"] {
+                let path = format!(
+                    "/crm/v3/properties/{object_type}/{}",
+                    encode_path_segment(property)
+                );
+                match self
+                    .call(Method::GET, &path, None, Idempotency::Idempotent)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(Error::NotFound(_)) => warnings.push(format!(
+                        "HubSpot {object_type} have no '{property}' property: create it once as a single-line text property with unique values (or set stampProperty to \"\" to sync without stamps)"
+                    )),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         Ok(AccountInfo {
             account: format!("HubSpot portal {portal} ({domain})"),
+            warnings,
         })
     }
 
@@ -301,10 +337,11 @@ impl CrmAdapter for HubSpotAdapter {
         Ok(objects.iter().filter_map(|o| self.to_contact(o)).collect())
     }
 
-    async fn create_contact(&self, customer: &Customer) -> Result<String> {
+    async fn create_contact(&self, customer: &Customer, stamp: &str) -> Result<String> {
         self.create(
             "contacts",
             json!({ "properties": self.contact_properties(customer) }),
+            stamp,
         )
         .await
     }
@@ -331,7 +368,12 @@ impl CrmAdapter for HubSpotAdapter {
             .map(str::to_string))
     }
 
-    async fn create_lead(&self, lead: &Lead, contact_id: Option<&str>) -> Result<String> {
+    async fn create_lead(
+        &self,
+        lead: &Lead,
+        contact_id: Option<&str>,
+        stamp: &str,
+    ) -> Result<String> {
         let contact_id = contact_id.ok_or_else(|| Error::CrmRejected {
             message: "a HubSpot lead must be associated with a contact".into(),
         })?;
@@ -339,7 +381,7 @@ impl CrmAdapter for HubSpotAdapter {
             "properties": self.lead_properties(lead),
             "associations": [association(contact_id, LEAD_TO_PRIMARY_CONTACT)],
         });
-        self.create("leads", body).await
+        self.create("leads", body, stamp).await
     }
 
     async fn update_lead(
@@ -356,12 +398,40 @@ impl CrmAdapter for HubSpotAdapter {
         &self,
         appointment: &Appointment,
         contact_id: &str,
+        stamp: &str,
     ) -> Result<String> {
         let body = json!({
             "properties": self.meeting_properties(appointment),
             "associations": [association(contact_id, MEETING_TO_CONTACT)],
         });
-        self.create("meetings", body).await
+        self.create("meetings", body, stamp).await
+    }
+
+    /// A direct read by the unique stamp property (`idProperty`), not the search index, which
+    /// lags behind creates.
+    async fn find_stamped(&self, stamp: &str, record: StampedRecord<'_>) -> Result<Option<String>> {
+        let Some(property) = &self.stamp_property else {
+            return Ok(None);
+        };
+        let object_type = match record {
+            StampedRecord::Contact => "contacts",
+            StampedRecord::Lead { .. } => "leads",
+            StampedRecord::Appointment { .. } => "meetings",
+        };
+        let path = format!(
+            "/crm/v3/objects/{object_type}/{}?idProperty={}&properties={}",
+            encode_path_segment(stamp),
+            encode_path_segment(property),
+            encode_path_segment(property),
+        );
+        match self
+            .call(Method::GET, &path, None, Idempotency::Idempotent)
+            .await
+        {
+            Ok(response) => object_id(&response).map(Some),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     async fn update_appointment(

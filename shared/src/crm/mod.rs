@@ -51,6 +51,9 @@ pub struct CrmContact {
 pub struct AccountInfo {
     /// A human-readable name of the account (portal id, org, company domain).
     pub account: String,
+    /// What works but needs the account admin's attention (a missing stamp field).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +62,31 @@ pub enum Outcome {
     Created,
     Updated,
     Unchanged,
+}
+
+/// A record crm-sync may have created before, looked up by the stamp it was created with.
+#[derive(Debug, Clone, Copy)]
+pub enum StampedRecord<'a> {
+    Contact,
+    Lead {
+        contact_id: Option<&'a str>,
+    },
+    /// A meeting of `contact_id`; CRMs that cannot stamp one match it by contact, start and title.
+    Appointment {
+        appointment: &'a Appointment,
+        contact_id: &'a str,
+    },
+}
+
+/// How one write of a sync runs: the CRM id synced before, the stamp a create carries, and
+/// whether an earlier attempt may have created the record without our hearing of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WritePlan {
+    pub known_id: Option<String>,
+    /// Our source key for the record (the booking's `externalId`, else the sync id).
+    pub stamp: String,
+    /// The last attempt's outcome is unknown: look for the stamp before creating.
+    pub reconcile: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -75,19 +103,29 @@ pub trait CrmAdapter: Send + Sync {
     async fn test_connection(&self) -> Result<AccountInfo>;
     /// Every contact that matches; an unknown id gives an empty list.
     async fn find_contacts(&self, lookup: &ContactLookup) -> Result<Vec<CrmContact>>;
-    async fn create_contact(&self, customer: &Customer) -> Result<String>;
+    /// Creates the contact carrying `stamp` where this CRM can hold it.
+    async fn create_contact(&self, customer: &Customer, stamp: &str) -> Result<String>;
     async fn update_contact(&self, crm_id: &str, customer: &Customer) -> Result<()>;
     /// Whether this CRM's lead must be attached to a contact (then one is upserted first).
     fn lead_needs_contact(&self) -> bool;
     /// An existing lead for this person, if the CRM can tell.
     async fn find_lead(&self, lead: &Lead, contact_id: Option<&str>) -> Result<Option<String>>;
-    async fn create_lead(&self, lead: &Lead, contact_id: Option<&str>) -> Result<String>;
+    async fn create_lead(
+        &self,
+        lead: &Lead,
+        contact_id: Option<&str>,
+        stamp: &str,
+    ) -> Result<String>;
     async fn update_lead(&self, crm_id: &str, lead: &Lead, contact_id: Option<&str>) -> Result<()>;
     async fn create_appointment(
         &self,
         appointment: &Appointment,
         contact_id: &str,
+        stamp: &str,
     ) -> Result<String>;
+    /// The record created with `stamp`, if the CRM holds one: after a create whose answer was
+    /// lost, the next attempt adopts it instead of creating another.
+    async fn find_stamped(&self, stamp: &str, record: StampedRecord<'_>) -> Result<Option<String>>;
     /// Moves, renames or cancels an existing appointment (`NotFound` if it was deleted).
     async fn update_appointment(
         &self,
@@ -133,10 +171,18 @@ pub fn adapter_for(connection: &Connection, ctx: &AdapterContext) -> Result<Box<
 pub async fn upsert_contact(
     adapter: &dyn CrmAdapter,
     customer: &Customer,
-    known_id: Option<&str>,
+    plan: &WritePlan,
     default_country: &str,
 ) -> Result<Upserted> {
-    let existing = match known_id {
+    let adopted = match plan.known_id {
+        None if plan.reconcile => {
+            adapter
+                .find_stamped(&plan.stamp, StampedRecord::Contact)
+                .await?
+        }
+        _ => None,
+    };
+    let existing = match plan.known_id.as_deref().or(adopted.as_deref()) {
         Some(id) => adapter
             .find_contacts(&ContactLookup::Id(id.to_string()))
             .await?
@@ -148,19 +194,20 @@ pub async fn upsert_contact(
         Some(contact) => Some(contact),
         None => find_matching_contact(adapter, customer, default_country).await?,
     };
+    let adopted = adopted.is_some();
     match existing {
         Some(contact) if contact_matches(&contact, customer, default_country) => Ok(Upserted {
             crm_id: contact.crm_id,
-            outcome: Outcome::Unchanged,
+            outcome: adopted_or(adopted, Outcome::Unchanged),
         }),
         Some(contact) => {
             adapter.update_contact(&contact.crm_id, customer).await?;
             Ok(Upserted {
                 crm_id: contact.crm_id,
-                outcome: Outcome::Updated,
+                outcome: adopted_or(adopted, Outcome::Updated),
             })
         }
-        None => match adapter.create_contact(customer).await {
+        None => match adapter.create_contact(customer, &plan.stamp).await {
             Ok(crm_id) => Ok(Upserted {
                 crm_id,
                 outcome: Outcome::Created,
@@ -264,15 +311,23 @@ fn contact_matches(contact: &CrmContact, customer: &Customer, default_country: &
 pub async fn upsert_lead(
     adapter: &dyn CrmAdapter,
     lead: &Lead,
-    known_id: Option<&str>,
+    plan: &WritePlan,
     contact_id: Option<&str>,
 ) -> Result<Upserted> {
-    if let Some(id) = known_id {
+    let adopted = match plan.known_id {
+        None if plan.reconcile => {
+            adapter
+                .find_stamped(&plan.stamp, StampedRecord::Lead { contact_id })
+                .await?
+        }
+        _ => None,
+    };
+    if let Some(id) = plan.known_id.as_deref().or(adopted.as_deref()) {
         match adapter.update_lead(id, lead, contact_id).await {
             Ok(()) => {
                 return Ok(Upserted {
                     crm_id: id.to_string(),
-                    outcome: Outcome::Updated,
+                    outcome: adopted_or(adopted.is_some(), Outcome::Updated),
                 });
             }
             Err(Error::NotFound(_)) => {}
@@ -286,7 +341,7 @@ pub async fn upsert_lead(
             outcome: Outcome::Updated,
         });
     }
-    let crm_id = adapter.create_lead(lead, contact_id).await?;
+    let crm_id = adapter.create_lead(lead, contact_id, &plan.stamp).await?;
     Ok(Upserted {
         crm_id,
         outcome: Outcome::Created,
@@ -297,10 +352,20 @@ pub async fn upsert_lead(
 pub async fn upsert_appointment(
     adapter: &dyn CrmAdapter,
     appointment: &Appointment,
-    known_id: Option<&str>,
+    plan: &WritePlan,
     contact_id: &str,
 ) -> Result<Upserted> {
-    if let Some(id) = known_id {
+    let adopted = match plan.known_id {
+        None if plan.reconcile => {
+            let record = StampedRecord::Appointment {
+                appointment,
+                contact_id,
+            };
+            adapter.find_stamped(&plan.stamp, record).await?
+        }
+        _ => None,
+    };
+    if let Some(id) = plan.known_id.as_deref().or(adopted.as_deref()) {
         match adapter
             .update_appointment(id, appointment, contact_id)
             .await
@@ -308,7 +373,7 @@ pub async fn upsert_appointment(
             Ok(()) => {
                 return Ok(Upserted {
                     crm_id: id.to_string(),
-                    outcome: Outcome::Updated,
+                    outcome: adopted_or(adopted.is_some(), Outcome::Updated),
                 });
             }
             // Deleted in the CRM by a person: book it again rather than fail forever.
@@ -316,11 +381,43 @@ pub async fn upsert_appointment(
             Err(e) => return Err(e),
         }
     }
-    let crm_id = adapter.create_appointment(appointment, contact_id).await?;
+    let crm_id = adapter
+        .create_appointment(appointment, contact_id, &plan.stamp)
+        .await?;
     Ok(Upserted {
         crm_id,
         outcome: Outcome::Created,
     })
+}
+
+/// A record adopted after a lost answer was created by this sync: the caller hears `created`.
+fn adopted_or(adopted: bool, outcome: Outcome) -> Outcome {
+    if adopted { Outcome::Created } else { outcome }
+}
+
+/// The CRM field a connection stamps our key into: the setting `key`, else `default`; an empty
+/// setting turns stamping off.
+pub fn stamp_field(settings: &ConnectionSettings, key: &str, default: &str) -> Option<String> {
+    match settings.extra.get(key) {
+        Some(Value::String(name)) if name.trim().is_empty() => None,
+        Some(Value::String(name)) => Some(name.trim().to_string()),
+        Some(Value::Null) => None,
+        _ => Some(default.to_string()),
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, for a value in a URL path or
+/// query (stamps are caller-given booking ids).
+pub fn encode_path_segment(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Our customer fields by our names, for adapters whose CRM takes a flat property map.

@@ -21,8 +21,8 @@ use serde_json::{Map, Value, json};
 
 use super::http::{CrmHttp, CrmResponse, Idempotency, retry_after, status_error};
 use super::{
-    AccountInfo, ContactLookup, CrmAdapter, CrmContact, customer_fields, map_properties,
-    property_name,
+    AccountInfo, ContactLookup, CrmAdapter, CrmContact, StampedRecord, customer_fields,
+    map_properties, property_name,
 };
 use crate::connection::{Connection, ConnectionSettings};
 use crate::domain::{Appointment, AppointmentStatus, CrmType, Customer, E164Phone, Lead};
@@ -315,6 +315,7 @@ impl CrmAdapter for PipedriveAdapter {
         let domain = user["company_domain"].as_str().unwrap_or("unknown");
         Ok(AccountInfo {
             account: format!("Pipedrive company {company} ({domain}.pipedrive.com)"),
+            warnings: Vec::new(),
         })
     }
 
@@ -340,7 +341,8 @@ impl CrmAdapter for PipedriveAdapter {
         }
     }
 
-    async fn create_contact(&self, customer: &Customer) -> Result<String> {
+    /// Persons need no stamp: the shared flow finds them by email, then phone, on every attempt.
+    async fn create_contact(&self, customer: &Customer, _stamp: &str) -> Result<String> {
         let body = self.person_body(customer, None);
         self.create("/api/v2/persons", &body).await
     }
@@ -387,7 +389,13 @@ impl CrmAdapter for PipedriveAdapter {
             .map(str::to_string))
     }
 
-    async fn create_lead(&self, lead: &Lead, contact_id: Option<&str>) -> Result<String> {
+    /// A lead is found by its person on every attempt (`find_lead`), so it needs no stamp.
+    async fn create_lead(
+        &self,
+        lead: &Lead,
+        contact_id: Option<&str>,
+        _stamp: &str,
+    ) -> Result<String> {
         let contact_id = contact_id.ok_or_else(|| Error::CrmRejected {
             message: "a Pipedrive lead must be linked to a person or an organization".into(),
         })?;
@@ -401,13 +409,66 @@ impl CrmAdapter for PipedriveAdapter {
         self.update(&path, &body).await
     }
 
+    /// Activities hold no custom fields, so the stamp is the note's last line.
     async fn create_appointment(
         &self,
         appointment: &Appointment,
         contact_id: &str,
+        stamp: &str,
     ) -> Result<String> {
-        let body = self.activity_body(appointment, contact_id)?;
+        let mut body = self.activity_body(appointment, contact_id)?;
+        let note = body["note"].as_str().unwrap_or_default().to_string();
+        body["note"] = format!("{note}{}", stamp_line(stamp)).into();
         self.create("/api/v2/activities", &body).await
+    }
+
+    /// Persons and leads: `None`, the shared flow's natural match follows. An activity: among
+    /// the person's, the one whose note carries the stamp, else one with the same subject and
+    /// start (the strongest natural match).
+    async fn find_stamped(&self, stamp: &str, record: StampedRecord<'_>) -> Result<Option<String>> {
+        let StampedRecord::Appointment {
+            appointment,
+            contact_id,
+        } = record
+        else {
+            return Ok(None);
+        };
+        let person = numeric_id(contact_id, "customerId")?.to_string();
+        let query = [
+            ("person_id", person.as_str()),
+            ("limit", LOOKUP_LIMIT),
+            ("sort_by", "add_time"),
+            ("sort_direction", "desc"),
+        ];
+        let response = self
+            .call(
+                Method::GET,
+                "/api/v2/activities",
+                &query,
+                None,
+                Idempotency::Idempotent,
+            )
+            .await?;
+        let activities = response.body["data"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let line = stamp_line(stamp);
+        let expected = self.activity_body(appointment, contact_id)?;
+        let stamped = activities
+            .iter()
+            .find(|a| a["note"].as_str().is_some_and(|n| n.contains(&line)));
+        let natural = || {
+            activities.iter().find(|a| {
+                ["subject", "due_date", "due_time"]
+                    .iter()
+                    .all(|k| a[*k] == expected[*k])
+            })
+        };
+        Ok(stamped
+            .or_else(natural)
+            .and_then(|a| a["id"].as_u64())
+            .map(|id| id.to_string()))
     }
 
     /// A reschedule or cancel updates the same activity; nothing is ever deleted.
@@ -526,6 +587,11 @@ fn duration_hhmm(minutes: i64) -> String {
 
 /// The activity note (HTML): the booking's notes, and the wall time it was booked at, since
 /// Pipedrive shows activities in each viewer's own time zone.
+/// The note line that says which crm-sync booking made an activity.
+fn stamp_line(stamp: &str) -> String {
+    format!("<p>crm-sync ref: {}</p>", html_escape(stamp))
+}
+
 fn activity_note(appointment: &Appointment) -> String {
     let start = appointment.start_local();
     let booked = format!(

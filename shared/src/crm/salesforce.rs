@@ -15,8 +15,8 @@ use serde_json::{Map, Value};
 use super::http::{CrmHttp, CrmResponse, Idempotency, status_error};
 use super::oauth::{AccessGrant, OAuthProvider, OAuthSession};
 use super::{
-    AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, customer_fields,
-    map_properties, property_name,
+    AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, StampedRecord,
+    customer_fields, map_properties, property_name, stamp_field,
 };
 use crate::connection::{Connection, ConnectionSettings};
 use crate::domain::{Appointment, AppointmentStatus, CrmType, Customer, E164Phone, Lead};
@@ -73,7 +73,13 @@ pub struct SalesforceAdapter {
     settings: ConnectionSettings,
     country: String,
     contact_external_id_field: Option<String>,
+    /// A text field (External ID) on Contact, Lead and Event (an Activity custom field) that
+    /// holds our stamp; `None` when the connection turns stamping off (`"stampField": ""`).
+    stamp_field: Option<String>,
 }
+
+/// The field our stamp goes in unless the connection's `stampField` names another.
+pub const DEFAULT_STAMP_FIELD: &str = "CrmSyncId__c";
 
 impl SalesforceAdapter {
     pub fn new(connection: &Connection, ctx: &AdapterContext) -> Result<Self> {
@@ -87,6 +93,10 @@ impl SalesforceAdapter {
         let contact_external_id_field = settings
             .extra_str("contactExternalIdField")
             .map(|f| api_name(f).map(str::to_string))
+            .transpose()
+            .map_err(&invalid)?;
+        let stamp_field = stamp_field(settings, "stampField", DEFAULT_STAMP_FIELD)
+            .map(|f| api_name(&f).map(str::to_string))
             .transpose()
             .map_err(&invalid)?;
         for entity in ["contact", "lead", "appointment"] {
@@ -120,7 +130,20 @@ impl SalesforceAdapter {
                 .map(|d| d.country)
                 .unwrap_or_else(|_| "US".into()),
             contact_external_id_field,
+            stamp_field,
         })
+    }
+
+    /// The records of `sobject` carrying `stamp` (SOQL reads the database, not a search index).
+    async fn stamped(&self, sobject: &str, stamp: &str) -> Result<Option<Vec<Value>>> {
+        let Some(field) = &self.stamp_field else {
+            return Ok(None);
+        };
+        let soql = format!(
+            "SELECT Id FROM {sobject} WHERE {field} = {} LIMIT 2",
+            soql_literal(stamp)
+        );
+        self.query(&soql).await.map(Some)
     }
 
     /// Sends with the current access token; on INVALID_SESSION_ID refreshes once and sends again.
@@ -202,7 +225,15 @@ impl SalesforceAdapter {
         Ok(array(&response.body, "searchRecords"))
     }
 
-    async fn create(&self, sobject: &str, record: Map<String, Value>) -> Result<String> {
+    async fn create(
+        &self,
+        sobject: &str,
+        mut record: Map<String, Value>,
+        stamp: &str,
+    ) -> Result<String> {
+        if let Some(field) = &self.stamp_field {
+            record.insert(field.clone(), stamp.into());
+        }
         let path = format!("/services/data/{API_VERSION}/sobjects/{sobject}");
         let response = self
             .call(
@@ -376,7 +407,18 @@ impl CrmAdapter for SalesforceAdapter {
             ),
             _ => format!("Salesforce org at {instance}"),
         };
-        Ok(AccountInfo { account })
+        // The lookup a lost answer relies on proves the stamp field exists on each object.
+        let mut warnings = Vec::new();
+        for sobject in ["Contact", "Lead", "Event"] {
+            match self.stamped(sobject, "").await {
+                Ok(_) => {}
+                Err(Error::CrmRejected { message }) => warnings.push(format!(
+                    "Salesforce {sobject} cannot hold the stamp: {message}. Create the text field once (External ID, unique) on Contact, Lead and Activity, or set stampField to \"\" to sync without stamps"
+                )),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(AccountInfo { account, warnings })
     }
 
     async fn find_contacts(&self, lookup: &ContactLookup) -> Result<Vec<CrmContact>> {
@@ -429,11 +471,14 @@ impl CrmAdapter for SalesforceAdapter {
         Ok(records.iter().filter_map(|r| self.to_contact(r)).collect())
     }
 
-    async fn create_contact(&self, customer: &Customer) -> Result<String> {
-        let record = self.contact_record(customer, true);
+    async fn create_contact(&self, customer: &Customer, stamp: &str) -> Result<String> {
+        let mut record = self.contact_record(customer, true);
         let Some(field) = &self.contact_external_id_field else {
-            return self.create("Contact", record).await;
+            return self.create("Contact", record, stamp).await;
         };
+        if let Some(stamp_field) = &self.stamp_field {
+            record.insert(stamp_field.clone(), stamp.into());
+        }
         // Upsert by our key for the person: repeating it cannot create a second contact. The key
         // is hashed because values ending like some file extensions (".inc") are answered 404.
         let key = crate::store::sha256_hex(customer.source_key().as_bytes());
@@ -494,8 +539,14 @@ impl CrmAdapter for SalesforceAdapter {
             .and_then(|r| text(r, "Id")))
     }
 
-    async fn create_lead(&self, lead: &Lead, _contact_id: Option<&str>) -> Result<String> {
-        self.create("Lead", self.lead_record(lead, true)).await
+    async fn create_lead(
+        &self,
+        lead: &Lead,
+        _contact_id: Option<&str>,
+        stamp: &str,
+    ) -> Result<String> {
+        self.create("Lead", self.lead_record(lead, true), stamp)
+            .await
     }
 
     async fn update_lead(
@@ -512,9 +563,24 @@ impl CrmAdapter for SalesforceAdapter {
         &self,
         appointment: &Appointment,
         contact_id: &str,
+        stamp: &str,
     ) -> Result<String> {
-        self.create("Event", self.event_record(appointment, contact_id))
+        self.create("Event", self.event_record(appointment, contact_id), stamp)
             .await
+    }
+
+    async fn find_stamped(&self, stamp: &str, record: StampedRecord<'_>) -> Result<Option<String>> {
+        let sobject = match record {
+            StampedRecord::Contact => "Contact",
+            StampedRecord::Lead { .. } => "Lead",
+            StampedRecord::Appointment { .. } => "Event",
+        };
+        Ok(self
+            .stamped(sobject, stamp)
+            .await?
+            .unwrap_or_default()
+            .first()
+            .and_then(|r| text(r, "Id")))
     }
 
     /// A cancel is an update too: Event has no status, and deleting would lose the history a

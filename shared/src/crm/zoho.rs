@@ -19,8 +19,8 @@ use serde_json::{Map, Value, json};
 use super::http::{CrmHttp, CrmResponse, Idempotency, status_error};
 use super::oauth::{AccessGrant, OAuthProvider, OAuthSession};
 use super::{
-    AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, customer_fields, has_phone,
-    map_properties, property_name, same_email,
+    AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, StampedRecord,
+    customer_fields, has_phone, map_properties, property_name, same_email, stamp_field,
 };
 use crate::connection::{Connection, ConnectionSettings};
 use crate::domain::{Appointment, AppointmentStatus, CrmType, Customer, Lead};
@@ -111,7 +111,13 @@ pub struct ZohoAdapter {
     /// The data centre's API domain, for a token answer that names none.
     default_api: &'static str,
     settings: ConnectionSettings,
+    /// A custom text field on Contacts, Leads and Events that holds our stamp; `None` when the
+    /// connection turns stamping off (`"stampField": ""`).
+    stamp_field: Option<String>,
 }
+
+/// The field our stamp goes in unless the connection's `stampField` names another.
+pub const DEFAULT_STAMP_FIELD: &str = "CRM_Sync_Id";
 
 impl ZohoAdapter {
     pub fn new(connection: &Connection, ctx: &AdapterContext) -> Result<Self> {
@@ -141,7 +147,26 @@ impl ZohoAdapter {
                 .map(|u| u.trim_end_matches('/').to_string()),
             default_api: api,
             settings: settings.clone(),
+            stamp_field: stamp_field(settings, "stampField", DEFAULT_STAMP_FIELD),
         })
+    }
+
+    fn stamped(&self, mut record: Map<String, Value>, stamp: &str) -> Map<String, Value> {
+        if let Some(field) = &self.stamp_field {
+            record.insert(field.clone(), stamp.into());
+        }
+        record
+    }
+
+    /// `GET /{module}/search?criteria=(field:equals:stamp)`; `None` without a stamp field.
+    async fn search_stamp(&self, module: &str, stamp: &str) -> Result<Option<Vec<Value>>> {
+        let Some(field) = &self.stamp_field else {
+            return Ok(None);
+        };
+        let criteria = format!("({field}:equals:{})", criteria_value(stamp));
+        self.search(module, "criteria", &criteria, "id")
+            .await
+            .map(Some)
     }
 
     fn api_base<'a>(&'a self, grant: &'a AccessGrant) -> &'a str {
@@ -461,8 +486,20 @@ impl CrmAdapter for ZohoAdapter {
         let domain = text(org, "domain_name")
             .or_else(|| id_of(org))
             .unwrap_or_else(|| "unknown".into());
+        // The lookup a lost answer relies on proves the stamp field exists in each module.
+        let mut warnings = Vec::new();
+        for module in ["Contacts", "Leads", "Events"] {
+            match self.search_stamp(module, "test-connection").await {
+                Ok(_) => {}
+                Err(Error::CrmRejected { message }) => warnings.push(format!(
+                    "Zoho {module} cannot be searched by the stamp field: {message}. Create the single-line field once in Contacts, Leads and Meetings, or set stampField to \"\" to sync without stamps"
+                )),
+                Err(e) => return Err(e),
+            }
+        }
         Ok(AccountInfo {
             account: format!("Zoho CRM org {name} ({domain})"),
+            warnings,
         })
     }
 
@@ -502,8 +539,8 @@ impl CrmAdapter for ZohoAdapter {
     /// first can miss one. The upsert then updates that record instead of duplicating it, and we
     /// report it as the duplicate it is, so the shared flow answers `updated`. Without an email
     /// there is nothing for an upsert to key on and it is a plain insert.
-    async fn create_contact(&self, customer: &Customer) -> Result<String> {
-        let record = self.contact_record(customer, true);
+    async fn create_contact(&self, customer: &Customer, stamp: &str) -> Result<String> {
+        let record = self.stamped(self.contact_record(customer, true), stamp);
         if customer.email.is_none() {
             return self.insert("Contacts", record).await.map(|w| w.id);
         }
@@ -563,8 +600,13 @@ impl CrmAdapter for ZohoAdapter {
 
     /// Upserted on the email like contacts; the shared lead flow has no duplicate path, so an
     /// upsert that found a not-yet-searchable lead is reported as the lead it wrote.
-    async fn create_lead(&self, lead: &Lead, _contact_id: Option<&str>) -> Result<String> {
-        let record = self.lead_record(lead, true);
+    async fn create_lead(
+        &self,
+        lead: &Lead,
+        _contact_id: Option<&str>,
+        stamp: &str,
+    ) -> Result<String> {
+        let record = self.stamped(self.lead_record(lead, true), stamp);
         let written = match &lead.person.email {
             Some(_) => {
                 let key = self.email_field("lead", LEAD_FIELDS).to_string();
@@ -591,10 +633,11 @@ impl CrmAdapter for ZohoAdapter {
         &self,
         appointment: &Appointment,
         contact_id: &str,
+        stamp: &str,
     ) -> Result<String> {
         let contact_id = record_id(contact_id)?;
         let cancelled = appointment.status == AppointmentStatus::Cancelled;
-        let mut record = self.event_record(appointment, cancelled);
+        let mut record = self.stamped(self.event_record(appointment, cancelled), stamp);
         record.insert("Who_Id".into(), json!({ "id": contact_id }));
         record.insert(
             "Participants".into(),
@@ -602,6 +645,22 @@ impl CrmAdapter for ZohoAdapter {
         );
         record.insert("$send_notification".into(), self.send_invitations().into());
         self.insert("Events", record).await.map(|w| w.id)
+    }
+
+    /// Zoho's search index trails writes by seconds: a reconcile that soon after a lost answer
+    /// can miss the record (documented in the README).
+    async fn find_stamped(&self, stamp: &str, record: StampedRecord<'_>) -> Result<Option<String>> {
+        let module = match record {
+            StampedRecord::Contact => "Contacts",
+            StampedRecord::Lead { .. } => "Leads",
+            StampedRecord::Appointment { .. } => "Events",
+        };
+        Ok(self
+            .search_stamp(module, stamp)
+            .await?
+            .unwrap_or_default()
+            .first()
+            .and_then(id_of))
     }
 
     /// A cancel is Zoho's own: the cancel-meeting action keeps the event and marks it
@@ -940,4 +999,16 @@ mod tests {
             assert!(record_id(bad).is_err(), "{bad}");
         }
     }
+}
+
+/// A value inside search `criteria`: Zoho wants `(`, `)`, `,` and `\` escaped with a backslash.
+fn criteria_value(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        if matches!(c, '(' | ')' | ',' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }

@@ -47,6 +47,9 @@ pub enum SyncStatus {
     Pending,
     Synced,
     Failed,
+    /// The last CRM write was sent and no answer came back (timeout, reset, 5xx): the CRM may
+    /// hold the record. The next attempt looks for our stamp before it creates anything.
+    Unknown,
 }
 
 impl SyncStatus {
@@ -55,6 +58,7 @@ impl SyncStatus {
             SyncStatus::Pending => "pending",
             SyncStatus::Synced => "synced",
             SyncStatus::Failed => "failed",
+            SyncStatus::Unknown => "unknown",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -62,6 +66,7 @@ impl SyncStatus {
             "pending" => Some(SyncStatus::Pending),
             "synced" => Some(SyncStatus::Synced),
             "failed" => Some(SyncStatus::Failed),
+            "unknown" => Some(SyncStatus::Unknown),
             _ => None,
         }
     }
@@ -113,6 +118,14 @@ pub struct SyncRecord {
 impl SyncRecord {
     pub fn key(&self) -> RecordKey {
         RecordKey::new(&self.connection_id, self.entity, &self.source_key)
+    }
+
+    /// The key a CRM record created by this sync carries: the caller's booking or lead id
+    /// (`externalId`) when there is one, else the sync id.
+    pub fn stamp(&self) -> &str {
+        self.source_key
+            .strip_prefix("external:")
+            .unwrap_or(&self.sync_id)
     }
 }
 

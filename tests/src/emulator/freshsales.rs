@@ -615,7 +615,21 @@ fn contact_answer(
         &state.contacts[&id],
         include(query, "sales_accounts"),
     );
-    Ok((status, Json(json!({ "contact": json }))).into_response())
+    let mut answer = json!({ "contact": json });
+    // Side-loaded like Freshsales' other includes: the records beside the contact.
+    if include(query, "appointments") {
+        let theirs: Vec<Value> = state
+            .appointments
+            .values()
+            .filter(|a| {
+                a.fields.get("targetable_type").and_then(Value::as_str) == Some("Contact")
+                    && a.fields.get("targetable_id").and_then(id_of) == Some(id)
+            })
+            .map(record_json)
+            .collect();
+        answer["appointments"] = theirs.into();
+    }
+    Ok((status, Json(answer)).into_response())
 }
 
 /// The id in a path, if a record of that kind has it.

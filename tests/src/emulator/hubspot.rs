@@ -6,7 +6,7 @@
 //! `hs_searchable_calculated_phone_number` as the national number's digits, meeting->contact
 //! association 200 and lead->primary contact 578.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -63,7 +63,13 @@ pub struct HubSpotState {
     /// object type -> id -> object
     pub objects: BTreeMap<String, BTreeMap<String, HsObject>>,
     pub daily_used: u64,
+    /// Custom properties the account admin created with unique values, as (object type, name):
+    /// readable through the properties API and usable as `idProperty`.
+    pub unique_properties: BTreeSet<(String, String)>,
 }
+
+/// The property crm-sync stamps its key into, created once by the admin on these objects.
+pub const STAMP_PROPERTY: &str = "crm_sync_id";
 
 impl HubSpotState {
     pub fn new(tokens: &[&str]) -> Self {
@@ -76,6 +82,10 @@ impl HubSpotState {
                 .map(|t| (t.to_string(), BTreeMap::new()))
                 .collect(),
             daily_used: 0,
+            unique_properties: ["contacts", "leads", "meetings"]
+                .iter()
+                .map(|t| (t.to_string(), STAMP_PROPERTY.to_string()))
+                .collect(),
         }
     }
 
@@ -228,6 +238,7 @@ pub fn routes(state: SharedState) -> Router {
             "/crm/v3/objects/{object_type}/{id}",
             get(get_object).patch(update_object),
         )
+        .route("/crm/v3/properties/{object_type}/{name}", get(get_property))
         .with_state(state)
 }
 
@@ -596,6 +607,21 @@ async fn get_object(
             Some("email") => s.objects[&object_type]
                 .values()
                 .find(|o| o.prop("email") == Some(id.to_ascii_lowercase().as_str())),
+            Some(unique)
+                if s.unique_properties
+                    .contains(&(object_type.clone(), unique.to_string())) =>
+            {
+                s.objects[&object_type]
+                    .values()
+                    .find(|o| o.prop(unique) == Some(id.as_str()))
+            }
+            Some(other) if other != "hs_object_id" => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("{other} is not a unique identifier property of {object_type}"),
+                    "VALIDATION_ERROR",
+                );
+            }
             _ => s.objects[&object_type].get(&id),
         };
         let default_props: Vec<String> = ["email", "firstname", "lastname"]
@@ -614,6 +640,35 @@ async fn get_object(
             )
                 .into_response(),
         }
+    })
+}
+
+/// `GET /crm/v3/properties/{objectType}/{propertyName}`: the custom properties the admin made.
+async fn get_property(
+    State(state): State<SharedState>,
+    Path((object_type, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    authorised(&state, &headers, |s| {
+        if let Err(r) = known_type(&object_type) {
+            return r;
+        }
+        if !s
+            .unique_properties
+            .contains(&(object_type.clone(), name.clone()))
+        {
+            return (
+                StatusCode::NOT_FOUND,
+                Json(error_body(StatusCode::NOT_FOUND)),
+            )
+                .into_response();
+        }
+        Json(json!({
+            "name": name, "label": "CRM Sync Id", "type": "string", "fieldType": "text",
+            "groupName": "contactinformation", "hasUniqueValue": true, "hidden": false,
+            "formField": false, "calculated": false, "externalOptions": false,
+        }))
+        .into_response()
     })
 }
 

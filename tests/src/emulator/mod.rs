@@ -1,5 +1,6 @@
 //! The skeleton every CRM emulator shares: an axum server on 127.0.0.1, a request log, and a
-//! fault injector (status, `Retry-After`, delay) applied before the CRM's own routes.
+//! fault injector (status, `Retry-After`, delay) applied before the CRM's own routes, or after
+//! them to lose an answer the CRM has already acted on.
 
 pub mod freshsales;
 pub mod hubspot;
@@ -37,6 +38,9 @@ pub struct Fault {
     pub times: u32,
     /// Only requests whose method and path (`POST /crm/v3/...`) contain this.
     pub matching: Option<String>,
+    /// The CRM applies the request, then the answer is lost: it is held back for `delay_ms`
+    /// (at least a minute), past any client's timeout, so the client hears nothing.
+    pub lose_answer: bool,
 }
 
 impl Fault {
@@ -54,6 +58,14 @@ impl Fault {
     pub fn delay(delay: Duration) -> Self {
         Fault {
             delay_ms: delay.as_millis() as u64,
+            times: 1,
+            ..Default::default()
+        }
+    }
+    /// Applied by the CRM, answer never heard (see `lose_answer`).
+    pub fn lose_answer() -> Self {
+        Fault {
+            lose_answer: true,
             times: 1,
             ..Default::default()
         }
@@ -172,6 +184,14 @@ async fn fault_layer(State(layer): State<Layer>, request: Request, next: Next) -
         state.requests.len() - 1
     };
     if let Some(fault) = layer.control.take_fault(&route) {
+        if fault.lose_answer {
+            let response = next
+                .run(Request::from_parts(parts, Body::from(bytes)))
+                .await;
+            let response = layer.control.record_response(index, response).await;
+            tokio::time::sleep(Duration::from_millis(fault.delay_ms.max(60_000))).await;
+            return response;
+        }
         if fault.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(fault.delay_ms)).await;
         }

@@ -297,7 +297,10 @@ pub fn routes(state: SharedState) -> Router {
         .route("/api/v2/persons", axum::routing::post(create_person))
         .route("/api/v2/persons/search", get(search_persons))
         .route("/api/v2/persons/{id}", get(get_person).patch(update_person))
-        .route("/api/v2/activities", axum::routing::post(create_activity))
+        .route(
+            "/api/v2/activities",
+            get(list_activities).post(create_activity),
+        )
         .route(
             "/api/v2/activities/{id}",
             get(get_activity)
@@ -958,6 +961,62 @@ async fn create_activity(
         let data = activity_json(&activity);
         s.activities.insert(activity.id, activity);
         Ok(ok(data))
+    })
+}
+
+/// `GET /api/v2/activities`: filtered by `person_id`, sorted by `id`, `add_time` or
+/// `update_time`, a page of `limit` (at most 500) from `cursor` (an offset here; opaque to callers).
+async fn list_activities(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Query(query): Query<Params>,
+) -> Response {
+    authorised(&state, &headers, &query, 20, |s| {
+        let number = |key: &str| -> Result<Option<u64>, Response> {
+            query
+                .get(key)
+                .map(|v| {
+                    v.parse()
+                        .map_err(|_| invalid(key, "This value should be of type integer."))
+                })
+                .transpose()
+        };
+        let person = number("person_id")?;
+        let start = number("cursor")?.unwrap_or(0) as usize;
+        let limit = number("limit")?.unwrap_or(100).clamp(1, 500) as usize;
+        let mut matching: Vec<&Activity> = s
+            .activities
+            .values()
+            .filter(|a| !a.is_deleted)
+            .filter(|a| person.is_none_or(|p| a.person_id == Some(p)))
+            .collect();
+        match query.get("sort_by").map(String::as_str) {
+            None | Some("id") => {}
+            Some("add_time") => matching.sort_by_key(|a| (a.add_time, a.id)),
+            Some("update_time") => matching.sort_by_key(|a| (a.update_time, a.id)),
+            Some(_) => return Err(invalid("sort_by", "This value is not a valid choice.")),
+        }
+        match query.get("sort_direction").map(String::as_str) {
+            None | Some("asc") => {}
+            Some("desc") => matching.reverse(),
+            Some(_) => {
+                return Err(invalid(
+                    "sort_direction",
+                    "This value is not a valid choice.",
+                ));
+            }
+        }
+        let page: Vec<Value> = matching
+            .iter()
+            .skip(start)
+            .take(limit)
+            .map(|a| activity_json(a))
+            .collect();
+        let next = (start + limit < matching.len()).then(|| (start + limit).to_string());
+        Ok(answer(
+            StatusCode::OK,
+            json!({"success": true, "data": page, "additional_data": {"next_cursor": next}}),
+        ))
     })
 }
 

@@ -125,7 +125,14 @@ const CONTACT: &[FieldDef] = &[
             Kind::Text(255),
         )
     },
+    CRM_SYNC_ID,
 ];
+
+/// The org admin's External ID text field for crm-sync's stamp, on Contact, Lead and Activity.
+const CRM_SYNC_ID: FieldDef = FieldDef {
+    external_id: true,
+    ..field("CrmSyncId__c", "CRM Sync Id", Kind::Text(255))
+};
 
 const LEAD: &[FieldDef] = &[
     read_only(field("Name", "Full Name", Kind::Text(121))),
@@ -144,6 +151,7 @@ const LEAD: &[FieldDef] = &[
     field("Description", "Description", Kind::Text(32000)),
     field("Status", "Lead Status", Kind::Text(255)),
     read_only(field("IsConverted", "Converted", Kind::Bool)),
+    CRM_SYNC_ID,
 ];
 
 const EVENT: &[FieldDef] = &[
@@ -161,6 +169,7 @@ const EVENT: &[FieldDef] = &[
         "Show Time As",
         Kind::Picklist(&["Busy", "OutOfOffice", "Free"]),
     ),
+    CRM_SYNC_ID,
 ];
 
 /// The objects this emulator holds: (name, key prefix, fields).
