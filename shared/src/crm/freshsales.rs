@@ -50,7 +50,7 @@ pub struct FreshsalesAdapter {
     authorization: HeaderValue,
     settings: ConnectionSettings,
     default_country: String,
-    /// A custom text field (`cf_…`) on contacts and appointments that holds our stamp; `None`
+    /// A custom text field (`cf_…`) on contacts (and so leads) that holds our stamp; `None`
     /// when the connection turns stamping off (`"stampField": ""`).
     stamp_field: Option<String>,
 }
@@ -577,10 +577,13 @@ impl CrmAdapter for FreshsalesAdapter {
         stamp: &str,
     ) -> Result<String> {
         path_segment(contact_id)?;
+        // Appointments take no custom fields: the stamp is the description's last line.
         let mut body = self.appointment_body(appointment, contact_id, true);
-        if let Some(field) = &self.stamp_field {
-            body["custom_field"][field] = stamp.into();
-        }
+        let description = body["appointment"]["description"]
+            .as_str()
+            .map(|d| format!("{d}\n\n"))
+            .unwrap_or_default();
+        body["appointment"]["description"] = format!("{description}{}", stamp_line(stamp)).into();
         let response = self
             .call(
                 Method::POST,
@@ -618,7 +621,10 @@ impl CrmAdapter for FreshsalesAdapter {
                     .and_then(|found| found.iter().find(carries_stamp))
                     .and_then(|c| id_text(&c["id"])))
             }
-            StampedRecord::Appointment { contact_id, .. } => {
+            StampedRecord::Appointment {
+                contact_id,
+                appointment,
+            } => {
                 let path = format!("/contacts/{}", encode_path_segment(contact_id));
                 let query = [("include", "appointments")];
                 let response = match self
@@ -629,10 +635,29 @@ impl CrmAdapter for FreshsalesAdapter {
                     Err(Error::NotFound(_)) => return Ok(None),
                     Err(e) => return Err(e),
                 };
-                Ok(response.body["appointments"]
+                let found = response.body["appointments"]
                     .as_array()
-                    .and_then(|found| found.iter().find(carries_stamp))
-                    .and_then(|a| id_text(&a["id"])))
+                    .cloned()
+                    .unwrap_or_default();
+                let line = stamp_line(stamp);
+                let expected = &self.appointment_body(appointment, contact_id, true)["appointment"];
+                let same_start = |a: &Value| {
+                    let instant = |v: &Value| {
+                        v.as_str()
+                            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    };
+                    instant(&a["from_date"]).is_some()
+                        && instant(&a["from_date"]) == instant(&expected["from_date"])
+                };
+                let stamped = found
+                    .iter()
+                    .find(|a| a["description"].as_str().is_some_and(|d| d.contains(&line)));
+                let natural = || {
+                    found
+                        .iter()
+                        .find(|a| a["title"] == expected["title"] && same_start(a))
+                };
+                Ok(stamped.or_else(natural).and_then(|a| id_text(&a["id"])))
             }
         }
     }
@@ -714,6 +739,11 @@ pub fn phone_notations(phone: &E164Phone) -> Vec<String> {
 }
 
 /// Freshworks keeps custom fields (`cf_…`) under `custom_field`; everything else is top level.
+/// The description line that says which crm-sync booking made an appointment.
+fn stamp_line(stamp: &str) -> String {
+    format!("crm-sync ref: {stamp}")
+}
+
 fn id_text(id: &Value) -> Option<String> {
     id.as_u64()
         .map(|n| n.to_string())

@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use crm_sync::connection::Connection;
 use crm_sync::crm::freshsales::CANCELLED_TITLE_PREFIX;
 use crm_sync::domain::CrmType;
+use crm_sync::store::EntityKind;
 
 use super::{EmulatedAppointment, EmulatedContact, EmulatedCrm, EmulatedLead};
 use crate::emulator::Control;
@@ -125,6 +126,14 @@ impl EmulatedCrm for FreshsalesUnderTest {
                 },
             })
             .collect()
+    }
+
+    fn create_route(&self, entity: EntityKind) -> &'static str {
+        match entity {
+            EntityKind::Customer => "POST /api/contacts",
+            EntityKind::Lead => "POST /api/contacts",
+            EntityKind::Appointment => "POST /api/appointments$",
+        }
     }
 
     fn custom_contact_field(&self) -> &'static str {

@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 use crm_sync::connection::Connection;
 use crm_sync::domain::CrmType;
+use crm_sync::store::EntityKind;
 
 use super::{EmulatedAppointment, EmulatedContact, EmulatedCrm, EmulatedLead};
 use crate::emulator::Control;
@@ -101,6 +102,14 @@ impl EmulatedCrm for HubSpotUnderTest {
                 id: l.id,
             })
             .collect()
+    }
+
+    fn create_route(&self, entity: EntityKind) -> &'static str {
+        match entity {
+            EntityKind::Customer => "POST /crm/v3/objects/contacts$",
+            EntityKind::Lead => "POST /crm/v3/objects/leads$",
+            EntityKind::Appointment => "POST /crm/v3/objects/meetings$",
+        }
     }
 
     fn custom_contact_field(&self) -> &'static str {

@@ -64,6 +64,8 @@ pub trait EmulatedCrm: Send + Sync {
     fn leads(&self) -> Vec<EmulatedLead>;
     /// A custom contact field this CRM's emulator accepts, named as the CRM's API names it.
     fn custom_contact_field(&self) -> &'static str;
+    /// The fault pattern (`Fault::matching`) of the request that creates an entity's record.
+    fn create_route(&self, entity: EntityKind) -> &'static str;
     /// Adds a contact as a person using the CRM would, values typed as given.
     fn add_contact(
         &self,
@@ -113,6 +115,71 @@ impl Fixture {
         let mut body = body;
         body["connectionId"] = json!(CONNECTION);
         Ok(serde_json::to_value(self.app.sync_appointment(&body).await?).unwrap())
+    }
+
+    pub async fn sync_lead(&self, lead: Value) -> Result<Value, crm_sync::sync::Failure> {
+        let body = json!({"connectionId": CONNECTION, "lead": lead});
+        Ok(serde_json::to_value(self.app.sync_lead(&body).await?).unwrap())
+    }
+
+    /// Sends one entity of `kind` (phone-only people: nothing for an upsert on email to key on).
+    async fn sync_entity(
+        &self,
+        kind: EntityKind,
+        variant: usize,
+    ) -> Result<Value, crm_sync::sync::Failure> {
+        let phone = format!("+1 415 555 02{variant:02}");
+        let person =
+            json!({"firstName": "Lost", "lastName": format!("Answer {variant}"), "phone": phone});
+        match kind {
+            EntityKind::Customer => self.sync_customer(person).await,
+            EntityKind::Lead => {
+                let mut lead = person;
+                lead["company"] = json!("Quiet Networks");
+                lead["externalId"] = json!(format!("lead-{variant}"));
+                self.sync_lead(lead).await
+            }
+            EntityKind::Appointment => {
+                self.sync_appointment(json!({
+                    "customer": person,
+                    "appointment": {"externalId": format!("booking-{variant}"), "title": "Boiler service",
+                        "start": "2026-03-10T09:00:00", "timezone": "America/New_York"},
+                }))
+                .await
+            }
+        }
+    }
+
+    /// How many records of `kind` the emulated CRM holds.
+    fn held(&self, kind: EntityKind) -> Vec<String> {
+        match kind {
+            EntityKind::Customer => self.crm.contacts().into_iter().map(|c| c.id).collect(),
+            EntityKind::Lead => self.crm.leads().into_iter().map(|l| l.id).collect(),
+            EntityKind::Appointment => self.crm.appointments().into_iter().map(|a| a.id).collect(),
+        }
+    }
+
+    /// The one sync record of `kind` on the conformance connection.
+    async fn only_record(&self, kind: EntityKind) -> crm_sync::store::SyncRecord {
+        let mut records = Vec::new();
+        for status in [
+            SyncStatus::Pending,
+            SyncStatus::Synced,
+            SyncStatus::Failed,
+            SyncStatus::Unknown,
+        ] {
+            records.extend(
+                self.app
+                    .records
+                    .list_by_status(status, 100)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .filter(|r| r.entity == kind),
+            );
+        }
+        assert_eq!(records.len(), 1, "one {kind:?} record: {records:#?}");
+        records.remove(0)
     }
 
     pub async fn record_status(&self, entity: EntityKind, source_key: &str) -> Option<SyncStatus> {
@@ -557,6 +624,85 @@ pub async fn a_slow_crm_times_out_as_unavailable(fx: Fixture) {
     );
 }
 
+const ENTITIES: [EntityKind; 3] = [
+    EntityKind::Customer,
+    EntityKind::Lead,
+    EntityKind::Appointment,
+];
+
+/// The CRM applies the create and its answer is lost; whether the next attempt is a resend or
+/// the replay schedule, the record it made is adopted: one record in the CRM, the sync `synced`
+/// with that record's id, and a resend after that is `unchanged`.
+async fn a_lost_create_answer_is_adopted(fx: Fixture, replay_first: bool) {
+    for (n, kind) in ENTITIES.into_iter().enumerate() {
+        let variant = n + if replay_first { 10 } else { 0 };
+        let before = fx.held(kind).len();
+        fx.crm
+            .control()
+            .inject(Fault::lose_answer().matching(fx.crm.create_route(kind)));
+        let lost = fx.sync_entity(kind, variant).await;
+        fx.crm.control().clear_faults();
+        let held = fx.held(kind);
+        assert_eq!(
+            held.len(),
+            before + 1,
+            "{kind:?}: the CRM applied the create"
+        );
+        if let Err(failure) = &lost {
+            assert!(
+                matches!(failure.error, Error::CrmUnavailable(_)),
+                "{kind:?}: {:?}",
+                failure.error
+            );
+            let record = fx.only_record(kind).await;
+            assert_eq!(record.status, SyncStatus::Unknown, "{kind:?}: {record:?}");
+            assert!(record.crm_id.is_none());
+        }
+        let crm_id = if replay_first {
+            let summary = fx.app.replay_failed(10).await.unwrap();
+            assert_eq!(summary.failed, 0, "{kind:?}: {summary:?}");
+            let record = fx.only_record(kind).await;
+            assert_eq!(record.status, SyncStatus::Synced, "{kind:?}: {record:?}");
+            let resent = fx.sync_entity(kind, variant).await.expect("resend");
+            assert_eq!(status(&resent), "unchanged", "{kind:?}: {resent}");
+            record.crm_id.expect("synced with its id")
+        } else {
+            let resent = fx.sync_entity(kind, variant).await.expect("resend");
+            let summary = fx.app.replay_failed(10).await.unwrap();
+            assert_eq!(summary.examined, 0, "{kind:?}: nothing left to replay");
+            let record = fx.only_record(kind).await;
+            assert_eq!(record.status, SyncStatus::Synced, "{kind:?}: {record:?}");
+            let id = record.crm_id.expect("synced with its id");
+            let answered = match kind {
+                EntityKind::Appointment => &resent["appointment"]["crmId"],
+                _ => &resent["crmId"],
+            };
+            assert_eq!(answered, &json!(id), "{kind:?}: {resent}");
+            id
+        };
+        let after = fx.held(kind);
+        if after.len() != before + 1 {
+            for r in fx.crm.control().requests() {
+                eprintln!("{} {} {:?} -> {:?}", r.method, r.path, r.query, r.status);
+            }
+        }
+        assert_eq!(
+            after.len(),
+            before + 1,
+            "{kind:?}: no second record: {after:?}"
+        );
+        assert!(after.contains(&crm_id), "{kind:?}: {crm_id} in {after:?}");
+    }
+}
+
+pub async fn a_lost_create_answer_then_a_resend_makes_one_record(fx: Fixture) {
+    a_lost_create_answer_is_adopted(fx, false).await;
+}
+
+pub async fn a_lost_create_answer_then_the_replay_makes_one_record(fx: Fixture) {
+    a_lost_create_answer_is_adopted(fx, true).await;
+}
+
 /// Whether `value` holds `key: expected` anywhere (CRMs nest custom fields differently).
 fn holds_pair(value: &Value, key: &str, expected: &str) -> bool {
     match value {
@@ -624,6 +770,8 @@ macro_rules! conformance_suite {
             a_crm_outage_is_recorded_and_replayed_without_duplicates,
             a_slow_crm_times_out_as_unavailable,
             a_field_mapping_writes_and_reads_the_mapped_crm_field,
+            a_lost_create_answer_then_a_resend_makes_one_record,
+            a_lost_create_answer_then_the_replay_makes_one_record,
         );
     };
     (@cases $start:path; $($case:ident),+ $(,)?) => {

@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use crm_sync::connection::Connection;
 use crm_sync::crm::pipedrive::CANCELLED_PREFIX;
 use crm_sync::domain::CrmType;
+use crm_sync::store::EntityKind;
 
 use super::{EmulatedAppointment, EmulatedContact, EmulatedCrm, EmulatedLead};
 use crate::emulator::Control;
@@ -93,6 +94,14 @@ impl EmulatedCrm for PipedriveUnderTest {
                 title: l.title.clone(),
             })
             .collect()
+    }
+
+    fn create_route(&self, entity: EntityKind) -> &'static str {
+        match entity {
+            EntityKind::Customer => "POST /api/v2/persons$",
+            EntityKind::Lead => "POST /api/v1/leads$",
+            EntityKind::Appointment => "POST /api/v2/activities$",
+        }
     }
 
     fn custom_contact_field(&self) -> &'static str {

@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use crm_sync::connection::{Connection, ConnectionSettings, SecretString};
 use crm_sync::crm::salesforce::CANCELLED_PREFIX;
 use crm_sync::domain::CrmType;
+use crm_sync::store::EntityKind;
 use serde_json::json;
 
 use super::{EmulatedAppointment, EmulatedContact, EmulatedCrm, EmulatedLead};
@@ -134,6 +135,14 @@ impl EmulatedCrm for SalesforceUnderTest {
                 id: l.id,
             })
             .collect()
+    }
+
+    fn create_route(&self, entity: EntityKind) -> &'static str {
+        match entity {
+            EntityKind::Customer => "POST /services/data/v62.0/sobjects/Contact$",
+            EntityKind::Lead => "POST /services/data/v62.0/sobjects/Lead$",
+            EntityKind::Appointment => "POST /services/data/v62.0/sobjects/Event$",
+        }
     }
 
     fn custom_contact_field(&self) -> &'static str {

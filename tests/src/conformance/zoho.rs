@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use crm_sync::connection::{Connection, ConnectionSettings, SecretString};
 use crm_sync::crm::zoho::CANCELLED_TITLE_PREFIX;
 use crm_sync::domain::CrmType;
+use crm_sync::store::EntityKind;
 use serde_json::json;
 
 use super::{EmulatedAppointment, EmulatedContact, EmulatedCrm, EmulatedLead};
@@ -166,6 +167,14 @@ impl EmulatedCrm for ZohoUnderTest {
                 }
             })
             .collect()
+    }
+
+    fn create_route(&self, entity: EntityKind) -> &'static str {
+        match entity {
+            EntityKind::Customer => "POST /crm/v8/Contacts",
+            EntityKind::Lead => "POST /crm/v8/Leads",
+            EntityKind::Appointment => "POST /crm/v8/Events$",
+        }
     }
 
     fn custom_contact_field(&self) -> &'static str {

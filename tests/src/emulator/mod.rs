@@ -36,7 +36,8 @@ pub struct Fault {
     pub delay_ms: u64,
     /// How many matching requests get this fault.
     pub times: u32,
-    /// Only requests whose method and path (`POST /crm/v3/...`) contain this.
+    /// Only requests whose method and path (`POST /crm/v3/...`) contain this (end with it, when
+    /// it ends in `$`).
     pub matching: Option<String>,
     /// The CRM applies the request, then the answer is lost: it is held back for `delay_ms`
     /// (at least a minute), past any client's timeout, so the client hears nothing.
@@ -134,10 +135,11 @@ impl Control {
 
     fn take_fault(&self, route: &str) -> Option<Fault> {
         let mut state = self.inner.lock().unwrap();
-        let index = state
-            .faults
-            .iter()
-            .position(|f| f.matching.as_deref().is_none_or(|m| route.contains(m)))?;
+        let index = state.faults.iter().position(|f| {
+            f.matching
+                .as_deref()
+                .is_none_or(|m| route_matches(route, m))
+        })?;
         let fault = state.faults[index].clone();
         if fault.times <= 1 {
             state.faults.remove(index);
@@ -145,6 +147,14 @@ impl Control {
             state.faults[index].times -= 1;
         }
         Some(fault)
+    }
+}
+
+/// Whether `route` contains `pattern`; a pattern ending in `$` must end the route.
+fn route_matches(route: &str, pattern: &str) -> bool {
+    match pattern.strip_suffix('$') {
+        Some(tail) => route.ends_with(tail),
+        None => route.contains(pattern),
     }
 }
 
