@@ -30,6 +30,8 @@ pub struct Config {
     pub sync_lease: Duration,
     /// Replays stop after this many attempts; the record stays `failed` for a person to look at.
     pub max_sync_attempts: u32,
+    /// How long an `Idempotency-Key` and its stored answer are kept.
+    pub idempotency_ttl: Duration,
 }
 
 pub const LOCAL_DEV_API_KEY: &str = "local-dev-key";
@@ -73,6 +75,9 @@ impl Config {
             crm_attempts: number("CRM_SYNC_CRM_ATTEMPTS", 3).max(1),
             sync_lease: millis("CRM_SYNC_LEASE_MS", 60_000),
             max_sync_attempts: number("CRM_SYNC_MAX_ATTEMPTS", 8).max(1),
+            idempotency_ttl: Duration::from_secs(
+                3600 * u64::from(number("CRM_SYNC_IDEMPOTENCY_TTL_HOURS", 24).max(1)),
+            ),
         }
     }
 }

@@ -46,6 +46,11 @@ pub enum Error {
     Store(String),
     #[error("method {0} is not allowed here")]
     MethodNotAllowed(String),
+    /// The `Idempotency-Key` was used before with another request body.
+    #[error(
+        "this Idempotency-Key was used with another request body; use a new key for a new request"
+    )]
+    IdempotencyKeyReused,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -75,6 +80,7 @@ impl Error {
             Error::CrmUnavailable(_) => "crm_unavailable",
             Error::Store(_) => "store_unavailable",
             Error::MethodNotAllowed(_) => "method_not_allowed",
+            Error::IdempotencyKeyReused => "idempotency_key_reused",
         }
     }
 
@@ -87,7 +93,7 @@ impl Error {
             Error::ConnectionNotFound(_) | Error::NotFound(_) => 404,
             Error::MethodNotAllowed(_) => 405,
             Error::Ambiguous { .. } | Error::SyncInProgress | Error::CrmDuplicate { .. } => 409,
-            Error::CrmRejected { .. } => 422,
+            Error::CrmRejected { .. } | Error::IdempotencyKeyReused => 422,
             Error::ConnectionInvalid { .. } => 424,
             Error::RateLimited { .. } => 429,
             Error::CrmAuth(_) => 502,
@@ -100,6 +106,7 @@ impl Error {
         match self {
             Error::Validation { field, .. } => Some(field),
             Error::ConnectionNotFound(_) => Some("connectionId"),
+            Error::IdempotencyKeyReused => Some("Idempotency-Key"),
             _ => None,
         }
     }
@@ -118,6 +125,8 @@ impl Error {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Error::RateLimited { retry_after } => *retry_after,
+            // The sync holding the record usually finishes within a second or two.
+            Error::SyncInProgress => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

@@ -35,6 +35,14 @@ impl Operation {
         }
     }
 
+    /// The operations that write to a CRM, and so take an `Idempotency-Key`.
+    pub fn is_sync(self) -> bool {
+        matches!(
+            self,
+            Operation::SyncCustomer | Operation::SyncAppointment | Operation::SyncLead
+        )
+    }
+
     fn method(self) -> Method {
         match self {
             Operation::Platforms | Operation::GetCustomer => Method::GET,
@@ -51,19 +59,83 @@ pub async fn handle(
 ) -> Result<Response<Body>, std::convert::Infallible> {
     // The runtime's own span carries the Lambda request id; this one adds the operation.
     let span = tracing::info_span!("request", operation = operation.name());
-    let response = match dispatch(app, operation, &request)
-        .instrument(span.clone())
-        .await
-    {
-        Ok((status, body)) => json_response(status, &body),
-        Err(failure) => {
-            if failure.error.status() >= 500 {
-                span.in_scope(|| tracing::warn!(code = failure.error.code(), error = %failure.error, "request failed"));
-            }
-            error_response(&failure)
+    let response = match request.headers().get(crate::idempotency::HEADER) {
+        Some(key) if operation.is_sync() => {
+            respond_once(app, operation, &request, key.as_bytes())
+                .instrument(span.clone())
+                .await
+        }
+        _ => {
+            respond(app, operation, &request)
+                .instrument(span.clone())
+                .await
         }
     };
     Ok(response)
+}
+
+async fn respond(app: &App, operation: Operation, request: &Request) -> Response<Body> {
+    match dispatch(app, operation, request).await {
+        Ok((status, body)) => json_response(status, &body),
+        Err(failure) => {
+            if failure.error.status() >= 500 {
+                tracing::warn!(code = failure.error.code(), error = %failure.error, "request failed");
+            }
+            error_response(&failure)
+        }
+    }
+}
+
+/// A sync request with an `Idempotency-Key`: answered from the stored response when the same
+/// request finished before, run and stored otherwise (see `crate::idempotency`).
+async fn respond_once(
+    app: &App,
+    operation: Operation,
+    request: &Request,
+    raw_key: &[u8],
+) -> Response<Body> {
+    use crate::idempotency::{self, Claim};
+    let claim = async {
+        if request.method() != operation.method() {
+            return Err(Error::MethodNotAllowed(request.method().to_string()));
+        }
+        // Only a caller with the API key may read what a key stored.
+        check_api_key(app, request)?;
+        let key = format!("{}#{}", operation.name(), idempotency::parse_key(raw_key)?);
+        let hash = idempotency::request_hash(operation.name(), request.body().as_ref());
+        idempotency::claim(
+            app.records.as_ref(),
+            key,
+            hash,
+            app.config.idempotency_ttl,
+            app.config.sync_lease,
+        )
+        .await
+    };
+    match claim.await {
+        Err(error) => error_response(&error.into()),
+        Ok(Claim::Replay(stored)) => {
+            let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+            let mut response = json_response(status, &stored.body);
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            response
+        }
+        Ok(Claim::Run(claimed)) => {
+            let response = respond(app, operation, request).await;
+            let body: Value =
+                serde_json::from_slice(response.body().as_ref()).unwrap_or(Value::Null);
+            idempotency::finish(
+                app.records.as_ref(),
+                claimed,
+                response.status().as_u16(),
+                body,
+            )
+            .await;
+            response
+        }
+    }
 }
 
 async fn dispatch(

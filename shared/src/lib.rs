@@ -9,6 +9,7 @@ pub mod crm;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod idempotency;
 pub mod store;
 pub mod sync;
 pub mod telemetry;

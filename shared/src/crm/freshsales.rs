@@ -382,6 +382,23 @@ impl FreshsalesAdapter {
             })
     }
 
+    /// Appointments take no custom fields: the stamp is the description's last line.
+    fn stamped_appointment(
+        &self,
+        appointment: &Appointment,
+        contact_id: &str,
+        create: bool,
+        stamp: &str,
+    ) -> Value {
+        let mut body = self.appointment_body(appointment, contact_id, create);
+        let description = body["appointment"]["description"]
+            .as_str()
+            .map(|d| format!("{d}\n\n"))
+            .unwrap_or_default();
+        body["appointment"]["description"] = format!("{description}{}", stamp_line(stamp)).into();
+        body
+    }
+
     fn appointment_body(&self, appointment: &Appointment, contact_id: &str, create: bool) -> Value {
         let cancelled = appointment.status == AppointmentStatus::Cancelled;
         let title = if cancelled {
@@ -577,13 +594,7 @@ impl CrmAdapter for FreshsalesAdapter {
         stamp: &str,
     ) -> Result<String> {
         path_segment(contact_id)?;
-        // Appointments take no custom fields: the stamp is the description's last line.
-        let mut body = self.appointment_body(appointment, contact_id, true);
-        let description = body["appointment"]["description"]
-            .as_str()
-            .map(|d| format!("{d}\n\n"))
-            .unwrap_or_default();
-        body["appointment"]["description"] = format!("{description}{}", stamp_line(stamp)).into();
+        let body = self.stamped_appointment(appointment, contact_id, true, stamp);
         let response = self
             .call(
                 Method::POST,
@@ -667,9 +678,10 @@ impl CrmAdapter for FreshsalesAdapter {
         crm_id: &str,
         appointment: &Appointment,
         contact_id: &str,
+        stamp: &str,
     ) -> Result<()> {
         let path = format!("/appointments/{}", path_segment(crm_id)?);
-        let body = self.appointment_body(appointment, contact_id, false);
+        let body = self.stamped_appointment(appointment, contact_id, false, stamp);
         self.call(
             Method::PUT,
             &path,

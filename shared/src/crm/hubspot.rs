@@ -439,6 +439,7 @@ impl CrmAdapter for HubSpotAdapter {
         crm_id: &str,
         appointment: &Appointment,
         _contact_id: &str,
+        _stamp: &str,
     ) -> Result<()> {
         self.update("meetings", crm_id, self.meeting_properties(appointment))
             .await

@@ -126,12 +126,14 @@ pub trait CrmAdapter: Send + Sync {
     /// The record created with `stamp`, if the CRM holds one: after a create whose answer was
     /// lost, the next attempt adopts it instead of creating another.
     async fn find_stamped(&self, stamp: &str, record: StampedRecord<'_>) -> Result<Option<String>>;
-    /// Moves, renames or cancels an existing appointment (`NotFound` if it was deleted).
+    /// Moves, renames or cancels an existing appointment (`NotFound` if it was deleted). CRMs
+    /// that keep the stamp in a text the update rewrites (a note) write it again.
     async fn update_appointment(
         &self,
         crm_id: &str,
         appointment: &Appointment,
         contact_id: &str,
+        stamp: &str,
     ) -> Result<()>;
 }
 
@@ -367,7 +369,7 @@ pub async fn upsert_appointment(
     };
     if let Some(id) = plan.known_id.as_deref().or(adopted.as_deref()) {
         match adapter
-            .update_appointment(id, appointment, contact_id)
+            .update_appointment(id, appointment, contact_id, &plan.stamp)
             .await
         {
             Ok(()) => {

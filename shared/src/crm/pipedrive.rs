@@ -265,6 +265,19 @@ impl PipedriveAdapter {
         Ok(Value::Object(body))
     }
 
+    /// The activity with the stamp as its note's last line (activities hold no custom fields).
+    fn stamped_activity(
+        &self,
+        appointment: &Appointment,
+        contact_id: &str,
+        stamp: &str,
+    ) -> Result<Value> {
+        let mut body = self.activity_body(appointment, contact_id)?;
+        let note = body["note"].as_str().unwrap_or_default().to_string();
+        body["note"] = format!("{note}{}", stamp_line(stamp)).into();
+        Ok(body)
+    }
+
     fn activity_body(&self, appointment: &Appointment, contact_id: &str) -> Result<Value> {
         let person = numeric_id(contact_id, "customerId")?;
         let start = appointment.window.start();
@@ -416,9 +429,7 @@ impl CrmAdapter for PipedriveAdapter {
         contact_id: &str,
         stamp: &str,
     ) -> Result<String> {
-        let mut body = self.activity_body(appointment, contact_id)?;
-        let note = body["note"].as_str().unwrap_or_default().to_string();
-        body["note"] = format!("{note}{}", stamp_line(stamp)).into();
+        let body = self.stamped_activity(appointment, contact_id, stamp)?;
         self.create("/api/v2/activities", &body).await
     }
 
@@ -477,9 +488,10 @@ impl CrmAdapter for PipedriveAdapter {
         crm_id: &str,
         appointment: &Appointment,
         contact_id: &str,
+        stamp: &str,
     ) -> Result<()> {
         let path = format!("/api/v2/activities/{}", numeric_id(crm_id, "appointment")?);
-        let body = self.activity_body(appointment, contact_id)?;
+        let body = self.stamped_activity(appointment, contact_id, stamp)?;
         self.update(&path, &body).await
     }
 }

@@ -590,6 +590,7 @@ impl CrmAdapter for SalesforceAdapter {
         crm_id: &str,
         appointment: &Appointment,
         contact_id: &str,
+        _stamp: &str,
     ) -> Result<()> {
         self.update("Event", crm_id, self.event_record(appointment, contact_id))
             .await

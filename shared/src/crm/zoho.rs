@@ -673,6 +673,7 @@ impl CrmAdapter for ZohoAdapter {
         crm_id: &str,
         appointment: &Appointment,
         contact_id: &str,
+        _stamp: &str,
     ) -> Result<()> {
         let cancelled = appointment.status == AppointmentStatus::Cancelled;
         if cancelled && self.cancel_meeting(crm_id).await? {

@@ -8,8 +8,8 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 
 use super::{
-    ConnectionStore, RecordKey, RecordedError, SyncRecord, SyncRecordStore, SyncStatus,
-    WriteOutcome, lease_key,
+    ConnectionStore, IdempotentRequest, RecordKey, RecordedError, SyncRecord, SyncRecordStore,
+    SyncStatus, WriteOutcome, idempotency_key, lease_key,
 };
 use crate::connection::{Connection, ConnectionId};
 use crate::error::{Error, Result};
@@ -377,6 +377,60 @@ impl SyncRecordStore for DynamoDbSyncRecordStore {
                     .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
             {
                 Ok(())
+            }
+            Err(e) => Err(sdk_error("DynamoDB", e)),
+        }
+    }
+
+    async fn get_idempotent(&self, key: &str) -> Result<Option<IdempotentRequest>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(idempotency_key(key)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error("DynamoDB", e))?;
+        out.item()
+            .and_then(|item| item.get("request"))
+            .and_then(|v| v.as_s().ok())
+            .map(|json| {
+                serde_json::from_str(json)
+                    .map_err(|e| Error::Store(format!("unreadable idempotent request: {e}")))
+            })
+            .transpose()
+    }
+
+    async fn put_idempotent(
+        &self,
+        request: &IdempotentRequest,
+        expected_version: Option<u64>,
+    ) -> Result<WriteOutcome> {
+        let json = serde_json::to_string(request).map_err(|e| Error::Store(e.to_string()))?;
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(idempotency_key(&request.key)))
+            .item("request", s(json))
+            .item("version", n(request.version))
+            // The table's TTL attribute (epoch seconds).
+            .item("expiresAt", n(request.expires_at.timestamp()));
+        let put = match expected_version {
+            None => put.condition_expression("attribute_not_exists(pk)"),
+            Some(version) => put
+                .condition_expression("#version = :expected")
+                .expression_attribute_names("#version", "version")
+                .expression_attribute_values(":expected", n(version)),
+        };
+        match put.send().await {
+            Ok(_) => Ok(WriteOutcome::Written),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(WriteOutcome::Conflict)
             }
             Err(e) => Err(sdk_error("DynamoDB", e)),
         }

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 use super::{
-    ConnectionStore, RecordKey, SyncRecord, SyncRecordStore, SyncStatus, WriteOutcome, lease_key,
-    sha256_hex,
+    ConnectionStore, IdempotentRequest, RecordKey, SyncRecord, SyncRecordStore, SyncStatus,
+    WriteOutcome, idempotency_key, lease_key, sha256_hex,
 };
 use crate::connection::{Connection, ConnectionId};
 use crate::error::{Error, Result};
@@ -233,6 +233,52 @@ impl SyncRecordStore for LocalSyncRecordStore {
             Ok(())
         })
         .await
+    }
+
+    async fn get_idempotent(&self, key: &str) -> Result<Option<IdempotentRequest>> {
+        let path = self.dir.join(idempotency_file(key));
+        tokio::task::spawn_blocking(move || read_idempotent(&path))
+            .await
+            .map_err(|e| Error::Store(format!("local store task failed: {e}")))?
+    }
+
+    async fn put_idempotent(
+        &self,
+        request: &IdempotentRequest,
+        expected_version: Option<u64>,
+    ) -> Result<WriteOutcome> {
+        let file = idempotency_file(&request.key);
+        let json = serde_json::to_vec(request).map_err(|e| Error::Store(e.to_string()))?;
+        with_dir_lock(self.dir.clone(), move |dir| {
+            let path = dir.join(file);
+            if read_idempotent(&path)?.map(|r| r.version) != expected_version {
+                return Ok(WriteOutcome::Conflict);
+            }
+            write_atomically(&path, &json)?;
+            Ok(WriteOutcome::Written)
+        })
+        .await
+    }
+}
+
+/// Idempotent requests as `<dir>/<sha256 of key>.idempotency`, beside the records.
+fn idempotency_file(key: &str) -> String {
+    format!(
+        "{}.idempotency",
+        sha256_hex(idempotency_key(key).as_bytes())
+    )
+}
+
+fn read_idempotent(path: &Path) -> Result<Option<IdempotentRequest>> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            Error::Store(format!(
+                "unreadable idempotent request {}: {e}",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error("reading an idempotent request", e)),
     }
 }
 

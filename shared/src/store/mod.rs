@@ -153,6 +153,33 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// A request sent with an `Idempotency-Key`: what it was (a hash), and the answer it got once
+/// it finished. While `response` is `None` the first request is still running.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdempotentRequest {
+    /// `<operation>#<the caller's key>`.
+    pub key: String,
+    pub request_hash: String,
+    pub response: Option<StoredResponse>,
+    pub created_at: DateTime<Utc>,
+    /// After this the key is free again (and the table's TTL removes the item).
+    pub expires_at: DateTime<Utc>,
+    pub version: u64,
+}
+
+/// An answer as it was sent: replayed as is for the same key and body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+/// The storage key of an idempotent request; never collides with record keys or leases.
+pub fn idempotency_key(key: &str) -> String {
+    format!("idempotency#{key}")
+}
+
 /// Outcome of a conditional write.
 #[derive(Debug, PartialEq, Eq)]
 pub enum WriteOutcome {
@@ -181,6 +208,14 @@ pub trait SyncRecordStore: Send + Sync {
     ) -> Result<bool>;
     /// Gives the lease back if `owner` still holds it.
     async fn release_lease(&self, name: &str, owner: &str) -> Result<()>;
+    /// The request stored under an `Idempotency-Key`, expired or not.
+    async fn get_idempotent(&self, key: &str) -> Result<Option<IdempotentRequest>>;
+    /// Writes `request` if the stored version is `expected_version` (`None`: none stored).
+    async fn put_idempotent(
+        &self,
+        request: &IdempotentRequest,
+        expected_version: Option<u64>,
+    ) -> Result<WriteOutcome>;
 }
 
 /// The storage key of a lease; never collides with a record key (those start with a connection id).

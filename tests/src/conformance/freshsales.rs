@@ -136,6 +136,11 @@ impl EmulatedCrm for FreshsalesUnderTest {
         }
     }
 
+    fn lift_request_budget(&self) {
+        self.emulator.state.lock().unwrap().budget =
+            crate::emulator::RequestBudget::new(1_000_000, chrono::Duration::hours(1));
+    }
+
     fn custom_contact_field(&self) -> &'static str {
         "cf_booking_city"
     }

@@ -64,6 +64,9 @@ pub trait EmulatedCrm: Send + Sync {
     fn leads(&self) -> Vec<EmulatedLead>;
     /// A custom contact field this CRM's emulator accepts, named as the CRM's API names it.
     fn custom_contact_field(&self) -> &'static str;
+    /// Lifts an hourly request budget that a soak's volume would spend (rate limits have tests
+    /// of their own).
+    fn lift_request_budget(&self) {}
     /// The fault pattern (`Fault::matching`) of the request that creates an entity's record.
     fn create_route(&self, entity: EntityKind) -> &'static str;
     /// Adds a contact as a person using the CRM would, values typed as given.
@@ -701,6 +704,121 @@ pub async fn a_lost_create_answer_then_a_resend_makes_one_record(fx: Fixture) {
 
 pub async fn a_lost_create_answer_then_the_replay_makes_one_record(fx: Fixture) {
     a_lost_create_answer_is_adopted(fx, true).await;
+}
+
+/// One booking as the soak expects the CRM to end up holding it.
+#[derive(Debug, Clone)]
+struct ExpectedBooking {
+    caller: usize,
+    title: String,
+    start: DateTime<Utc>,
+    cancelled: bool,
+}
+
+/// 500 bookings (new callers, returning callers, reschedules, cancels) while a quarter of the
+/// writes lose their answer after the CRM applied them and a tenth are refused (503, 429); each
+/// request is resent until it succeeds, callers side by side. The CRM must end with one contact
+/// per caller and one meeting per booking, each at its latest time and status.
+pub async fn a_soak_with_lost_answers_leaves_one_record_per_caller_and_booking(fx: Fixture) {
+    use std::sync::Arc;
+    let mut config = fx.app.config.clone();
+    config.crm_timeout = std::time::Duration::from_millis(400);
+    config.max_retry_wait = std::time::Duration::from_millis(200);
+    let app = Arc::new(App::new(
+        config,
+        fx.app.connections.clone(),
+        fx.app.records.clone(),
+    ));
+    const CALLERS: usize = 120;
+    let base = Utc.with_ymd_and_hms(2026, 6, 1, 14, 0, 0).unwrap();
+    let mut bookings: Vec<ExpectedBooking> = Vec::new();
+    // Each caller's requests in order: (booking index, its state after this request).
+    let mut per_caller: Vec<Vec<(usize, ExpectedBooking)>> = vec![Vec::new(); CALLERS];
+    for i in 0..500usize {
+        let caller = (i * 37) % CALLERS;
+        let theirs: Vec<usize> = (0..bookings.len())
+            .filter(|b| bookings[*b].caller == caller)
+            .collect();
+        let index = match (i % 10, theirs.last()) {
+            (6 | 7, Some(&b)) => {
+                bookings[b].start += chrono::Duration::hours(26);
+                bookings[b].cancelled = false;
+                b
+            }
+            (8, Some(&b)) => {
+                bookings[b].cancelled = true;
+                b
+            }
+            _ => {
+                bookings.push(ExpectedBooking {
+                    caller,
+                    title: format!("Soak service {}", bookings.len()),
+                    start: base + chrono::Duration::hours(i as i64),
+                    cancelled: false,
+                });
+                bookings.len() - 1
+            }
+        };
+        per_caller[caller].push((index, bookings[index].clone()));
+    }
+    fx.crm.lift_request_budget();
+    fx.crm.control().chaos(crate::emulator::Chaos {
+        lost_answer_percent: 25,
+        error_percent: 10,
+        seed: 0x9e37_79b9_7f4a_7c15,
+    });
+    let limit = Arc::new(tokio::sync::Semaphore::new(8));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (caller, requests) in per_caller.into_iter().enumerate() {
+        let (app, limit) = (app.clone(), limit.clone());
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await.unwrap();
+            for (index, booking) in requests {
+                let mut customer = json!({"firstName": "Caller", "lastName": format!("No {caller}"),
+                                          "phone": format!("+1 212 555 {:04}", 3000 + caller)});
+                if caller % 3 != 0 {
+                    customer["email"] = json!(format!("caller{caller}@soak.example.com"));
+                }
+                let body = json!({"connectionId": CONNECTION, "customer": customer,
+                    "appointment": {"externalId": format!("soak-{index}"), "title": booking.title,
+                        "start": booking.start.to_rfc3339(), "timezone": "UTC",
+                        "status": if booking.cancelled { "cancelled" } else { "scheduled" }}});
+                let mut tries = 0;
+                while let Err(failure) = app.sync_appointment(&body).await {
+                    tries += 1;
+                    assert!(
+                        tries < 60,
+                        "booking {index} never synced: {:?}",
+                        failure.error
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("caller task");
+    }
+    fx.crm.control().clear_faults();
+
+    let contacts = fx.crm.contacts();
+    let callers: std::collections::BTreeSet<usize> = bookings.iter().map(|b| b.caller).collect();
+    assert_eq!(contacts.len(), callers.len(), "one contact per caller");
+    let appointments = fx.crm.appointments();
+    for booking in &bookings {
+        let held: Vec<_> = appointments
+            .iter()
+            .filter(|a| a.title.ends_with(&booking.title))
+            .collect();
+        assert_eq!(held.len(), 1, "{booking:?}: {held:?}");
+        assert_eq!(held[0].start, booking.start, "{booking:?}");
+        assert_eq!(held[0].cancelled, booking.cancelled, "{booking:?}");
+    }
+    assert_eq!(
+        appointments.len(),
+        bookings.len(),
+        "one meeting per booking"
+    );
 }
 
 /// Whether `value` holds `key: expected` anywhere (CRMs nest custom fields differently).

@@ -96,10 +96,22 @@ pub struct RecordedRequest {
     pub response: Value,
 }
 
+/// Faults drawn at random for writes (POST, PUT, PATCH that are not searches or token calls):
+/// a share of answers lost after the CRM applied the write, and a share refused with 503 or
+/// 429 before it ran. Seeded, so a run can be repeated.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Chaos {
+    pub lost_answer_percent: u32,
+    pub error_percent: u32,
+    pub seed: u64,
+}
+
 #[derive(Default)]
 struct ControlState {
     faults: VecDeque<Fault>,
     requests: Vec<RecordedRequest>,
+    chaos: Option<Chaos>,
 }
 
 /// Fault injection and the request log, shared by the server and the test that drives it.
@@ -113,7 +125,13 @@ impl Control {
         self.inner.lock().unwrap().faults.push_back(fault);
     }
     pub fn clear_faults(&self) {
-        self.inner.lock().unwrap().faults.clear();
+        let mut state = self.inner.lock().unwrap();
+        state.faults.clear();
+        state.chaos = None;
+    }
+    /// Draws faults for writes at random until `clear_faults`.
+    pub fn chaos(&self, chaos: Chaos) {
+        self.inner.lock().unwrap().chaos = Some(chaos);
     }
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.inner.lock().unwrap().requests.clone()
@@ -135,6 +153,26 @@ impl Control {
 
     fn take_fault(&self, route: &str) -> Option<Fault> {
         let mut state = self.inner.lock().unwrap();
+        let is_write = ["POST ", "PUT ", "PATCH "]
+            .iter()
+            .any(|m| route.starts_with(m))
+            && !["search", "token", "query", "lookup"]
+                .iter()
+                .any(|read| route.contains(read));
+        if let Some(chaos) = state.chaos.as_mut().filter(|_| is_write) {
+            // xorshift64: small, seeded, good enough to spread faults.
+            chaos.seed ^= chaos.seed << 13;
+            chaos.seed ^= chaos.seed >> 7;
+            chaos.seed ^= chaos.seed << 17;
+            let draw = (chaos.seed % 100) as u32;
+            if draw < chaos.lost_answer_percent {
+                return Some(Fault::lose_answer());
+            }
+            if draw < chaos.lost_answer_percent + chaos.error_percent {
+                let status = if draw % 2 == 0 { 503 } else { 429 };
+                return Some(Fault::status(status).retry_after(0));
+            }
+        }
         let index = state.faults.iter().position(|f| {
             f.matching
                 .as_deref()
