@@ -337,20 +337,24 @@ impl<'a> Fields<'a> {
             .find_map(|k| self.map.get(*k).filter(|v| !v.is_null()).map(|v| (*k, v)))
     }
 
-    /// A trimmed string; empty strings count as absent, and so do the texts `undefined` and
-    /// `null`, which n8n's string interpolation (`"{{ $json.email }}"`) makes of a missing value.
-    /// Numbers are accepted as their text.
+    /// The first of `keys` holding text, trimmed. Empty strings count as absent, and so do the
+    /// texts `undefined` and `null`, which n8n's string interpolation (`"{{ $json.email }}"`)
+    /// makes of a missing value. Numbers are accepted as their text.
     pub fn text(&self, keys: &[&'static str]) -> Result<Option<(&'static str, String)>> {
-        match self.first_present(keys) {
-            None => Ok(None),
-            Some((key, Value::String(s))) => {
-                let s = s.trim();
-                let absent = s.is_empty() || s == "undefined" || s == "null";
-                Ok((!absent).then(|| (key, s.to_string())))
+        for key in keys {
+            match self.map.get(*key) {
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) => {
+                    let s = s.trim();
+                    if !(s.is_empty() || s == "undefined" || s == "null") {
+                        return Ok(Some((key, s.to_string())));
+                    }
+                }
+                Some(Value::Number(n)) => return Ok(Some((key, n.to_string()))),
+                Some(_) => return Err(Error::validation(self.path(key), "must be a string")),
             }
-            Some((key, Value::Number(n))) => Ok(Some((key, n.to_string()))),
-            Some((key, _)) => Err(Error::validation(self.path(key), "must be a string")),
         }
+        Ok(None)
     }
 
     pub fn string(&self, keys: &[&'static str]) -> Result<Option<String>> {
