@@ -509,7 +509,10 @@ pub fn parse_appointment(
                         )
                     })?,
             };
-            ("durationMinutes", start + chrono::Duration::minutes(minutes))
+            (
+                "durationMinutes",
+                start + chrono::Duration::minutes(minutes),
+            )
         }
     };
     let window = AppointmentWindow::new(start, end)
@@ -765,9 +768,12 @@ mod tests {
         );
         assert_eq!(split_name("Cher"), (Some("Cher".into()), None));
         let body = json!({"name": "Jane Smith", "firstName": "Janet", "phone": "+14155550100"});
-        let customer =
-            parse_customer(&Fields::new("c", &body).unwrap(), &defaults("UTC")).unwrap();
-        assert_eq!(customer.full_name(), "Janet", "firstName/lastName win over name");
+        let customer = parse_customer(&Fields::new("c", &body).unwrap(), &defaults("UTC")).unwrap();
+        assert_eq!(
+            customer.full_name(),
+            "Janet",
+            "firstName/lastName win over name"
+        );
     }
 
     #[test]
@@ -777,12 +783,12 @@ mod tests {
             appointment_minutes: 45,
             ..defaults("UTC")
         };
-        let appt = parse_appointment(&Fields::new("appointmentData", &body).unwrap(), &defaults)
-            .unwrap();
+        let appt =
+            parse_appointment(&Fields::new("appointmentData", &body).unwrap(), &defaults).unwrap();
         assert_eq!(appt.window.duration_minutes(), 45);
         let later = json!({"startTime": "2025-10-31T10:00:00Z", "endTime": "2025-10-31T11:00:00Z"});
-        let appt = parse_appointment(&Fields::new("appointmentData", &later).unwrap(), &defaults)
-            .unwrap();
+        let appt =
+            parse_appointment(&Fields::new("appointmentData", &later).unwrap(), &defaults).unwrap();
         assert_eq!(appt.window.duration_minutes(), 60);
     }
 
@@ -790,8 +796,7 @@ mod tests {
     fn the_texts_undefined_and_null_count_as_absent() {
         let body = json!({"email": "undefined", "phone": "+14155550100", "city": "null",
             "lastName": " undefined ", "firstName": "Nullah"});
-        let customer =
-            parse_customer(&Fields::new("c", &body).unwrap(), &defaults("UTC")).unwrap();
+        let customer = parse_customer(&Fields::new("c", &body).unwrap(), &defaults("UTC")).unwrap();
         assert_eq!(customer.email, None);
         assert_eq!(customer.city, None);
         assert_eq!(customer.last_name, None);

@@ -432,8 +432,12 @@ impl App {
         match found.len() {
             0 => Err(Error::NotFound(match lookup {
                 ContactLookup::Id(id) => format!("CRM contact {id}"),
-                ContactLookup::Email(email) => format!("a CRM contact with email {}", email.as_str()),
-                ContactLookup::Phone(phone) => format!("a CRM contact with phone {}", phone.as_str()),
+                ContactLookup::Email(email) => {
+                    format!("a CRM contact with email {}", email.as_str())
+                }
+                ContactLookup::Phone(phone) => {
+                    format!("a CRM contact with phone {}", phone.as_str())
+                }
             })),
             1 => Ok(found.into_iter().next().expect("one")),
             n => Err(Error::Ambiguous {

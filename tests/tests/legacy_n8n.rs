@@ -131,7 +131,10 @@ async fn the_workflows_booking_syncs_its_customer_and_meeting(crm: Box<dyn Emula
     let mut cancelled = body.clone();
     cancelled["appointmentData"]["status"] = json!("cancelled");
     let cancel = api.synced(Operation::SyncAppointment, &cancelled).await;
-    assert_eq!(cancel["appointment"]["crmId"], first["appointment"]["crmId"]);
+    assert_eq!(
+        cancel["appointment"]["crmId"],
+        first["appointment"]["crmId"]
+    );
     let meetings = api.crm.appointments();
     assert_eq!(meetings.len(), 1, "{}", api.name);
     assert!(meetings[0].cancelled, "{}", api.name);
@@ -167,7 +170,9 @@ async fn the_docs_customer_lead_and_appointment_bodies_sync(crm: Box<dyn Emulate
     assert_eq!(lead["status"], "created");
     let leads = api.crm.leads();
     assert!(
-        leads.iter().any(|l| l.id == lead["crmId"].as_str().unwrap()),
+        leads
+            .iter()
+            .any(|l| l.id == lead["crmId"].as_str().unwrap()),
         "{}: {leads:?}",
         api.name
     );
@@ -176,7 +181,11 @@ async fn the_docs_customer_lead_and_appointment_bodies_sync(crm: Box<dyn Emulate
     let booked = api
         .synced(Operation::SyncAppointment, &docs_appointment(api.name))
         .await;
-    assert_eq!(booked["contact"]["crmId"], customer["crmId"], "{}", api.name);
+    assert_eq!(
+        booked["contact"]["crmId"], customer["crmId"],
+        "{}",
+        api.name
+    );
     let meetings = api.crm.appointments();
     assert_eq!(meetings.len(), 1, "{}", api.name);
     assert_eq!(meetings[0].title, "Oil Change");
@@ -198,12 +207,18 @@ async fn a_phone_as_customer_id_must_name_exactly_one_contact(crm: Box<dyn Emula
     assert_eq!(nobody.body["success"], false);
     assert_eq!(nobody.body["error"]["code"], "not_found");
 
-    let first = api
-        .crm
-        .add_contact("John", "Doe", Some("john@example.com"), Some("+19163337305"));
-    let second = api
-        .crm
-        .add_contact("Joan", "Doe", Some("joan@example.com"), Some("(916) 333-7305"));
+    let first = api.crm.add_contact(
+        "John",
+        "Doe",
+        Some("john@example.com"),
+        Some("+19163337305"),
+    );
+    let second = api.crm.add_contact(
+        "Joan",
+        "Doe",
+        Some("joan@example.com"),
+        Some("(916) 333-7305"),
+    );
     let shared = api
         .post(Operation::SyncAppointment, &docs_appointment(api.name))
         .await;
