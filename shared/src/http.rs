@@ -171,8 +171,8 @@ fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Body> {
     response
 }
 
-/// `{"success": false, "error": {"code", "message", "field"}}`, plus what a caller can act on: the sync record
-/// that holds the failed work, the matching ids, the wait the CRM asked for.
+/// `{"success": false, "error": {"code", "message", "field"}}`, plus what a caller can act on:
+/// the sync record that holds the failed work, the matching ids, the wait the CRM asked for.
 pub fn error_response(failure: &Failure) -> Response<Body> {
     let error = &failure.error;
     let mut body = json!({

@@ -273,11 +273,14 @@ for_every_crm!(
 );
 
 #[tokio::test]
-async fn a_customer_id_of_digits_is_a_record_id_first_and_else_a_phone() {
+async fn a_customer_id_may_be_a_record_id_a_phone_of_digits_or_an_email() {
     let api = Legacy::start(crm_sync_tests::conformance::hubspot::start().await).await;
-    let john = api
-        .crm
-        .add_contact("John", "Doe", None, Some("+19163337305"));
+    let john = api.crm.add_contact(
+        "John",
+        "Doe",
+        Some("john@example.com"),
+        Some("+19163337305"),
+    );
     let mut body = docs_appointment(api.name);
     body["appointmentData"]["customerId"] = json!("9163337305");
     let by_phone = api.synced(Operation::SyncAppointment, &body).await;
@@ -289,6 +292,11 @@ async fn a_customer_id_of_digits_is_a_record_id_first_and_else_a_phone() {
     body["appointmentData"]["endTime"] = json!("2026-12-03T10:00:00Z");
     let by_id = api.synced(Operation::SyncAppointment, &body).await;
     assert_eq!(by_id["contact"]["crmId"], john);
+
+    body["appointmentData"]["customerId"] = json!("John@Example.com");
+    let by_email = api.synced(Operation::SyncAppointment, &body).await;
+    assert_eq!(by_email["contact"]["crmId"], john);
+    assert_eq!(api.crm.contacts().len(), 1, "a lookup creates no contact");
 }
 
 #[tokio::test]
