@@ -337,17 +337,24 @@ impl<'a> Fields<'a> {
             .find_map(|k| self.map.get(*k).filter(|v| !v.is_null()).map(|v| (*k, v)))
     }
 
-    /// A trimmed string; empty strings count as absent. Numbers are accepted as their text.
+    /// The first of `keys` holding text, trimmed. Empty strings count as absent, and so do the
+    /// texts `undefined` and `null`, which n8n's string interpolation (`"{{ $json.email }}"`)
+    /// makes of a missing value. Numbers are accepted as their text.
     pub fn text(&self, keys: &[&'static str]) -> Result<Option<(&'static str, String)>> {
-        match self.first_present(keys) {
-            None => Ok(None),
-            Some((key, Value::String(s))) => {
-                let s = s.trim();
-                Ok((!s.is_empty()).then(|| (key, s.to_string())))
+        for key in keys {
+            match self.map.get(*key) {
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) => {
+                    let s = s.trim();
+                    if !(s.is_empty() || s == "undefined" || s == "null") {
+                        return Ok(Some((key, s.to_string())));
+                    }
+                }
+                Some(Value::Number(n)) => return Ok(Some((key, n.to_string()))),
+                Some(_) => return Err(Error::validation(self.path(key), "must be a string")),
             }
-            Some((key, Value::Number(n))) => Ok(Some((key, n.to_string()))),
-            Some((key, _)) => Err(Error::validation(self.path(key), "must be a string")),
         }
+        Ok(None)
     }
 
     pub fn string(&self, keys: &[&'static str]) -> Result<Option<String>> {
@@ -362,24 +369,36 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// Reads a customer from `customer`/`customerData`-shaped JSON.
+/// Reads a customer from `customer`/`customerData`-shaped JSON. The earlier service's workflows
+/// also name the person `name`/`customerName` (split into first and last name) and send
+/// `customerEmail`/`customerPhone`.
 pub fn parse_customer(fields: &Fields<'_>, defaults: &ValidationDefaults) -> Result<Customer> {
-    let email = match fields.text(&["email"])? {
+    let email = match fields.text(&["email", "customerEmail"])? {
         Some((key, raw)) => {
             Some(Email::parse(&raw).map_err(|m| Error::validation(fields.path(key), m))?)
         }
         None => None,
     };
-    let phone = match fields.text(&["phone", "phoneNumber", "mobile"])? {
+    let phone = match fields.text(&["phone", "phoneNumber", "mobile", "customerPhone"])? {
         Some((key, raw)) => Some(
             E164Phone::parse(&raw, &defaults.country)
                 .map_err(|m| Error::validation(fields.path(key), m))?,
         ),
         None => None,
     };
+    let (mut first_name, mut last_name) = (
+        fields.string(&["firstName"])?,
+        fields.string(&["lastName"])?,
+    );
+    if first_name.is_none() && last_name.is_none() {
+        (first_name, last_name) = match fields.string(&["name", "fullName", "customerName"])? {
+            Some(full) => split_name(&full),
+            None => (None, None),
+        };
+    }
     let customer = Customer {
-        first_name: fields.string(&["firstName"])?,
-        last_name: fields.string(&["lastName"])?,
+        first_name,
+        last_name,
         email,
         phone,
         address: fields.string(&["address"])?,
@@ -389,17 +408,49 @@ pub fn parse_customer(fields: &Fields<'_>, defaults: &ValidationDefaults) -> Res
         country: fields.string(&["country"])?,
     };
     if customer.email.is_none() && customer.phone.is_none() {
+        // Name the field in the caller's own vocabulary.
+        let key = if fields.has("customerName") || fields.has("customerPhone") {
+            "customerPhone"
+        } else {
+            "email"
+        };
         return Err(Error::validation(
-            fields.path("email"),
+            fields.path(key),
             "an email or a phone is required to match the customer in the CRM",
         ));
     }
     Ok(customer)
 }
 
+/// The customer the earlier service's n8n workflow sends inside its appointment
+/// (`customerName`, `customerPhone`, `customerEmail`); `None` when the appointment names none.
+pub fn parse_appointment_customer(
+    fields: &Fields<'_>,
+    defaults: &ValidationDefaults,
+) -> Result<Option<Customer>> {
+    let named = fields
+        .text(&["customerName", "customerPhone", "customerEmail"])?
+        .is_some();
+    if named {
+        parse_customer(fields, defaults).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// "John Doe" is first name John, last name Doe; "Juan de la Cruz" is Juan and "de la Cruz"; a
+/// single word is a first name.
+fn split_name(full: &str) -> (Option<String>, Option<String>) {
+    let full = full.split_whitespace().collect::<Vec<_>>().join(" ");
+    match full.split_once(' ') {
+        Some((first, last)) => (Some(first.to_string()), Some(last.to_string())),
+        None => ((!full.is_empty()).then_some(full), None),
+    }
+}
+
 pub fn parse_lead(fields: &Fields<'_>, defaults: &ValidationDefaults) -> Result<Lead> {
     Ok(Lead {
-        external_id: fields.string(&["externalId"])?,
+        external_id: fields.string(&["externalId", "leadId"])?,
         person: parse_customer(fields, defaults)?,
         company: fields.string(&["company", "companyName"])?,
         notes: fields.string(&["notes"])?,
@@ -408,7 +459,9 @@ pub fn parse_lead(fields: &Fields<'_>, defaults: &ValidationDefaults) -> Result<
 }
 
 /// Reads an appointment. `start`/`startTime` is RFC 3339 with an offset (an instant), or a wall
-/// time without offset that is read in `timezone`; epoch milliseconds are accepted too.
+/// time without offset that is read in `timezone`; epoch milliseconds are accepted too. The
+/// earlier service's workflow names the start `appointmentDate`, the title `serviceType` and the
+/// booking id `id`.
 pub fn parse_appointment(
     fields: &Fields<'_>,
     defaults: &ValidationDefaults,
@@ -422,21 +475,26 @@ pub fn parse_appointment(
         })?,
         None => defaults.timezone,
     };
-    let (start_key, start_value) =
-        fields
-            .first_present(&["start", "startTime"])
-            .ok_or_else(|| {
-                Error::validation(
-                    fields.path("start"),
-                    "the appointment's start time is required",
-                )
-            })?;
+    let (start_key, start_value) = fields
+        .first_present(&["start", "startTime", "appointmentDate"])
+        .ok_or_else(|| {
+            Error::validation(
+                fields.path("start"),
+                "the appointment's start time is required",
+            )
+        })?;
     let start = parse_instant(start_value, timezone)
         .map_err(|m| Error::validation(fields.path(start_key), m))?;
-    let end = match fields.first_present(&["end", "endTime"]) {
-        Some((key, value)) => {
-            parse_instant(value, timezone).map_err(|m| Error::validation(fields.path(key), m))?
-        }
+    let given_end = match fields.first_present(&["end", "endTime"]) {
+        Some((key, value)) => Some((
+            key,
+            parse_instant(value, timezone).map_err(|m| Error::validation(fields.path(key), m))?,
+        )),
+        None => None,
+    };
+    // The earlier service's docs send the booking date as both start and end: no duration given.
+    let (end_field, end) = match given_end.filter(|(_, end)| *end != start) {
+        Some(given) => given,
         None => {
             let minutes = match fields.first_present(&["durationMinutes", "duration"]) {
                 None => defaults.appointment_minutes,
@@ -451,13 +509,12 @@ pub fn parse_appointment(
                         )
                     })?,
             };
-            start + chrono::Duration::minutes(minutes)
+            (
+                "durationMinutes",
+                start + chrono::Duration::minutes(minutes),
+            )
         }
     };
-    let end_field = fields
-        .first_present(&["end", "endTime"])
-        .map(|(k, _)| k)
-        .unwrap_or("durationMinutes");
     let window = AppointmentWindow::new(start, end)
         .map_err(|m| Error::validation(fields.path(end_field), m))?;
     let status = match fields.text(&["status"])? {
@@ -474,9 +531,9 @@ pub fn parse_appointment(
         },
     };
     Ok(Appointment {
-        external_id: fields.string(&["externalId", "bookingId", "appointmentId"])?,
+        external_id: fields.string(&["externalId", "bookingId", "appointmentId", "id"])?,
         title: fields
-            .string(&["title", "subject"])?
+            .string(&["title", "subject", "serviceType"])?
             .unwrap_or_else(|| "Appointment".into()),
         window,
         timezone,
@@ -656,5 +713,100 @@ mod tests {
         assert_eq!("HubSpot".parse::<CrmType>().unwrap(), CrmType::Hubspot);
         assert_eq!("zoho-crm".parse::<CrmType>().unwrap(), CrmType::Zoho);
         assert!("sugar".parse::<CrmType>().is_err());
+    }
+
+    #[test]
+    fn the_earlier_workflows_appointment_reads_as_a_booking_with_its_customer() {
+        let body = json!({"id": "apt_1764632000000", "customerName": "John Doe",
+            "customerPhone": "+19163337305", "customerEmail": "", "serviceType": "Oil Change",
+            "appointmentDate": "2026-12-02T10:00:00.000Z", "status": "confirmed"});
+        let fields = Fields::new("appointmentData", &body).unwrap();
+        let appt = parse_appointment(&fields, &defaults("UTC")).unwrap();
+        assert_eq!(appt.external_id.as_deref(), Some("apt_1764632000000"));
+        assert_eq!(appt.title, "Oil Change");
+        assert_eq!(
+            appt.window.start().to_rfc3339(),
+            "2026-12-02T10:00:00+00:00"
+        );
+        assert_eq!(appt.window.duration_minutes(), 30);
+        assert_eq!(appt.status, AppointmentStatus::Scheduled);
+        let customer = parse_appointment_customer(&fields, &defaults("UTC"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(customer.first_name.as_deref(), Some("John"));
+        assert_eq!(customer.last_name.as_deref(), Some("Doe"));
+        assert_eq!(customer.phone.unwrap().as_str(), "+19163337305");
+        assert_eq!(customer.email, None);
+    }
+
+    #[test]
+    fn an_appointment_without_customer_fields_names_no_customer() {
+        let body = json!({"startTime": "2025-07-01T10:00:00Z", "customerName": "undefined"});
+        let fields = Fields::new("appointmentData", &body).unwrap();
+        assert_eq!(
+            parse_appointment_customer(&fields, &defaults("UTC")).unwrap(),
+            None
+        );
+        let nameless = json!({"customerName": "John Doe", "customerEmail": "undefined"});
+        let err = parse_appointment_customer(
+            &Fields::new("appointmentData", &nameless).unwrap(),
+            &defaults("UTC"),
+        )
+        .unwrap_err();
+        assert_eq!(err.field(), Some("appointmentData.customerPhone"));
+    }
+
+    #[test]
+    fn full_names_split_at_the_first_space() {
+        assert_eq!(
+            split_name(" John  Doe "),
+            (Some("John".into()), Some("Doe".into()))
+        );
+        assert_eq!(
+            split_name("Juan de la Cruz"),
+            (Some("Juan".into()), Some("de la Cruz".into()))
+        );
+        assert_eq!(split_name("Cher"), (Some("Cher".into()), None));
+        let body = json!({"name": "Jane Smith", "firstName": "Janet", "phone": "+14155550100"});
+        let customer = parse_customer(&Fields::new("c", &body).unwrap(), &defaults("UTC")).unwrap();
+        assert_eq!(
+            customer.full_name(),
+            "Janet",
+            "firstName/lastName win over name"
+        );
+    }
+
+    #[test]
+    fn an_end_equal_to_the_start_means_no_duration_was_given() {
+        let body = json!({"startTime": "2025-10-31T10:00:00Z", "endTime": "2025-10-31T10:00:00Z"});
+        let defaults = ValidationDefaults {
+            appointment_minutes: 45,
+            ..defaults("UTC")
+        };
+        let appt =
+            parse_appointment(&Fields::new("appointmentData", &body).unwrap(), &defaults).unwrap();
+        assert_eq!(appt.window.duration_minutes(), 45);
+        let later = json!({"startTime": "2025-10-31T10:00:00Z", "endTime": "2025-10-31T11:00:00Z"});
+        let appt =
+            parse_appointment(&Fields::new("appointmentData", &later).unwrap(), &defaults).unwrap();
+        assert_eq!(appt.window.duration_minutes(), 60);
+    }
+
+    #[test]
+    fn the_texts_undefined_and_null_count_as_absent() {
+        let body = json!({"email": "undefined", "phone": "+14155550100", "city": "null",
+            "lastName": " undefined ", "firstName": "Nullah"});
+        let customer = parse_customer(&Fields::new("c", &body).unwrap(), &defaults("UTC")).unwrap();
+        assert_eq!(customer.email, None);
+        assert_eq!(customer.city, None);
+        assert_eq!(customer.last_name, None);
+        assert_eq!(customer.first_name.as_deref(), Some("Nullah"));
+        let only_undefined = json!({"email": "undefined", "phone": "null"});
+        let err = parse_customer(
+            &Fields::new("customerData", &only_undefined).unwrap(),
+            &defaults("UTC"),
+        )
+        .unwrap_err();
+        assert_eq!(err.field(), Some("customerData.email"));
     }
 }

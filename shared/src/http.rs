@@ -148,6 +148,12 @@ async fn dispatch(
     }
     check_api_key(app, request)?;
     let to_json = |v: &dyn erased::Json| v.to_value();
+    // Workflows written for the earlier Node.js service read `success`; errors say `false`.
+    let synced = |v: &dyn erased::Json| {
+        let mut body = v.to_value();
+        body["success"] = json!(true);
+        body
+    };
     match operation {
         Operation::Platforms => Ok((StatusCode::OK, crate::sync::platforms())),
         Operation::GetCustomer => {
@@ -160,15 +166,15 @@ async fn dispatch(
         )),
         Operation::SyncCustomer => Ok((
             StatusCode::OK,
-            to_json(&app.sync_customer(&body_json(request)?).await?),
+            synced(&app.sync_customer(&body_json(request)?).await?),
         )),
         Operation::SyncLead => Ok((
             StatusCode::OK,
-            to_json(&app.sync_lead(&body_json(request)?).await?),
+            synced(&app.sync_lead(&body_json(request)?).await?),
         )),
         Operation::SyncAppointment => Ok((
             StatusCode::OK,
-            to_json(&app.sync_appointment(&body_json(request)?).await?),
+            synced(&app.sync_appointment(&body_json(request)?).await?),
         )),
     }
 }
@@ -237,8 +243,8 @@ fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Body> {
     response
 }
 
-/// `{"error": {"code", "message", "field"}}`, plus what a caller can act on: the sync record
-/// that holds the failed work, the matching ids, the wait the CRM asked for.
+/// `{"success": false, "error": {"code", "message", "field"}}`, plus what a caller can act on:
+/// the sync record that holds the failed work, the matching ids, the wait the CRM asked for.
 pub fn error_response(failure: &Failure) -> Response<Body> {
     let error = &failure.error;
     let mut body = json!({
@@ -258,7 +264,7 @@ pub fn error_response(failure: &Failure) -> Response<Body> {
         body["retryAfterSeconds"] = json!(seconds);
     }
     let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = json_response(status, &json!({ "error": body }));
+    let mut response = json_response(status, &json!({ "success": false, "error": body }));
     if let Some(seconds) = retry_after {
         response
             .headers_mut()

@@ -277,7 +277,7 @@ impl App {
             Some(customer_fields) => {
                 Some(domain::parse_customer(&customer_fields, &target.defaults)?)
             }
-            None => None,
+            None => domain::parse_appointment_customer(&appointment_fields, &target.defaults)?,
         };
         if customer.is_none() && customer_id.is_none() {
             return Err(Error::validation(
@@ -371,10 +371,78 @@ impl App {
             (Some(customer), _) => self.sync_contact(target, customer).await,
             (None, Some(id)) => Ok(EntitySync {
                 sync_id: None,
-                crm_id: id.clone(),
+                crm_id: self.contact_named_by(target, id).await?,
                 status: Outcome::Unchanged,
             }),
             (None, None) => Err(Error::validation("customer", "is required").into()),
+        }
+    }
+
+    /// The CRM id of the contact `customerId` names. The earlier service's docs put the caller's
+    /// phone there; a value that is no record id of this CRM but reads as a phone or an email is
+    /// a lookup of the one contact with it.
+    async fn contact_named_by(&self, target: &Target, customer_id: &str) -> Result<String> {
+        let country = &target.defaults.country;
+        let as_phone = || E164Phone::parse(customer_id, country).ok();
+        let lookup = if customer_id.contains('@') {
+            match Email::parse(customer_id) {
+                Ok(email) => ContactLookup::Email(email),
+                Err(_) => return Ok(customer_id.to_string()),
+            }
+        } else if customer_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+            // Shaped like a record id. Digits that also make a phone number are asked for as
+            // an id first: HubSpot, Pipedrive and Freshsales ids are numbers too.
+            match as_phone().filter(|_| customer_id.chars().all(|c| c.is_ascii_digit())) {
+                None => return Ok(customer_id.to_string()),
+                Some(phone) => {
+                    let by_id = ContactLookup::Id(customer_id.to_string());
+                    if !target.adapter.find_contacts(&by_id).await?.is_empty() {
+                        return Ok(customer_id.to_string());
+                    }
+                    ContactLookup::Phone(phone)
+                }
+            }
+        } else {
+            match as_phone() {
+                Some(phone) => ContactLookup::Phone(phone),
+                None => return Ok(customer_id.to_string()),
+            }
+        };
+        Ok(self.single_contact(target, &lookup).await?.crm_id)
+    }
+
+    /// The one contact `lookup` finds (phones compared in E.164, emails exactly): `NotFound`
+    /// when none, `Ambiguous` when several.
+    async fn single_contact(&self, target: &Target, lookup: &ContactLookup) -> Result<CrmContact> {
+        let country = &target.defaults.country;
+        let found: Vec<CrmContact> = target
+            .adapter
+            .find_contacts(lookup)
+            .await?
+            .into_iter()
+            .filter(|c| match lookup {
+                ContactLookup::Phone(phone) => crm::has_phone(c, phone, country),
+                ContactLookup::Email(email) => crm::same_email(c.email.as_deref(), email.as_str()),
+                ContactLookup::Id(_) => true,
+            })
+            .collect();
+        match found.len() {
+            0 => Err(Error::NotFound(match lookup {
+                ContactLookup::Id(id) => format!("CRM contact {id}"),
+                ContactLookup::Email(email) => {
+                    format!("a CRM contact with email {}", email.as_str())
+                }
+                ContactLookup::Phone(phone) => {
+                    format!("a CRM contact with phone {}", phone.as_str())
+                }
+            })),
+            1 => Ok(found.into_iter().next().expect("one")),
+            n => Err(Error::Ambiguous {
+                message: format!(
+                    "{n} CRM contacts match this customerId; send the CRM id of the one meant"
+                ),
+                ids: found.into_iter().map(|c| c.crm_id).collect(),
+            }),
         }
     }
 
