@@ -909,10 +909,10 @@ pub fn platforms() -> Value {
         extra.iter().chain(common.iter()).copied().collect()
     };
     json!({ "platforms": [
-        entry(CrmType::Hubspot, "HubSpot", "private_app_token", &["accessToken"], &with(&["baseUrl"]), true),
-        entry(CrmType::Salesforce, "Salesforce", "oauth2", &["clientId", "clientSecret", "refreshToken"], &with(&["loginUrl", "instanceUrl", "contactExternalIdField", "defaultLeadCompany"]), true),
+        entry(CrmType::Hubspot, "HubSpot", "private_app_token", &["accessToken"], &with(&["baseUrl", "stampProperty"]), true),
+        entry(CrmType::Salesforce, "Salesforce", "oauth2", &["clientId", "clientSecret", "refreshToken"], &with(&["loginUrl", "instanceUrl", "contactExternalIdField", "defaultLeadCompany", "stampField"]), true),
         entry(CrmType::Pipedrive, "Pipedrive", "api_token", &["apiToken"], &with(&["companyDomain", "baseUrl"]), true),
-        entry(CrmType::Zoho, "Zoho CRM", "oauth2", &["clientId", "clientSecret", "refreshToken"], &with(&["dataCenter", "accountsUrl", "apiDomain", "baseUrl", "defaultLeadCompany", "sendInvitations"]), true),
-        entry(CrmType::Freshsales, "Freshsales", "api_key", &["apiKey"], &with(&["bundleAlias", "baseUrl", "leadLifecycleStage", "cancelledOutcomeId"]), true),
+        entry(CrmType::Zoho, "Zoho CRM", "oauth2", &["clientId", "clientSecret", "refreshToken"], &with(&["dataCenter", "accountsUrl", "apiDomain", "baseUrl", "defaultLeadCompany", "sendInvitations", "stampField"]), true),
+        entry(CrmType::Freshsales, "Freshsales", "api_key", &["apiKey"], &with(&["bundleAlias", "baseUrl", "leadLifecycleStage", "cancelledOutcomeId", "stampField"]), true),
     ]})
 }

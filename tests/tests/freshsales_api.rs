@@ -207,7 +207,11 @@ async fn an_appointment_keeps_its_wall_time_and_a_cancel_marks_it_without_deleti
         assert_eq!(visit.text("from_date"), Some("2025-11-02T09:00:00-08:00"));
         assert_eq!(visit.text("end_date"), Some("2025-11-02T10:00:00-08:00"));
         assert_eq!(visit.text("time_zone"), Some("America/Los_Angeles"));
-        assert_eq!(visit.text("description"), Some("First visit"));
+        // The notes, then the stamp a lost answer is reconciled by.
+        assert_eq!(
+            visit.text("description"),
+            Some("First visit\n\ncrm-sync ref: cal-881")
+        );
         assert_eq!(visit.text("targetable_type"), Some("Contact"));
         assert_eq!(
             visit.number("targetable_id").map(|id| id.to_string()),

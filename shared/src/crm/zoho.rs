@@ -867,6 +867,18 @@ fn zoho_error(response: &CrmResponse) -> Error {
     }
 }
 
+/// A value inside search `criteria`: Zoho wants `(`, `)`, `,` and `\` escaped with a backslash.
+fn criteria_value(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        if matches!(c, '(' | ')' | ',' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1000,16 +1012,4 @@ mod tests {
             assert!(record_id(bad).is_err(), "{bad}");
         }
     }
-}
-
-/// A value inside search `criteria`: Zoho wants `(`, `)`, `,` and `\` escaped with a backslash.
-fn criteria_value(value: &str) -> String {
-    let mut escaped = String::with_capacity(value.len());
-    for c in value.chars() {
-        if matches!(c, '(' | ')' | ',' | '\\') {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
 }

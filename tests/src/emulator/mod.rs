@@ -169,7 +169,7 @@ impl Control {
                 return Some(Fault::lose_answer());
             }
             if draw < chaos.lost_answer_percent + chaos.error_percent {
-                let status = if draw % 2 == 0 { 503 } else { 429 };
+                let status = if draw.is_multiple_of(2) { 503 } else { 429 };
                 return Some(Fault::status(status).retry_after(0));
             }
         }

@@ -1,5 +1,6 @@
-//! `Idempotency-Key` on the sync endpoints, and concurrent identical requests without one:
-//! however many arrive at once, the CRM sees one write.
+//! `Idempotency-Key` on the sync endpoints, concurrent identical requests without one (however
+//! many arrive at once, the CRM sees one write), and what `test-connection` says of the stamp
+//! field a lost answer is reconciled by.
 
 use std::sync::Arc;
 
@@ -190,4 +191,54 @@ async fn fifty_concurrent_identical_requests_without_a_key_make_one_crm_write() 
     let (status, answer, _) = call(&app, &body, None).await;
     assert_eq!(status, 200);
     assert_eq!(answer["status"], "unchanged");
+}
+
+#[tokio::test]
+async fn test_connection_warns_when_the_stamp_property_is_missing() {
+    let (app, hubspot, _dir) = app_with_hubspot().await;
+    let test = |app: Arc<App>| async move {
+        let body = json!({"connectionId": "demo"});
+        let response = handle(&app, Operation::TestConnection, request(&body, None))
+            .await
+            .unwrap();
+        read_response(response)
+    };
+    let (status, body) = test(app.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["ok"], true);
+    assert!(body.get("warnings").is_none(), "{body}");
+
+    hubspot
+        .state
+        .lock()
+        .unwrap()
+        .unique_properties
+        .retain(|(object_type, _)| object_type != "meetings");
+    let (status, body) = test(app.clone()).await;
+    assert_eq!((status, &body["ok"]), (200, &json!(true)));
+    let warnings = body["warnings"].as_array().expect("warnings");
+    assert_eq!(warnings.len(), 1, "{body}");
+    let warning = warnings[0].as_str().unwrap();
+    assert!(
+        warning.contains("meetings") && warning.contains("crm_sync_id"),
+        "{warning}"
+    );
+    assert!(!warning.contains(TOKEN));
+}
+
+#[tokio::test]
+async fn the_earlier_services_api_key_name_is_accepted_for_hubspot() {
+    let (app, hubspot, _dir) = app_with_hubspot().await;
+    store_connection(
+        &app,
+        "legacy",
+        &connection(CrmType::Hubspot, hubspot.base_url(), &[("apiKey", TOKEN)]),
+    )
+    .await;
+    let body = json!({"connectionId": "legacy"});
+    let response = handle(&app, Operation::TestConnection, request(&body, None))
+        .await
+        .unwrap();
+    let (status, body) = read_response(response);
+    assert_eq!((status, &body["ok"]), (200, &json!(true)), "{body}");
 }
