@@ -583,15 +583,26 @@ impl App {
         }
     }
 
+    /// How long a write that timed out may still land in the CRM: two CRM timeouts. Until then an
+    /// `unknown` record answers `sync_in_progress` and the replay leaves it alone.
+    pub fn settle_time(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.config.crm_timeout * 2).unwrap_or_default()
+    }
+
     /// Runs unknown, failed and abandoned pending records again, oldest first.
     pub async fn replay_failed(&self, limit: usize) -> Result<ReplaySummary> {
         let mut summary = ReplaySummary::default();
         let stale_before =
             Utc::now() - chrono::Duration::from_std(self.config.sync_lease).unwrap_or_default();
-        let mut due = self
+        // An unknown outcome that may still land is left for the next run.
+        let settled_before = Utc::now() - self.settle_time();
+        let mut due: Vec<SyncRecord> = self
             .records
             .list_by_status(SyncStatus::Unknown, limit)
-            .await?;
+            .await?
+            .into_iter()
+            .filter(|r| r.updated_at < settled_before)
+            .collect();
         due.extend(
             self.records
                 .list_by_status(SyncStatus::Failed, limit)
@@ -701,6 +712,15 @@ impl App {
                 });
             }
             if record.status == SyncStatus::Pending && now - record.updated_at < lease {
+                return Err(Failure {
+                    error: Error::SyncInProgress,
+                    sync_id: Some(record.sync_id.clone()),
+                });
+            }
+            // A request that timed out here may still be on its way to the CRM: looking for its
+            // stamp before it can have landed would miss it.
+            if record.status == SyncStatus::Unknown && now - record.updated_at < self.settle_time()
+            {
                 return Err(Failure {
                     error: Error::SyncInProgress,
                     sync_id: Some(record.sync_id.clone()),

@@ -164,9 +164,15 @@ impl ZohoAdapter {
             return Ok(None);
         };
         let criteria = format!("({field}:equals:{})", criteria_value(stamp));
-        self.search(module, "criteria", &criteria, "id")
-            .await
-            .map(Some)
+        // Zoho's `equals` matches text partially: only the exact stamp counts.
+        let fields = format!("id,{field}");
+        let found = self.search(module, "criteria", &criteria, &fields).await?;
+        Ok(Some(
+            found
+                .into_iter()
+                .filter(|r| r[field.as_str()].as_str() == Some(stamp))
+                .collect(),
+        ))
     }
 
     fn api_base<'a>(&'a self, grant: &'a AccessGrant) -> &'a str {
