@@ -19,15 +19,19 @@ pub enum CrmType {
     Pipedrive,
     Zoho,
     Freshsales,
+    Dynamics,
+    Sugarcrm,
 }
 
 impl CrmType {
-    pub const ALL: [CrmType; 5] = [
+    pub const ALL: [CrmType; 7] = [
         CrmType::Hubspot,
         CrmType::Salesforce,
         CrmType::Pipedrive,
         CrmType::Zoho,
         CrmType::Freshsales,
+        CrmType::Dynamics,
+        CrmType::Sugarcrm,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,6 +41,8 @@ impl CrmType {
             CrmType::Pipedrive => "pipedrive",
             CrmType::Zoho => "zoho",
             CrmType::Freshsales => "freshsales",
+            CrmType::Dynamics => "dynamics",
+            CrmType::Sugarcrm => "sugarcrm",
         }
     }
 }
@@ -54,6 +60,10 @@ impl FromStr for CrmType {
         let aliases = [
             ("zohocrm", CrmType::Zoho),
             ("freshworks", CrmType::Freshsales),
+            ("dynamics365", CrmType::Dynamics),
+            ("microsoftdynamics", CrmType::Dynamics),
+            ("dataverse", CrmType::Dynamics),
+            ("sugar", CrmType::Sugarcrm),
         ];
         CrmType::ALL
             .into_iter()
