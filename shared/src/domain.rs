@@ -722,7 +722,12 @@ mod tests {
         assert_eq!(err.field(), Some("appointment.timezone"));
         assert_eq!("HubSpot".parse::<CrmType>().unwrap(), CrmType::Hubspot);
         assert_eq!("zoho-crm".parse::<CrmType>().unwrap(), CrmType::Zoho);
-        assert!("sugar".parse::<CrmType>().is_err());
+        assert_eq!("Sugar".parse::<CrmType>().unwrap(), CrmType::Sugarcrm);
+        assert_eq!(
+            "Dynamics 365".parse::<CrmType>().unwrap(),
+            CrmType::Dynamics
+        );
+        assert!("insightly".parse::<CrmType>().is_err());
     }
 
     #[test]
