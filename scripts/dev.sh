@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the API locally: the CRM emulators (HubSpot 127.0.0.1:4010, Salesforce :4011, Pipedrive :4012,
-# Zoho CRM :4013, Freshsales :4014), the functions under `cargo lambda watch` on 127.0.0.1:9000,
+# Zoho CRM :4013, Freshsales :4014, Dynamics 365 :4015, SugarCRM :4016), the functions under `cargo lambda watch` on 127.0.0.1:9000,
 # connections and records under .local/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,14 +37,22 @@ demo_connection demo-zoho "{\"crmType\": \"zoho\", \"credentials\": {\"clientId\
   \"clientSecret\": \"demo-zoho-client-secret\", \"refreshToken\": \"1000.demo-zoho-refresh-token\"},
   \"settings\": {\"accountsUrl\": \"http://127.0.0.1:4013\", \"baseUrl\": \"http://127.0.0.1:4013\",
   \"defaultLeadCompany\": \"Walk-in\", $demo_settings}}"
+# Dynamics 365: the emulator is both Entra ID's token endpoint and the environment; the first call
+# asks for a token and writes it (with its expiry) back to the connection file.
+demo_connection demo-dynamics "{\"crmType\": \"dynamics\", \"credentials\": {\"clientId\": \"demo-dynamics-client\",
+  \"clientSecret\": \"demo-dynamics-secret\"}, \"settings\": {\"environmentUrl\": \"http://127.0.0.1:4015\",
+  \"tenantId\": \"demo-tenant.onmicrosoft.com\", \"authorityUrl\": \"http://127.0.0.1:4015\", $demo_settings}}"
+# SugarCRM: the first call logs in with the password grant and writes the tokens back.
+demo_connection demo-sugarcrm "{\"crmType\": \"sugarcrm\", \"credentials\": {\"username\": \"demo-sugar-user\",
+  \"password\": \"demo-sugar-password\"}, \"settings\": {\"instanceUrl\": \"http://127.0.0.1:4016\", $demo_settings}}"
 
 cargo build --quiet -p crm-sync-tests --bin crm-emulator
 ./target/debug/crm-emulator --hubspot 127.0.0.1:4010 --salesforce 127.0.0.1:4011 --pipedrive 127.0.0.1:4012 \
-  --zoho 127.0.0.1:4013 --freshsales 127.0.0.1:4014 \
+  --zoho 127.0.0.1:4013 --freshsales 127.0.0.1:4014 --dynamics 127.0.0.1:4015 --sugarcrm 127.0.0.1:4016 \
   --state "$data_dir/emulator" &
 emulator_pid=$!
 trap 'kill "$emulator_pid" 2>/dev/null || true' EXIT
-for port in 4010 4011 4012 4013 4014; do wait_for_port "$port" 30; done
+for port in 4010 4011 4012 4013 4014 4015 4016; do wait_for_port "$port" 30; done
 
 export CRM_SYNC_STORE=local
 export CRM_SYNC_DATA_DIR="$data_dir"

@@ -19,15 +19,19 @@ pub enum CrmType {
     Pipedrive,
     Zoho,
     Freshsales,
+    Dynamics,
+    Sugarcrm,
 }
 
 impl CrmType {
-    pub const ALL: [CrmType; 5] = [
+    pub const ALL: [CrmType; 7] = [
         CrmType::Hubspot,
         CrmType::Salesforce,
         CrmType::Pipedrive,
         CrmType::Zoho,
         CrmType::Freshsales,
+        CrmType::Dynamics,
+        CrmType::Sugarcrm,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,6 +41,8 @@ impl CrmType {
             CrmType::Pipedrive => "pipedrive",
             CrmType::Zoho => "zoho",
             CrmType::Freshsales => "freshsales",
+            CrmType::Dynamics => "dynamics",
+            CrmType::Sugarcrm => "sugarcrm",
         }
     }
 }
@@ -54,6 +60,10 @@ impl FromStr for CrmType {
         let aliases = [
             ("zohocrm", CrmType::Zoho),
             ("freshworks", CrmType::Freshsales),
+            ("dynamics365", CrmType::Dynamics),
+            ("microsoftdynamics", CrmType::Dynamics),
+            ("dataverse", CrmType::Dynamics),
+            ("sugar", CrmType::Sugarcrm),
         ];
         CrmType::ALL
             .into_iter()
@@ -712,7 +722,12 @@ mod tests {
         assert_eq!(err.field(), Some("appointment.timezone"));
         assert_eq!("HubSpot".parse::<CrmType>().unwrap(), CrmType::Hubspot);
         assert_eq!("zoho-crm".parse::<CrmType>().unwrap(), CrmType::Zoho);
-        assert!("sugar".parse::<CrmType>().is_err());
+        assert_eq!("Sugar".parse::<CrmType>().unwrap(), CrmType::Sugarcrm);
+        assert_eq!(
+            "Dynamics 365".parse::<CrmType>().unwrap(),
+            CrmType::Dynamics
+        );
+        assert!("insightly".parse::<CrmType>().is_err());
     }
 
     #[test]

@@ -934,5 +934,7 @@ pub fn platforms() -> Value {
         entry(CrmType::Pipedrive, "Pipedrive", "api_token", &["apiToken"], &with(&["companyDomain", "baseUrl"]), true),
         entry(CrmType::Zoho, "Zoho CRM", "oauth2", &["clientId", "clientSecret", "refreshToken"], &with(&["dataCenter", "accountsUrl", "apiDomain", "baseUrl", "defaultLeadCompany", "sendInvitations", "stampField"]), true),
         entry(CrmType::Freshsales, "Freshsales", "api_key", &["apiKey"], &with(&["bundleAlias", "baseUrl", "leadLifecycleStage", "cancelledOutcomeId", "stampField"]), true),
+        entry(CrmType::Dynamics, "Microsoft Dynamics 365", "oauth2", &["clientId", "clientSecret"], &with(&["environmentUrl", "tenantId", "authorityUrl", "stampField"]), true),
+        entry(CrmType::Sugarcrm, "SugarCRM", "oauth2", &["username", "password", "clientId", "clientSecret"], &with(&["instanceUrl", "platform", "stampField"]), true),
     ]})
 }

@@ -128,7 +128,7 @@ async fn platforms_says_what_each_crm_needs() {
         .unwrap();
     assert_eq!(hubspot["available"], true);
     assert_eq!(hubspot["credentialFields"], json!(["accessToken"]));
-    assert_eq!(answer.body["platforms"].as_array().unwrap().len(), 5);
+    assert_eq!(answer.body["platforms"].as_array().unwrap().len(), 7);
 }
 
 #[tokio::test]
@@ -281,7 +281,7 @@ async fn bad_input_names_the_field_and_writes_nothing() {
         ),
         (
             Operation::TestConnection,
-            json!({"crmType": "sugarcrm", "credentials": {}}),
+            json!({"crmType": "insightly", "credentials": {}}),
             400,
             "crmType",
         ),

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use crm_sync::connection::{Connection, ConnectionId, SecretString};
-use crm_sync::crm::oauth::{AccessGrant, OAuthProvider, OAuthSession};
+use crm_sync::crm::oauth::{AccessGrant, OAuthProvider, OAuthSession, TokenGrant};
 use crm_sync::crm::{AdapterContext, CrmHttp};
 use crm_sync::domain::CrmType;
 use crm_sync::error::Error;
@@ -63,7 +63,8 @@ async fn token_server(rotate: bool) -> (RunningEmulator, Tokens) {
 fn provider(server: &RunningEmulator) -> OAuthProvider {
     OAuthProvider {
         token_url: format!("{}/token", server.base_url),
-        api_base_field: "instance_url",
+        grant: TokenGrant::RefreshToken,
+        api_base_field: Some("instance_url"),
         api_base_setting: "instanceUrl",
         default_lifetime: None,
     }

@@ -1,11 +1,13 @@
 //! The `CrmAdapter` port, one module per CRM, and the upsert logic every adapter shares.
 
+pub mod dynamics;
 pub mod freshsales;
 pub mod http;
 pub mod hubspot;
 pub mod oauth;
 pub mod pipedrive;
 pub mod salesforce;
+pub mod sugarcrm;
 pub mod zoho;
 
 use async_trait::async_trait;
@@ -165,6 +167,8 @@ pub fn adapter_for(connection: &Connection, ctx: &AdapterContext) -> Result<Box<
             connection, ctx,
         )?)),
         CrmType::Zoho => Ok(Box::new(zoho::ZohoAdapter::new(connection, ctx)?)),
+        CrmType::Dynamics => Ok(Box::new(dynamics::DynamicsAdapter::new(connection, ctx)?)),
+        CrmType::Sugarcrm => Ok(Box::new(sugarcrm::SugarCrmAdapter::new(connection, ctx)?)),
     }
 }
 

@@ -1,7 +1,9 @@
-//! OAuth2 refresh-token sessions for CRMs whose access tokens expire (Salesforce, Zoho).
+//! OAuth2 sessions for CRMs whose access tokens expire: refresh-token grants (Salesforce, Zoho),
+//! client credentials (Dynamics 365 through Microsoft Entra ID) and the password grant with
+//! rotating refresh tokens (SugarCRM).
 //!
-//! The connection stores client id/secret, the refresh token, and the last access token with its
-//! expiry and API host. A refresh is single-flight across concurrent functions: a lease in the
+//! The connection stores the client's credentials (a refresh token, or a user's password), and
+//! the last access token with its expiry and API host. A refresh is single-flight across concurrent functions: a lease in the
 //! record store lets one invocation call the token endpoint and write the new token back to the
 //! connection store, while the others wait and re-read the connection. Two refreshes racing would
 //! waste the CRM's refresh budget (Zoho locks out over-refreshers) and, where refresh tokens
@@ -18,12 +20,37 @@ use super::http::{CrmResponse, Idempotency, status_error};
 use crate::connection::{Connection, ConnectionId, SecretString};
 use crate::error::{Error, Result};
 
+/// How an access token is asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenGrant {
+    /// `grant_type=refresh_token` with the stored refresh token, as a form (RFC 6749 section 6).
+    RefreshToken,
+    /// `grant_type=client_credentials` with `scope`, as a form (RFC 6749 section 4.4): no refresh
+    /// token, a new access token each time.
+    ClientCredentials { scope: String },
+    /// SugarCRM's token endpoint, a JSON body naming the API `platform`: the refresh grant while a
+    /// refresh token is stored and accepted (each grant rotates it), else the password grant.
+    SugarPassword { platform: String },
+}
+
+impl TokenGrant {
+    fn required_credentials(&self) -> &'static [&'static str] {
+        match self {
+            TokenGrant::RefreshToken => &["clientId", "clientSecret", "refreshToken"],
+            TokenGrant::ClientCredentials { .. } => &["clientId", "clientSecret"],
+            TokenGrant::SugarPassword { .. } => &["username", "password"],
+        }
+    }
+}
+
 /// Where a CRM's token endpoint is and how its answer names things.
 #[derive(Debug, Clone)]
 pub struct OAuthProvider {
     pub token_url: String,
-    /// The response field that names the API host to use (`instance_url`, `api_domain`).
-    pub api_base_field: &'static str,
+    pub grant: TokenGrant,
+    /// The response field that names the API host to use (`instance_url`, `api_domain`); `None`
+    /// where the host is a setting the token answer does not repeat.
+    pub api_base_field: Option<&'static str>,
     /// The connection setting the API host is kept under (`instanceUrl`, `apiDomain`).
     pub api_base_setting: &'static str,
     /// Used when the CRM's answer says nothing about the token's lifetime.
@@ -56,7 +83,7 @@ impl OAuthSession {
         ctx: &AdapterContext,
         provider: OAuthProvider,
     ) -> Result<Self> {
-        for required in ["clientId", "clientSecret", "refreshToken"] {
+        for required in provider.grant.required_credentials() {
             connection.credential(required)?;
         }
         Ok(OAuthSession {
@@ -145,31 +172,29 @@ impl OAuthSession {
     }
 
     async fn call_token_endpoint(&self, mut connection: Connection) -> Result<AccessGrant> {
-        let form = [
-            ("grant_type", "refresh_token".to_string()),
-            (
-                "client_id",
-                connection.credential("clientId")?.expose().to_string(),
-            ),
-            (
-                "client_secret",
-                connection.credential("clientSecret")?.expose().to_string(),
-            ),
-            (
-                "refresh_token",
-                connection.credential("refreshToken")?.expose().to_string(),
-            ),
-        ];
-        let url = self.provider.token_url.clone();
-        // A refresh is not idempotent where refresh tokens rotate, so it is never retried blindly.
-        let response = self
-            .ctx
-            .http
-            .send(Idempotency::NotIdempotent, |client| {
-                client.post(&url).form(&form)
-            })
-            .await?;
-        let token = parse_token_response(&response, self.provider.api_base_field)?;
+        let token = match &self.provider.grant {
+            TokenGrant::RefreshToken => {
+                let form = [
+                    ("grant_type", "refresh_token".to_string()),
+                    ("client_id", secret(&connection, "clientId")?),
+                    ("client_secret", secret(&connection, "clientSecret")?),
+                    ("refresh_token", secret(&connection, "refreshToken")?),
+                ];
+                self.post_form(&form).await?
+            }
+            TokenGrant::ClientCredentials { scope } => {
+                let form = [
+                    ("grant_type", "client_credentials".to_string()),
+                    ("client_id", secret(&connection, "clientId")?),
+                    ("client_secret", secret(&connection, "clientSecret")?),
+                    ("scope", scope.clone()),
+                ];
+                self.post_form(&form).await?
+            }
+            TokenGrant::SugarPassword { platform } => {
+                self.sugar_grant(&connection, platform).await?
+            }
+        };
         connection
             .credentials
             .insert("accessToken".into(), token.access_token.clone());
@@ -215,6 +240,75 @@ impl OAuthSession {
     }
 }
 
+impl OAuthSession {
+    /// A token request as an `application/x-www-form-urlencoded` body. Never retried blindly: a
+    /// refresh is not idempotent where refresh tokens rotate.
+    async fn post_form(&self, form: &[(&str, String)]) -> Result<TokenResponse> {
+        let url = self.provider.token_url.clone();
+        let response = self
+            .ctx
+            .http
+            .send(Idempotency::NotIdempotent, |client| {
+                client.post(&url).form(form)
+            })
+            .await?;
+        parse_token_response(&response, self.provider.api_base_field)
+    }
+
+    /// Sugar's JSON token request: the stored refresh token first (one use each; the answer
+    /// carries its successor), the user's password when there is none or Sugar refuses it (it
+    /// expired, or another login on this platform ended the session).
+    async fn sugar_grant(&self, connection: &Connection, platform: &str) -> Result<TokenResponse> {
+        let client_id = connection
+            .credentials
+            .get("clientId")
+            .map_or("sugar", |c| c.expose())
+            .to_string();
+        let client_secret = connection
+            .credentials
+            .get("clientSecret")
+            .map_or("", |c| c.expose())
+            .to_string();
+        let url = self.provider.token_url.clone();
+        if let Some(refresh_token) = connection.credentials.get("refreshToken") {
+            let body = serde_json::json!({
+                "grant_type": "refresh_token", "refresh_token": refresh_token.expose(),
+                "client_id": client_id, "client_secret": client_secret, "platform": platform,
+            });
+            let response = self
+                .ctx
+                .http
+                .send(Idempotency::NotIdempotent, |client| {
+                    client.post(&url).json(&body)
+                })
+                .await?;
+            match parse_token_response(&response, self.provider.api_base_field) {
+                Err(Error::CrmAuth(reason)) => {
+                    tracing::info!(%reason, "the stored refresh token was refused; logging in again");
+                }
+                other => return other,
+            }
+        }
+        let body = serde_json::json!({
+            "grant_type": "password", "username": secret(connection, "username")?,
+            "password": secret(connection, "password")?, "client_id": client_id,
+            "client_secret": client_secret, "platform": platform,
+        });
+        let response = self
+            .ctx
+            .http
+            .send(Idempotency::NotIdempotent, |client| {
+                client.post(&url).json(&body)
+            })
+            .await?;
+        parse_token_response(&response, self.provider.api_base_field)
+    }
+}
+
+fn secret(connection: &Connection, name: &str) -> Result<String> {
+    Ok(connection.credential(name)?.expose().to_string())
+}
+
 fn usable_grant(connection: &Connection, provider: &OAuthProvider) -> Option<AccessGrant> {
     let access_token = connection.credentials.get("accessToken")?.clone();
     let api_base = connection
@@ -243,12 +337,17 @@ struct TokenResponse {
     lifetime: Option<Duration>,
 }
 
-fn parse_token_response(response: &CrmResponse, api_base_field: &str) -> Result<TokenResponse> {
+fn parse_token_response(
+    response: &CrmResponse,
+    api_base_field: Option<&str>,
+) -> Result<TokenResponse> {
     let body = &response.body;
-    // OAuth errors are `{"error", "error_description"}`; Zoho answers some of them with 200.
+    // OAuth errors are `{"error", "error_description"}` (Sugar: `error_message`); Zoho answers
+    // some of them with 200.
     if let Some(error) = body.get("error").and_then(Value::as_str) {
         let description = body
             .get("error_description")
+            .or_else(|| body.get("error_message"))
             .and_then(Value::as_str)
             .unwrap_or("");
         return Err(match response.status {
@@ -257,7 +356,7 @@ fn parse_token_response(response: &CrmResponse, api_base_field: &str) -> Result<
             },
             500..=599 => Error::CrmUnavailable(format!("token endpoint: {error}")),
             _ => Error::CrmAuth(format!(
-                "the refresh token was refused ({error}{}{description})",
+                "the token request was refused ({error}{}{description})",
                 if description.is_empty() { "" } else { ": " }
             )),
         });
@@ -284,8 +383,8 @@ fn parse_token_response(response: &CrmResponse, api_base_field: &str) -> Result<
             .get("refresh_token")
             .and_then(Value::as_str)
             .map(SecretString::new),
-        api_base: body
-            .get(api_base_field)
+        api_base: api_base_field
+            .and_then(|field| body.get(field))
             .and_then(Value::as_str)
             .map(|b| b.trim_end_matches('/').to_string()),
         lifetime: lifetime.map(Duration::from_secs),

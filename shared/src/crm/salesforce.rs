@@ -13,7 +13,7 @@ use reqwest::Method;
 use serde_json::{Map, Value};
 
 use super::http::{CrmHttp, CrmResponse, Idempotency, status_error};
-use super::oauth::{AccessGrant, OAuthProvider, OAuthSession};
+use super::oauth::{AccessGrant, OAuthProvider, OAuthSession, TokenGrant};
 use super::{
     AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, StampedRecord,
     customer_fields, map_properties, property_name, stamp_field,
@@ -114,7 +114,8 @@ impl SalesforceAdapter {
             ctx,
             OAuthProvider {
                 token_url: format!("{login_url}/services/oauth2/token"),
-                api_base_field: "instance_url",
+                grant: TokenGrant::RefreshToken,
+                api_base_field: Some("instance_url"),
                 api_base_setting: "instanceUrl",
                 // The answer carries no lifetime (it is the org's session timeout), so the token
                 // is used until Salesforce answers INVALID_SESSION_ID.

@@ -17,7 +17,7 @@ use reqwest::header::AUTHORIZATION;
 use serde_json::{Map, Value, json};
 
 use super::http::{CrmHttp, CrmResponse, Idempotency, status_error};
-use super::oauth::{AccessGrant, OAuthProvider, OAuthSession};
+use super::oauth::{AccessGrant, OAuthProvider, OAuthSession, TokenGrant};
 use super::{
     AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, StampedRecord,
     customer_fields, has_phone, map_properties, property_name, same_email, stamp_field,
@@ -134,7 +134,8 @@ impl ZohoAdapter {
             .trim_end_matches('/');
         let provider = OAuthProvider {
             token_url: format!("{accounts}/oauth/v2/token"),
-            api_base_field: "api_domain",
+            grant: TokenGrant::RefreshToken,
+            api_base_field: Some("api_domain"),
             api_base_setting: "apiDomain",
             default_lifetime: Some(ACCESS_TOKEN_LIFETIME),
         };

@@ -1,17 +1,20 @@
 //! Runs the CRM emulators as a local server for `make dev`:
 //! `crm-emulator [--hubspot ADDR] [--token TOKEN] [--salesforce ADDR] [--pipedrive ADDR]
-//! [--zoho ADDR] [--freshsales ADDR] [--freshsales-key KEY] [--state DIR]`.
+//! [--zoho ADDR] [--freshsales ADDR] [--freshsales-key KEY] [--dynamics ADDR] [--sugarcrm ADDR]
+//! [--state DIR]`.
 //! With `--state`, what the emulated CRMs hold is loaded at start and saved at shutdown, so the
 //! local run's records and the emulated CRMs stay in step across restarts.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crm_sync_tests::emulator::dynamics::DynamicsEmulator;
 use crm_sync_tests::emulator::freshsales::FreshsalesEmulator;
 use crm_sync_tests::emulator::hubspot::HubSpotEmulator;
 use crm_sync_tests::emulator::oauth::OAuthTokens;
 use crm_sync_tests::emulator::pipedrive::PipedriveEmulator;
 use crm_sync_tests::emulator::salesforce::{SalesforceEmulator, client};
+use crm_sync_tests::emulator::sugarcrm::{SugarEmulator, SugarState};
 use crm_sync_tests::emulator::zoho::ZohoEmulator;
 use serde_json::Value;
 
@@ -26,6 +29,12 @@ pub const DEMO_SALESFORCE_REFRESH_TOKEN: &str = "demo-salesforce-refresh-token";
 pub const DEMO_ZOHO_CLIENT_ID: &str = "1000.DEMOZOHOCLIENT";
 pub const DEMO_ZOHO_CLIENT_SECRET: &str = "demo-zoho-client-secret";
 pub const DEMO_ZOHO_REFRESH_TOKEN: &str = "1000.demo-zoho-refresh-token";
+/// The app registration `make dev` stores in `demo-dynamics`.
+pub const DEMO_DYNAMICS_CLIENT_ID: &str = "demo-dynamics-client";
+pub const DEMO_DYNAMICS_CLIENT_SECRET: &str = "demo-dynamics-secret";
+/// The API user `make dev` stores in `demo-sugarcrm`, on Sugar's built-in client.
+pub const DEMO_SUGAR_USERNAME: &str = "demo-sugar-user";
+pub const DEMO_SUGAR_PASSWORD: &str = "demo-sugar-password";
 
 type Failure = Box<dyn std::error::Error>;
 
@@ -80,6 +89,7 @@ async fn main() -> Result<(), Failure> {
         state_file("salesforce"),
         state_file("zoho"),
     );
+    let (dynamics_file, sugarcrm_file) = (state_file("dynamics"), state_file("sugarcrm"));
 
     let hubspot =
         HubSpotEmulator::start_on(&[&token], address("--hubspot", "127.0.0.1:4010")?).await?;
@@ -142,6 +152,39 @@ async fn main() -> Result<(), Failure> {
         zoho.base_url()
     );
 
+    // Tokens live in memory only, as for Zoho: after a restart the stored one is refused and
+    // the adapter asks again.
+    let dynamics_tokens = OAuthTokens::new(
+        DEMO_DYNAMICS_CLIENT_ID,
+        DEMO_DYNAMICS_CLIENT_SECRET,
+        "",
+        chrono::Duration::hours(1),
+    );
+    let dynamics =
+        DynamicsEmulator::start_on(dynamics_tokens, address("--dynamics", "127.0.0.1:4015")?)
+            .await?;
+    load(dynamics_file.as_deref(), "Dynamics 365", |s| {
+        dynamics.state.lock().unwrap().restore(s)
+    })?;
+    println!(
+        "Dynamics 365 emulator (token endpoint and environment) listening on {}",
+        dynamics.base_url()
+    );
+
+    let sugar_tokens = OAuthTokens::new("sugar", "", "", chrono::Duration::hours(1));
+    let sugar_state = SugarState::new(
+        sugar_tokens,
+        DEMO_SUGAR_USERNAME,
+        DEMO_SUGAR_PASSWORD,
+        crm_sync::crm::sugarcrm::DEFAULT_PLATFORM,
+    );
+    let sugarcrm =
+        SugarEmulator::start_on(sugar_state, address("--sugarcrm", "127.0.0.1:4016")?).await?;
+    load(sugarcrm_file.as_deref(), "SugarCRM", |s| {
+        sugarcrm.state.lock().unwrap().restore(s)
+    })?;
+    println!("SugarCRM emulator listening on {}", sugarcrm.base_url());
+
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -157,5 +200,9 @@ async fn main() -> Result<(), Failure> {
     save(salesforce_file.as_deref(), "Salesforce", snapshot)?;
     let snapshot = zoho.state.lock().unwrap().snapshot();
     save(zoho_file.as_deref(), "Zoho CRM", snapshot)?;
+    let snapshot = dynamics.state.lock().unwrap().snapshot();
+    save(dynamics_file.as_deref(), "Dynamics 365", snapshot)?;
+    let snapshot = sugarcrm.state.lock().unwrap().snapshot();
+    save(sugarcrm_file.as_deref(), "SugarCRM", snapshot)?;
     Ok(())
 }

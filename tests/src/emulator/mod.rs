@@ -2,11 +2,13 @@
 //! fault injector (status, `Retry-After`, delay) applied before the CRM's own routes, or after
 //! them to lose an answer the CRM has already acted on.
 
+pub mod dynamics;
 pub mod freshsales;
 pub mod hubspot;
 pub mod oauth;
 pub mod pipedrive;
 pub mod salesforce;
+pub mod sugarcrm;
 pub mod zoho;
 
 use std::collections::VecDeque;
@@ -156,7 +158,7 @@ impl Control {
         let is_write = ["POST ", "PUT ", "PATCH "]
             .iter()
             .any(|m| route.starts_with(m))
-            && !["search", "token", "query", "lookup"]
+            && !["search", "token", "query", "lookup", "filter"]
                 .iter()
                 .any(|read| route.contains(read));
         if let Some(chaos) = state.chaos.as_mut().filter(|_| is_write) {
@@ -220,9 +222,10 @@ async fn fault_layer(State(layer): State<Layer>, request: Request, next: Next) -
             method: parts.method.to_string(),
             path: parts.uri.path().to_string(),
             query: parts.uri.query().map(str::to_string),
-            authorization: parts
-                .headers
-                .get("authorization")
+            // SugarCRM sends its token as `OAuth-Token`.
+            authorization: ["authorization", "oauth-token"]
+                .iter()
+                .find_map(|h| parts.headers.get(*h))
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
             body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),

@@ -1,5 +1,5 @@
-//! The OAuth2 side of an emulated CRM (Salesforce, Zoho): a client, its refresh tokens, and
-//! access tokens that expire. Each CRM emulator wraps it in its own token endpoint and answer
+//! The OAuth2 side of an emulated CRM (Salesforce, Zoho, Dynamics 365, SugarCRM): a client, its
+//! refresh tokens, and access tokens that expire. Each CRM emulator wraps it in its own token endpoint and answer
 //! shape (RFC 6749 section 5: `access_token`, `expires_in`; errors `invalid_grant` and
 //! `invalid_client`).
 
@@ -82,6 +82,62 @@ impl OAuthTokens {
         self.access_tokens
             .values_mut()
             .for_each(|expires| *expires = now);
+    }
+
+    /// `grant_type=client_credentials` (RFC 6749 section 4.4): the client's id and secret and a
+    /// scope; no refresh token is handed out.
+    pub fn client_credentials(
+        &mut self,
+        form: &HashMap<String, String>,
+        scope_ok: impl Fn(&str) -> bool,
+    ) -> Result<Issued, OAuthError> {
+        let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
+        if field("grant_type") != "client_credentials" {
+            return Err(OAuthError {
+                status: 400,
+                error: "unsupported_grant_type",
+                description: "grant type not supported",
+            });
+        }
+        if field("client_id") != self.client_id || field("client_secret") != self.client_secret {
+            return Err(OAuthError {
+                status: 401,
+                error: "invalid_client",
+                description: "invalid client credentials",
+            });
+        }
+        if !scope_ok(field("scope")) {
+            return Err(OAuthError {
+                status: 400,
+                error: "invalid_scope",
+                description: "the provided value for the input parameter 'scope' is not valid",
+            });
+        }
+        self.refreshes += 1;
+        Ok(Issued {
+            access_token: self.issue(),
+            refresh_token: None,
+            expires_in: self.lifetime.num_seconds(),
+        })
+    }
+
+    /// A new session for a user who logged in (password grant): an access token and a refresh
+    /// token of its own.
+    pub fn open_session(&mut self) -> Issued {
+        self.refreshes += 1;
+        let refresh_token = format!("refresh-{}", uuid::Uuid::new_v4().simple());
+        self.refresh_tokens.insert(refresh_token.clone());
+        Issued {
+            access_token: self.issue(),
+            refresh_token: Some(refresh_token),
+            expires_in: self.lifetime.num_seconds(),
+        }
+    }
+
+    /// Ends every session: refresh tokens and access tokens are forgotten.
+    pub fn revoke_all(&mut self) {
+        self.refresh_tokens.clear();
+        self.access_tokens.clear();
     }
 
     /// `grant_type=refresh_token` with client credentials in the form.

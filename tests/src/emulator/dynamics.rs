@@ -1,0 +1,1054 @@
+//! Microsoft Dynamics 365 (Dataverse Web API v9.2) emulator: Entra ID's client-credentials token
+//! endpoint and the Web API tables contacts, leads and appointments (create, retrieve, update,
+//! query with `$filter`/`$select`/`$top`, `WhoAmI`), with Dataverse's answers, error bodies and
+//! service protection limits.
+//!
+//! Behaviour follows learn.microsoft.com: the token request and its errors
+//! (entra/identity-platform/v2-oauth2-client-creds-grant-flow); create answering 204 with
+//! `OData-EntityId` (power-apps/developer/data-platform/webapi/create-entity-web-api); PATCH an
+//! upsert unless `If-Match: *` (404 "... With Id = ... Does Not Exist") or `If-None-Match: *`
+//! (412) (webapi/update-delete-entities-using-web-api, webapi/perform-conditional-operations-using-web-api);
+//! `$filter` with `eq`, `ne`, `and`, `or`, `not`, `contains`, `startswith`, `endswith`,
+//! case-insensitive, quotes doubled, `$skip` unsupported (webapi/query/filter-rows,
+//! webapi/query/page-results); the `{"error":{"code","message"}}` body
+//! (webapi/compose-http-requests-handle-errors); appointments keyed by `activityid`,
+//! `statecode` not valid for create and its state/status pairs, completed and canceled ones
+//! read-only, `regardingobjectid_contact_appointment` and `appointment_activity_parties` with
+//! `participationtypemask` 5/6/7 (reference/entities/appointment, reference/entities/activityparty);
+//! 429 with `Retry-After` and `0x80072322` past 6000 requests in 300 seconds
+//! (data-platform/api-limits). Two details are this emulator's reading, not quoted text: the
+//! refusal of an unknown column (`0x80060888`, the code Dataverse gives for a query it cannot
+//! parse) and the wording of the refusal to change a closed appointment.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+
+use super::oauth::{OAuthTokens, TokenCheck};
+use super::{RequestBudget, RunningEmulator, serve};
+
+pub const TABLES: [&str; 3] = ["contacts", "leads", "appointments"];
+pub const ORGANIZATION_ID: &str = "7b3b1f0e-4c1a-4d3e-9a77-1c2d3e4f5a60";
+const USER_ID: &str = "2f9d8c7b-6a5e-4d3c-8b2a-1f0e9d8c7b6a";
+const BUSINESS_UNIT_ID: &str = "a1b2c3d4-e5f6-4a5b-8c7d-9e0f1a2b3c4d";
+/// The custom text column the admin added for crm-sync's stamp, and one more contact column
+/// for field-mapping tests.
+pub const STAMP_COLUMN: &str = "new_crmsyncid";
+pub const CUSTOM_CONTACT_COLUMN: &str = "new_bookingcity";
+/// Service protection: requests per user in a five-minute window.
+pub const REQUEST_LIMIT: u32 = 6000;
+
+const PERSON_COLUMNS: &[&str] = &[
+    "firstname",
+    "lastname",
+    "fullname",
+    "emailaddress1",
+    "emailaddress2",
+    "telephone1",
+    "telephone2",
+    "mobilephone",
+    "address1_line1",
+    "address1_city",
+    "address1_stateorprovince",
+    "address1_postalcode",
+    "address1_country",
+    "description",
+    "statecode",
+    "statuscode",
+    "createdon",
+    "modifiedon",
+    STAMP_COLUMN,
+];
+
+/// Columns of each table (besides its key) this emulator knows.
+fn columns(table: &str) -> Vec<&'static str> {
+    match table {
+        "contacts" => {
+            let mut c = PERSON_COLUMNS.to_vec();
+            c.extend(["contactid", "jobtitle", CUSTOM_CONTACT_COLUMN]);
+            c
+        }
+        "leads" => {
+            let mut c = PERSON_COLUMNS.to_vec();
+            c.extend(["leadid", "subject", "companyname", "leadsourcecode"]);
+            c
+        }
+        _ => vec![
+            "activityid",
+            "subject",
+            "description",
+            "location",
+            "scheduledstart",
+            "scheduledend",
+            "scheduleddurationminutes",
+            "isalldayevent",
+            "statecode",
+            "statuscode",
+            "_regardingobjectid_value",
+            "createdon",
+            "modifiedon",
+            STAMP_COLUMN,
+        ],
+    }
+}
+
+pub fn key_column(table: &str) -> &'static str {
+    match table {
+        "contacts" => "contactid",
+        "leads" => "leadid",
+        _ => "activityid",
+    }
+}
+
+fn logical_name(table: &str) -> &'static str {
+    match table {
+        "contacts" => "contact",
+        "leads" => "lead",
+        _ => "appointment",
+    }
+}
+
+pub type Row = Map<String, Value>;
+
+pub struct DynamicsState {
+    pub tokens: OAuthTokens,
+    /// The environment URL the emulator answers as (its own base URL).
+    pub environment: String,
+    /// table -> id -> row
+    pub tables: BTreeMap<String, BTreeMap<String, Row>>,
+    /// The activity parties of each appointment: (contact id, participation type).
+    pub parties: BTreeMap<String, Vec<(String, u64)>>,
+    version: u64,
+    pub budget: RequestBudget,
+}
+
+impl DynamicsState {
+    pub fn new(tokens: OAuthTokens) -> Self {
+        DynamicsState {
+            tokens,
+            environment: String::new(),
+            tables: TABLES
+                .iter()
+                .map(|t| (t.to_string(), BTreeMap::new()))
+                .collect(),
+            parties: BTreeMap::new(),
+            version: 1_000_000,
+            budget: RequestBudget::new(REQUEST_LIMIT, chrono::Duration::minutes(5)),
+        }
+    }
+
+    pub fn snapshot(&self) -> Value {
+        json!({"tables": self.tables, "parties": self.parties, "version": self.version})
+    }
+
+    pub fn restore(&mut self, snapshot: &Value) -> Result<(), serde_json::Error> {
+        self.tables = serde_json::from_value(snapshot["tables"].clone())?;
+        for table in TABLES {
+            self.tables.entry(table.into()).or_default();
+        }
+        self.parties = serde_json::from_value(snapshot["parties"].clone()).unwrap_or_default();
+        self.version = snapshot["version"].as_u64().unwrap_or(self.version);
+        Ok(())
+    }
+
+    pub fn all(&self, table: &str) -> Vec<Row> {
+        self.tables
+            .get(table)
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Adds a row as a person using Dynamics would (no validation), returning its id.
+    pub fn insert(&mut self, table: &str, values: &[(&str, &str)]) -> String {
+        let row: Row = values
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+            .collect();
+        self.store(table, None, row)
+    }
+
+    fn store(&mut self, table: &str, id: Option<String>, mut row: Row) -> String {
+        let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let now = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        row.insert(key_column(table).into(), id.clone().into());
+        row.insert("createdon".into(), now.clone().into());
+        row.entry("statecode").or_insert(json!(0));
+        let status = if table == "appointments" { 5 } else { 1 };
+        if table == "appointments" {
+            // A booked appointment: Scheduled/Busy.
+            row.insert("statecode".into(), json!(3));
+        }
+        row.entry("statuscode").or_insert(json!(status));
+        self.touch(table, &mut row, now);
+        self.tables
+            .entry(table.into())
+            .or_default()
+            .insert(id.clone(), row);
+        id
+    }
+
+    fn touch(&mut self, table: &str, row: &mut Row, now: String) {
+        self.version += 1;
+        row.insert("modifiedon".into(), now.into());
+        row.insert(
+            "@odata.etag".into(),
+            format!("W/\"{}\"", self.version).into(),
+        );
+        if table != "appointments" {
+            let name = ["firstname", "lastname"]
+                .iter()
+                .filter_map(|c| row.get(*c).and_then(Value::as_str))
+                .filter(|v| !v.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            row.insert("fullname".into(), name.into());
+        }
+    }
+}
+
+pub type SharedState = Arc<Mutex<DynamicsState>>;
+
+pub struct DynamicsEmulator {
+    pub state: SharedState,
+    pub server: RunningEmulator,
+}
+
+impl DynamicsEmulator {
+    pub async fn start(tokens: OAuthTokens) -> std::io::Result<Self> {
+        Self::start_on(tokens, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    pub async fn start_on(tokens: OAuthTokens, addr: SocketAddr) -> std::io::Result<Self> {
+        let state: SharedState = Arc::new(Mutex::new(DynamicsState::new(tokens)));
+        let server = serve(routes(state.clone()), error_body, addr).await?;
+        state.lock().unwrap().environment = server.base_url.clone();
+        Ok(DynamicsEmulator { state, server })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.server.base_url
+    }
+}
+
+/// Dataverse's error body for a status (used by fault injection too).
+pub fn error_body(status: StatusCode) -> Value {
+    let (code, message) = match status.as_u16() {
+        429 => (
+            "0x80072322",
+            "Number of requests exceeded the limit of 6000 over time window of 300 seconds.",
+        ),
+        401 => ("0x8004a101", "The user authentication failed!"),
+        404 => ("0x80060888", "Resource not found for the segment."),
+        400 => ("0x80040203", "Invalid argument."),
+        503 => ("", "Service Unavailable"),
+        _ => ("0x80040216", "An unexpected error occurred."),
+    };
+    json!({"error": {"code": code, "message": message}})
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message.into()}})),
+    )
+        .into_response()
+}
+
+fn unknown_column(table: &str, column: &str) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "0x80060888",
+        format!(
+            "Could not find a property named '{column}' on type 'Microsoft.Dynamics.CRM.{}'.",
+            logical_name(table)
+        ),
+    )
+}
+
+fn does_not_exist(table: &str, id: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "0x80040217",
+        format!("{} With Id = {id} Does Not Exist", logical_name(table)),
+    )
+}
+
+/// Checks the bearer token and the service protection limit before `f` answers.
+fn authorised(
+    state: &SharedState,
+    headers: &HeaderMap,
+    f: impl FnOnce(&mut DynamicsState) -> Response,
+) -> Response {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let mut state = state.lock().unwrap();
+    if token.map(|t| state.tokens.check(t.trim())) != Some(TokenCheck::Valid) {
+        let mut response = StatusCode::UNAUTHORIZED.into_response();
+        response.headers_mut().insert(
+            "www-authenticate",
+            HeaderValue::from_static(
+                "Bearer authorization_uri=https://login.microsoftonline.com/common/oauth2/authorize",
+            ),
+        );
+        return response;
+    }
+    if let Err(retry_after) = state.budget.take() {
+        let mut response = (
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(error_body(StatusCode::TOO_MANY_REQUESTS)),
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert("retry-after", HeaderValue::from(retry_after));
+        return response;
+    }
+    let mut response = f(&mut state);
+    response
+        .headers_mut()
+        .insert("odata-version", HeaderValue::from_static("4.0"));
+    response
+}
+
+pub fn routes(state: SharedState) -> Router {
+    Router::new()
+        .route("/{tenant}/oauth2/v2.0/token", post(token))
+        .route("/api/data/v9.2/WhoAmI", get(who_am_i))
+        .route(
+            "/api/data/v9.2/{resource}",
+            get(retrieve).post(create).patch(update),
+        )
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "0x80060888",
+                "Resource not found for the segment.",
+            )
+        })
+        .with_state(state)
+}
+
+/// `POST login.microsoftonline.com/{tenant}/oauth2/v2.0/token`, client credentials in the form;
+/// the scope must be this environment's `/.default`.
+async fn token(
+    State(state): State<SharedState>,
+    Path(_tenant): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let mut state = state.lock().unwrap();
+    let expected_scope = format!("{}/.default", state.environment);
+    match state
+        .tokens
+        .client_credentials(&form, |scope| scope == expected_scope)
+    {
+        Ok(issued) => Json(json!({
+            "token_type": "Bearer",
+            "expires_in": issued.expires_in,
+            "access_token": issued.access_token,
+        }))
+        .into_response(),
+        Err(e) => {
+            let code = match e.error {
+                "invalid_client" => "AADSTS7000215: Invalid client secret provided.",
+                "invalid_scope" => {
+                    "AADSTS70011: The provided value for the input parameter 'scope' is not valid."
+                }
+                _ => "AADSTS70003: The app requested an unsupported grant type.",
+            };
+            (
+                StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+                Json(json!({"error": e.error, "error_description": code, "error_codes": [7000215],
+                    "timestamp": Utc::now().to_rfc3339(), "trace_id": uuid::Uuid::new_v4().to_string(),
+                    "correlation_id": uuid::Uuid::new_v4().to_string()})),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn who_am_i(State(state): State<SharedState>, headers: HeaderMap) -> Response {
+    authorised(&state, &headers, |s| {
+        Json(json!({
+            "@odata.context": format!("{}/api/data/v9.2/$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse", s.environment),
+            "BusinessUnitId": BUSINESS_UNIT_ID, "UserId": USER_ID, "OrganizationId": ORGANIZATION_ID,
+        }))
+        .into_response()
+    })
+}
+
+/// `contacts` or `contacts(<guid>)`.
+fn parse_resource(resource: &str) -> Result<(String, Option<String>), Response> {
+    let (table, id) = match resource.split_once('(') {
+        Some((table, rest)) => {
+            let id = rest.strip_suffix(')').unwrap_or(rest).trim_matches('\'');
+            (table, Some(id.to_string()))
+        }
+        None => (resource, None),
+    };
+    if !TABLES.contains(&table) {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "0x80060888",
+            format!("Resource not found for the segment '{table}'."),
+        ));
+    }
+    if let Some(id) = &id
+        && uuid::Uuid::parse_str(id).is_err()
+    {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "0x80060888",
+            format!(
+                "The key in the request URI is not valid for resource 'Microsoft.Dynamics.CRM.{}'.",
+                logical_name(table)
+            ),
+        ));
+    }
+    Ok((table.to_string(), id))
+}
+
+fn row_json(table: &str, row: &Row, select: Option<&[String]>) -> Value {
+    let mut out = Map::new();
+    out.insert(
+        "@odata.etag".into(),
+        row.get("@odata.etag").cloned().unwrap_or(Value::Null),
+    );
+    let key = key_column(table);
+    for column in columns(table) {
+        let wanted = select.is_none_or(|s| s.iter().any(|c| c == column)) || column == key;
+        if wanted {
+            out.insert(
+                column.into(),
+                row.get(column).cloned().unwrap_or(Value::Null),
+            );
+        }
+    }
+    Value::Object(out)
+}
+
+fn parse_select(
+    table: &str,
+    query: &HashMap<String, String>,
+) -> Result<Option<Vec<String>>, Response> {
+    let Some(select) = query.get("$select") else {
+        return Ok(None);
+    };
+    let known = columns(table);
+    let names: Vec<String> = select.split(',').map(|c| c.trim().to_string()).collect();
+    if let Some(bad) = names.iter().find(|c| !known.contains(&c.as_str())) {
+        return Err(unknown_column(table, bad));
+    }
+    Ok(Some(names))
+}
+
+async fn retrieve(
+    State(state): State<SharedState>,
+    Path(resource): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    authorised(&state, &headers, |s| {
+        let (table, id) = match parse_resource(&resource) {
+            Ok(parsed) => parsed,
+            Err(r) => return r,
+        };
+        let select = match parse_select(&table, &query) {
+            Ok(select) => select,
+            Err(r) => return r,
+        };
+        if let Some(id) = id {
+            return match s.tables[&table].get(&id) {
+                Some(row) => {
+                    let mut body = row_json(&table, row, select.as_deref());
+                    body["@odata.context"] = json!(format!(
+                        "{}/api/data/v9.2/$metadata#{table}/$entity",
+                        s.environment
+                    ));
+                    Json(body).into_response()
+                }
+                None => does_not_exist(&table, &id),
+            };
+        }
+        if query.contains_key("$skip") {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "0x80060888",
+                "The query parameter $skip is not supported",
+            );
+        }
+        let filter = match query.get("$filter").map(|f| parse_filter(f)) {
+            Some(Ok(filter)) => Some(filter),
+            Some(Err(message)) => {
+                return error(StatusCode::BAD_REQUEST, "0x80060888", message);
+            }
+            None => None,
+        };
+        if let Some(filter) = &filter
+            && let Some(bad) = filter
+                .columns()
+                .into_iter()
+                .find(|c| !columns(&table).contains(&c.as_str()))
+        {
+            return unknown_column(&table, &bad);
+        }
+        let top = query
+            .get("$top")
+            .and_then(|t| t.parse::<usize>().ok())
+            .unwrap_or(5000)
+            .min(5000);
+        let rows: Vec<Value> = s.tables[&table]
+            .values()
+            .filter(|row| filter.as_ref().is_none_or(|f| f.matches(row)))
+            .take(top)
+            .map(|row| row_json(&table, row, select.as_deref()))
+            .collect();
+        Json(json!({
+            "@odata.context": format!("{}/api/data/v9.2/$metadata#{table}", s.environment),
+            "value": rows,
+        }))
+        .into_response()
+    })
+}
+
+/// The row a body describes: its columns, and its navigation bindings resolved.
+struct Written {
+    row: Row,
+    parties: Option<Vec<(String, u64)>>,
+}
+
+fn bound_contact(s: &DynamicsState, value: &Value) -> Result<String, Response> {
+    let target = value.as_str().unwrap_or("");
+    let id = target
+        .trim_start_matches('/')
+        .strip_prefix("contacts(")
+        .and_then(|rest| rest.strip_suffix(')'))
+        .ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "0x80060888",
+                format!("The binding '{target}' does not name a contact."),
+            )
+        })?;
+    if !s.tables["contacts"].contains_key(id) {
+        return Err(does_not_exist("contacts", id));
+    }
+    Ok(id.to_string())
+}
+
+fn written(
+    s: &DynamicsState,
+    table: &str,
+    body: &Bytes,
+    creating: bool,
+) -> Result<Written, Response> {
+    let body: Value = serde_json::from_slice(body).map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "0x80040203",
+            "The request body is not valid JSON.",
+        )
+    })?;
+    let Some(object) = body.as_object() else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "0x80040203",
+            "The request body must be a JSON object.",
+        ));
+    };
+    let known = columns(table);
+    let mut row = Row::new();
+    let mut parties = None;
+    for (name, value) in object {
+        match name.as_str() {
+            "regardingobjectid_contact_appointment@odata.bind" if table == "appointments" => {
+                row.insert(
+                    "_regardingobjectid_value".into(),
+                    bound_contact(s, value)?.into(),
+                );
+            }
+            "appointment_activity_parties" if table == "appointments" => {
+                let mut list = Vec::new();
+                for party in value.as_array().into_iter().flatten() {
+                    let mask = party["participationtypemask"].as_u64().unwrap_or(0);
+                    if ![5, 6, 7].contains(&mask) {
+                        return Err(error(
+                            StatusCode::BAD_REQUEST,
+                            "0x80040203",
+                            format!(
+                                "participationtypemask {mask} is not valid for an appointment."
+                            ),
+                        ));
+                    }
+                    let contact = bound_contact(s, &party["partyid_contact@odata.bind"])?;
+                    list.push((contact, mask));
+                }
+                parties = Some(list);
+            }
+            "statecode" | "statuscode" if creating && table == "appointments" => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "0x80040203",
+                    format!("{name} is not valid for create on appointment."),
+                ));
+            }
+            "scheduledstart" | "scheduledend" => {
+                let parsed = value
+                    .as_str()
+                    .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
+                    .ok_or_else(|| {
+                        error(
+                            StatusCode::BAD_REQUEST,
+                            "0x80040203",
+                            format!("Cannot convert the literal '{value}' to the expected type 'Edm.DateTimeOffset'."),
+                        )
+                    })?;
+                // UserLocal columns are stored in UTC.
+                let utc = parsed.with_timezone(&Utc).format("%Y-%m-%dT%H:%M:%SZ");
+                row.insert(name.clone(), utc.to_string().into());
+            }
+            column if known.contains(&column) && column != key_column(table) => {
+                row.insert(name.clone(), value.clone());
+            }
+            other => return Err(unknown_column(table, other)),
+        }
+    }
+    Ok(Written { row, parties })
+}
+
+/// Valid appointment `statecode` -> `statuscode` values.
+fn valid_appointment_state(state: u64, status: u64) -> bool {
+    matches!((state, status), (0, 1 | 2) | (1, 3) | (2, 4) | (3, 5 | 6))
+}
+
+async fn create(
+    State(state): State<SharedState>,
+    Path(resource): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    authorised(&state, &headers, |s| {
+        let (table, id) = match parse_resource(&resource) {
+            Ok(parsed) => parsed,
+            Err(r) => return r,
+        };
+        if id.is_some() {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "0x80060888",
+                "POST is not supported on a single row.",
+            );
+        }
+        let Written { row, parties } = match written(s, &table, &body, true) {
+            Ok(w) => w,
+            Err(r) => return r,
+        };
+        let id = s.store(&table, None, row);
+        if let Some(parties) = parties {
+            s.parties.insert(id.clone(), parties);
+        }
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        let url = format!("{}/api/data/v9.2/{table}({id})", s.environment);
+        response.headers_mut().insert(
+            "odata-entityid",
+            HeaderValue::from_str(&url).expect("a URL"),
+        );
+        response
+    })
+}
+
+async fn update(
+    State(state): State<SharedState>,
+    Path(resource): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    authorised(&state, &headers, |s| {
+        let (table, Some(id)) = (match parse_resource(&resource) {
+            Ok(parsed) => parsed,
+            Err(r) => return r,
+        }) else {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "0x80060888",
+                "PATCH needs a row's key.",
+            );
+        };
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let exists = s.tables[&table].contains_key(&id);
+        match (header("if-match"), header("if-none-match"), exists) {
+            (Some("*"), _, false) => return does_not_exist(&table, &id),
+            (_, Some("*"), true) => {
+                return error(
+                    StatusCode::PRECONDITION_FAILED,
+                    "",
+                    "A record with matching key values already exists.",
+                );
+            }
+            (Some(etag), _, true) if etag != "*" => {
+                let current = s.tables[&table][&id]
+                    .get("@odata.etag")
+                    .and_then(Value::as_str);
+                if current != Some(etag) {
+                    return error(
+                        StatusCode::PRECONDITION_FAILED,
+                        "0x80060882",
+                        "The version of the existing record doesn't match the RowVersion property provided.",
+                    );
+                }
+            }
+            _ => {}
+        }
+        let Written { row, parties } = match written(s, &table, &body, !exists) {
+            Ok(w) => w,
+            Err(r) => return r,
+        };
+        if !exists {
+            // A PATCH without conditions is an upsert: the row is created under the given key.
+            let id = s.store(&table, Some(id), row);
+            if let Some(parties) = parties {
+                s.parties.insert(id, parties);
+            }
+            return StatusCode::NO_CONTENT.into_response();
+        }
+        let current = s.tables[&table][&id].clone();
+        if table == "appointments" {
+            let state_now = current["statecode"].as_u64().unwrap_or(0);
+            let changes_state = row.contains_key("statecode");
+            let other_changes =
+                row.keys().any(|k| k != "statecode" && k != "statuscode") || parties.is_some();
+            if matches!(state_now, 1 | 2) && other_changes {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "0x80040203",
+                    "This appointment is closed or canceled and cannot be modified; set its state to open or scheduled first.",
+                );
+            }
+            if changes_state {
+                let state_code = row["statecode"].as_u64().unwrap_or(u64::MAX);
+                let status =
+                    row.get("statuscode")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(match state_code {
+                            0 => 1,
+                            1 => 3,
+                            2 => 4,
+                            _ => 5,
+                        });
+                if !valid_appointment_state(state_code, status) {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "0x80040203",
+                        format!(
+                            "{status} is not a valid status code for state code {state_code} on appointment."
+                        ),
+                    );
+                }
+            }
+        }
+        let mut merged = current;
+        merged.extend(row);
+        s.touch(
+            &table,
+            &mut merged,
+            Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        );
+        if let Some(parties) = parties {
+            s.parties.insert(id.clone(), parties);
+        }
+        s.tables.get_mut(&table).expect("known").insert(id, merged);
+        StatusCode::NO_CONTENT.into_response()
+    })
+}
+
+/// A parsed `$filter`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Filter {
+    And(Box<Filter>, Box<Filter>),
+    Or(Box<Filter>, Box<Filter>),
+    Not(Box<Filter>),
+    Compare {
+        column: String,
+        negated: bool,
+        value: Value,
+    },
+    Function {
+        name: String,
+        column: String,
+        value: String,
+    },
+}
+
+impl Filter {
+    fn columns(&self) -> Vec<String> {
+        match self {
+            Filter::And(a, b) | Filter::Or(a, b) => {
+                let mut c = a.columns();
+                c.extend(b.columns());
+                c
+            }
+            Filter::Not(f) => f.columns(),
+            Filter::Compare { column, .. } | Filter::Function { column, .. } => {
+                vec![column.clone()]
+            }
+        }
+    }
+
+    /// String comparisons are case-insensitive, as Dataverse's are.
+    fn matches(&self, row: &Row) -> bool {
+        let text = |column: &str| match row.get(column) {
+            Some(Value::String(s)) => Some(s.to_lowercase()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(Value::Bool(b)) => Some(b.to_string()),
+            _ => None,
+        };
+        match self {
+            Filter::And(a, b) => a.matches(row) && b.matches(row),
+            Filter::Or(a, b) => a.matches(row) || b.matches(row),
+            Filter::Not(f) => !f.matches(row),
+            Filter::Compare {
+                column,
+                negated,
+                value,
+            } => {
+                let actual = text(column);
+                let wanted = match value {
+                    Value::String(s) => Some(s.to_lowercase()),
+                    Value::Null => None,
+                    other => Some(other.to_string()),
+                };
+                (actual == wanted) != *negated
+            }
+            Filter::Function {
+                name,
+                column,
+                value,
+            } => {
+                let Some(actual) = text(column) else {
+                    return false;
+                };
+                let value = value.to_lowercase();
+                match name.as_str() {
+                    "contains" => actual.contains(&value),
+                    "startswith" => actual.starts_with(&value),
+                    _ => actual.ends_with(&value),
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    Word(String),
+    Text(String),
+    Open,
+    Close,
+    Comma,
+}
+
+fn tokens(input: &str) -> Result<Vec<Token>, String> {
+    let mut out = Vec::new();
+    let chars: Vec<char> = input.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        match chars[i] {
+            c if c.is_whitespace() => i += 1,
+            '(' => {
+                out.push(Token::Open);
+                i += 1;
+            }
+            ')' => {
+                out.push(Token::Close);
+                i += 1;
+            }
+            ',' => {
+                out.push(Token::Comma);
+                i += 1;
+            }
+            '\'' => {
+                let mut text = String::new();
+                i += 1;
+                loop {
+                    match chars.get(i) {
+                        None => return Err("Unterminated string literal in $filter".into()),
+                        Some('\'') if chars.get(i + 1) == Some(&'\'') => {
+                            text.push('\'');
+                            i += 2;
+                        }
+                        Some('\'') => {
+                            i += 1;
+                            break;
+                        }
+                        Some(c) => {
+                            text.push(*c);
+                            i += 1;
+                        }
+                    }
+                }
+                out.push(Token::Text(text));
+            }
+            _ => {
+                let start = i;
+                while i < chars.len()
+                    && !chars[i].is_whitespace()
+                    && !matches!(chars[i], '(' | ')' | ',' | '\'')
+                {
+                    i += 1;
+                }
+                out.push(Token::Word(chars[start..i].iter().collect()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Parses the `$filter` subset: comparisons with `eq`/`ne`, the string functions, `not`,
+/// `and` binding tighter than `or`, and parentheses.
+pub fn parse_filter(input: &str) -> Result<Filter, String> {
+    let tokens = tokens(input)?;
+    let mut parser = FilterParser { tokens, at: 0 };
+    let filter = parser.or()?;
+    if parser.at != parser.tokens.len() {
+        return Err(format!(
+            "Syntax error at position {} in '{input}'.",
+            parser.at
+        ));
+    }
+    Ok(filter)
+}
+
+struct FilterParser {
+    tokens: Vec<Token>,
+    at: usize,
+}
+
+impl FilterParser {
+    fn peek_word(&self, word: &str) -> bool {
+        matches!(self.tokens.get(self.at), Some(Token::Word(w)) if w.eq_ignore_ascii_case(word))
+    }
+
+    fn next(&mut self) -> Option<Token> {
+        let token = self.tokens.get(self.at).cloned();
+        self.at += 1;
+        token
+    }
+
+    fn expect(&mut self, wanted: Token) -> Result<(), String> {
+        match self.next() {
+            Some(t) if t == wanted => Ok(()),
+            other => Err(format!("Expected {wanted:?} in $filter, found {other:?}.")),
+        }
+    }
+
+    fn or(&mut self) -> Result<Filter, String> {
+        let mut left = self.and()?;
+        while self.peek_word("or") {
+            self.at += 1;
+            left = Filter::Or(Box::new(left), Box::new(self.and()?));
+        }
+        Ok(left)
+    }
+
+    fn and(&mut self) -> Result<Filter, String> {
+        let mut left = self.unary()?;
+        while self.peek_word("and") {
+            self.at += 1;
+            left = Filter::And(Box::new(left), Box::new(self.unary()?));
+        }
+        Ok(left)
+    }
+
+    fn unary(&mut self) -> Result<Filter, String> {
+        if self.peek_word("not") {
+            self.at += 1;
+            return Ok(Filter::Not(Box::new(self.unary()?)));
+        }
+        match self.next() {
+            Some(Token::Open) => {
+                let inner = self.or()?;
+                self.expect(Token::Close)?;
+                Ok(inner)
+            }
+            Some(Token::Word(word)) if self.tokens.get(self.at) == Some(&Token::Open) => {
+                let name = word.to_ascii_lowercase();
+                if !["contains", "startswith", "endswith"].contains(&name.as_str()) {
+                    return Err(format!("An unknown function with name '{word}' was found."));
+                }
+                self.at += 1;
+                let Some(Token::Word(column)) = self.next() else {
+                    return Err(format!("{word} needs a column."));
+                };
+                self.expect(Token::Comma)?;
+                let Some(Token::Text(value)) = self.next() else {
+                    return Err(format!("{word} needs a string literal."));
+                };
+                self.expect(Token::Close)?;
+                Ok(Filter::Function {
+                    name,
+                    column,
+                    value,
+                })
+            }
+            Some(Token::Word(column)) => {
+                let negated = match self.next() {
+                    Some(Token::Word(op)) if op.eq_ignore_ascii_case("eq") => false,
+                    Some(Token::Word(op)) if op.eq_ignore_ascii_case("ne") => true,
+                    other => return Err(format!("Unsupported operator {other:?} in $filter.")),
+                };
+                let value = match self.next() {
+                    Some(Token::Text(text)) => Value::String(text),
+                    Some(Token::Word(w)) if w == "null" => Value::Null,
+                    Some(Token::Word(w)) => w
+                        .parse::<i64>()
+                        .map(Value::from)
+                        .map_err(|_| format!("Cannot read the literal '{w}' in $filter."))?,
+                    other => {
+                        return Err(format!("Expected a literal in $filter, found {other:?}."));
+                    }
+                };
+                Ok(Filter::Compare {
+                    column,
+                    negated,
+                    value,
+                })
+            }
+            other => Err(format!("Syntax error in $filter at {other:?}.")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse_and_match_as_dataverse_reads_them() {
+        let row: Row = json!({"statecode": 0, "emailaddress1": "O'Brien@Example.com", "telephone1": "(415) 555-0199"})
+            .as_object()
+            .cloned()
+            .unwrap();
+        let yes = [
+            "statecode eq 0 and emailaddress1 eq 'o''brien@example.com'",
+            "statecode eq 0 and (endswith(telephone1,'0199') or endswith(mobilephone,'0199'))",
+            "not contains(emailaddress1,'nobody')",
+            "mobilephone eq null",
+        ];
+        for filter in yes {
+            assert!(parse_filter(filter).unwrap().matches(&row), "{filter}");
+        }
+        assert!(!parse_filter("statecode ne 0").unwrap().matches(&row));
+        assert!(parse_filter("emailaddress1 gt 'a'").is_err());
+        assert!(parse_filter("emailaddress1 eq 'open").is_err());
+    }
+}

@@ -1,0 +1,241 @@
+//! End to end through the Lambda handlers with the Dynamics 365 emulator behind: a sync on one
+//! client-credentials token, a token Dataverse refuses early fetched again once and stored, the
+//! service protection limit's 429 and `Retry-After`, and refused credentials without the secret
+//! in the answer. Every response is checked against openapi.yaml.
+
+use crm_sync::App;
+use crm_sync::connection::ConnectionId;
+use crm_sync::http::Operation;
+use crm_sync_tests::conformance::dynamics::{CLIENT_SECRET, TENANT_ID, connection, tokens};
+use crm_sync_tests::contract::OpenApi;
+use crm_sync_tests::emulator::Fault;
+use crm_sync_tests::emulator::dynamics::DynamicsEmulator;
+use crm_sync_tests::harness::*;
+use lambda_http::Request;
+use lambda_http::http::Method;
+use serde_json::{Value, json};
+
+struct Api {
+    app: App,
+    dynamics: DynamicsEmulator,
+    spec: OpenApi,
+    _dir: TempDir,
+}
+
+impl Api {
+    /// The `demo` connection holds only the app's client id and secret, as it is first stored.
+    async fn start() -> Self {
+        let dir = TempDir::new("dynamics-api");
+        let app = local_app(&dir);
+        let dynamics = DynamicsEmulator::start(tokens()).await.unwrap();
+        let mut demo = connection(dynamics.base_url(), CLIENT_SECRET);
+        demo.settings.default_timezone = Some("America/New_York".into());
+        store_connection(&app, "demo", &demo).await;
+        Api {
+            app,
+            dynamics,
+            spec: OpenApi::crm_sync(),
+            _dir: dir,
+        }
+    }
+
+    async fn post(&self, operation: Operation, body: Value) -> (u16, Value) {
+        let request: Request = api_request(Method::POST, Some(TEST_API_KEY), Some(&body));
+        let answer = call_checked(&self.app, &self.spec, operation, request).await;
+        (answer.status, answer.body)
+    }
+
+    fn token_requests(&self) -> u32 {
+        self.dynamics.state.lock().unwrap().tokens.refreshes
+    }
+}
+
+#[tokio::test]
+async fn a_booking_syncs_on_one_token_with_the_contact_as_regarding_and_required_attendee() {
+    let api = Api::start().await;
+    let booking = json!({"connectionId": "demo",
+        "customer": {"firstName": "Jane", "lastName": "Doe", "email": "jane@example.com", "phone": "(415) 555-0100"},
+        "appointment": {"externalId": "cal-881", "title": "Dental cleaning", "start": "2025-11-02T09:00:00",
+                        "timezone": "America/Los_Angeles", "durationMinutes": 60, "location": "Room 2"}});
+    let (status, booked) = api.post(Operation::SyncAppointment, booking.clone()).await;
+    assert_eq!(status, 200, "{booked}");
+    assert_eq!(booked["crmType"], "dynamics");
+    let contact_id = booked["contact"]["crmId"].as_str().unwrap().to_string();
+    let appointment_id = booked["appointment"]["crmId"].as_str().unwrap().to_string();
+    {
+        let state = api.dynamics.state.lock().unwrap();
+        let row = &state.tables["appointments"][&appointment_id];
+        // 09:00 in Los Angeles on the day DST ends is PST, UTC-8.
+        assert_eq!(row["scheduledstart"], "2025-11-02T17:00:00Z");
+        assert_eq!(row["scheduledend"], "2025-11-02T18:00:00Z");
+        assert_eq!(row["_regardingobjectid_value"], json!(contact_id));
+        assert_eq!(row["location"], "Room 2");
+        assert_eq!(row["new_crmsyncid"], "cal-881");
+        assert_eq!(
+            state.parties[&appointment_id],
+            vec![(contact_id.clone(), 5)]
+        );
+        let contact = &state.tables["contacts"][&contact_id];
+        assert_eq!(contact["telephone1"], "+14155550100");
+    }
+
+    let mut cancel = booking;
+    cancel["appointment"]["status"] = json!("cancelled");
+    let (status, cancelled) = api.post(Operation::SyncAppointment, cancel).await;
+    assert_eq!(status, 200, "{cancelled}");
+    let row = api.dynamics.state.lock().unwrap().tables["appointments"][&appointment_id].clone();
+    assert_eq!(
+        (row["statecode"].clone(), row["statuscode"].clone()),
+        (json!(2), json!(4))
+    );
+
+    assert_eq!(
+        api.token_requests(),
+        1,
+        "one token serves every call within its hour"
+    );
+    let requests = api.dynamics.server.control.requests();
+    let token_request = requests
+        .iter()
+        .find(|r| r.path.ends_with("/oauth2/v2.0/token"))
+        .unwrap();
+    assert_eq!(
+        token_request.path,
+        format!("/{TENANT_ID}/oauth2/v2.0/token")
+    );
+    for request in requests.iter().filter(|r| r.path.starts_with("/api/")) {
+        assert!(
+            request.path.starts_with("/api/data/v9.2/"),
+            "{}",
+            request.path
+        );
+        assert!(
+            request
+                .authorization
+                .as_deref()
+                .is_some_and(|a| a.starts_with("Bearer "))
+        );
+    }
+    let stored = api
+        .app
+        .connections
+        .get(&ConnectionId::parse("demo").unwrap())
+        .await
+        .unwrap();
+    assert!(stored.credential("accessToken").is_ok());
+    assert!(stored.settings.extra_str("accessTokenExpiresAt").is_some());
+}
+
+#[tokio::test]
+async fn a_token_refused_early_is_fetched_again_once_and_stored() {
+    let api = Api::start().await;
+    let id = ConnectionId::parse("demo").unwrap();
+    let body = |email: &str| json!({"connectionId": "demo", "customer": {"email": email}});
+    let (status, _) = api
+        .post(Operation::SyncCustomer, body("ada@example.com"))
+        .await;
+    assert_eq!(status, 200);
+    let old_token = api
+        .app
+        .connections
+        .get(&id)
+        .await
+        .unwrap()
+        .credential("accessToken")
+        .unwrap()
+        .clone();
+
+    api.dynamics.state.lock().unwrap().tokens.expire_all();
+    let calls_before = api.dynamics.server.control.request_count();
+    let (status, answer) = api
+        .post(Operation::SyncCustomer, body("grace@example.com"))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "created");
+    assert_eq!(api.token_requests(), 2, "one token request after the 401");
+    let new_token = api
+        .app
+        .connections
+        .get(&id)
+        .await
+        .unwrap()
+        .credential("accessToken")
+        .unwrap()
+        .clone();
+    assert_ne!(new_token, old_token, "the new token is written back");
+    let requests = &api.dynamics.server.control.requests()[calls_before..];
+    assert_eq!(requests[0].status, Some(401));
+    assert!(requests[1].path.ends_with("/oauth2/v2.0/token"));
+    assert_eq!(
+        requests[2].path, requests[0].path,
+        "the refused call is sent once more"
+    );
+    for request in requests {
+        assert!(
+            request
+                .query
+                .as_deref()
+                .is_none_or(|q| !q.contains(CLIENT_SECRET))
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_service_protection_limit_is_waited_out_or_passed_on_with_retry_after() {
+    let api = Api::start().await;
+    let body = |email: &str| json!({"connectionId": "demo", "customer": {"email": email}});
+    api.dynamics
+        .server
+        .control
+        .inject(Fault::status(429).retry_after(1).matching("/api/data/"));
+    let started = std::time::Instant::now();
+    let (status, answer) = api
+        .post(Operation::SyncCustomer, body("patient@example.com"))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+
+    // Past the 6000 requests of the five-minute window, Dataverse asks for the rest of it.
+    api.dynamics.state.lock().unwrap().budget =
+        crm_sync_tests::emulator::RequestBudget::new(0, chrono::Duration::minutes(5));
+    let (status, limited) = api
+        .post(Operation::SyncCustomer, body("impatient@example.com"))
+        .await;
+    assert_eq!(status, 429, "{limited}");
+    assert_eq!(limited["error"]["code"], "rate_limited");
+    let answered = api.dynamics.server.control.requests();
+    let last = answered.last().unwrap();
+    assert_eq!(last.response["error"]["code"], "0x80072322");
+}
+
+#[tokio::test]
+async fn refused_client_credentials_fail_clearly_without_the_secret() {
+    let api = Api::start().await;
+    let (status, tested) = api
+        .post(Operation::TestConnection, json!({"connectionId": "demo"}))
+        .await;
+    assert_eq!(status, 200, "{tested}");
+    assert_eq!(tested["ok"], true, "{tested}");
+    assert!(
+        tested["account"]
+            .as_str()
+            .unwrap()
+            .starts_with("Dynamics 365 organization")
+    );
+    let base = api.dynamics.base_url();
+    let (_, refused) = api
+        .post(Operation::TestConnection, json!({"crmType": "dynamics",
+            "credentials": {"clientId": crm_sync_tests::conformance::dynamics::CLIENT_ID, "clientSecret": "wrong-secret-value"},
+            "settings": {"environmentUrl": base, "tenantId": TENANT_ID, "authorityUrl": base}}))
+        .await;
+    assert_eq!(refused["ok"], false);
+    assert_eq!(refused["error"]["code"], "crm_auth_failed");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("invalid_client"), "{message}");
+    assert!(!message.contains("wrong-secret-value"));
+    let (_, missing) = api
+        .post(Operation::TestConnection, json!({"crmType": "dynamics",
+            "credentials": {"clientId": "x", "clientSecret": "y"}, "settings": {"tenantId": TENANT_ID}}))
+        .await;
+    assert_eq!(missing["error"]["code"], "connection_invalid", "{missing}");
+}
