@@ -273,16 +273,23 @@ impl App {
             Some(id) => Some(id),
             None => fields.string(&["customerId"])?,
         };
-        let customer = match fields.child(&["customer", "customerData"])? {
-            Some(customer_fields) => {
+        // The customer beside the appointment, or inside it (`appointment.customer`, a natural
+        // n8n shape), or the earlier service's flat fields in the appointment.
+        let customer = match (
+            fields.child(&["customer", "customerData"])?,
+            appointment_fields.child(&["customer", "customerData"])?,
+        ) {
+            (Some(customer_fields), _) | (None, Some(customer_fields)) => {
                 Some(domain::parse_customer(&customer_fields, &target.defaults)?)
             }
-            None => domain::parse_appointment_customer(&appointment_fields, &target.defaults)?,
+            (None, None) => {
+                domain::parse_appointment_customer(&appointment_fields, &target.defaults)?
+            }
         };
         if customer.is_none() && customer_id.is_none() {
             return Err(Error::validation(
                 "customer",
-                "an appointment needs the customer (customer/customerData) or the CRM contact id (appointment.customerId)",
+                "an appointment needs the customer (customer, or appointment.customer) or the CRM contact id (appointment.customerId)",
             )
             .into());
         }
@@ -353,6 +360,13 @@ impl App {
             // Unchanged: the contact was synced along with it before.
             None => self.contact_for_appointment(target, &payload).await?,
         };
+        let mut appointment = appointment;
+        // A cancel that changed the CRM says so, rather than looking like a reschedule.
+        if payload.appointment.status == domain::AppointmentStatus::Cancelled
+            && appointment.status != Outcome::Unchanged
+        {
+            appointment.status = Outcome::Cancelled;
+        }
         Ok(AppointmentSyncResponse {
             sync_id: appointment.sync_id.clone(),
             status: appointment.status,
@@ -803,6 +817,7 @@ impl App {
                     Outcome::Created => "created",
                     Outcome::Updated => "updated",
                     Outcome::Unchanged => "unchanged",
+                    Outcome::Cancelled => "cancelled",
                 };
                 log_sync(target, entity, status, started, Some(&upserted.crm_id));
                 Ok(EntitySync {

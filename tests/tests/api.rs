@@ -666,3 +666,37 @@ async fn every_sync_logs_one_json_line_with_connection_crm_operation_status_and_
         "{line}"
     );
 }
+
+#[tokio::test]
+async fn the_customer_may_sit_inside_the_appointment_and_a_cancel_answers_cancelled() {
+    let api = Api::start().await;
+    let body = |status: &str| {
+        json!({"connectionId": "demo",
+            "appointment": {"externalId": "nested-1", "title": "Gutter clean", "start": "2026-01-05T10:00:00",
+                            "timezone": "America/Chicago", "status": status,
+                            "customer": {"firstName": "Nes", "lastName": "Ted", "phone": "+13125550123"}}})
+    };
+    let first = api
+        .post(Operation::SyncAppointment, body("scheduled"))
+        .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.body["appointment"]["status"], "created");
+    assert_eq!(first.body["contact"]["status"], "created");
+
+    let cancelled = api
+        .post(Operation::SyncAppointment, body("cancelled"))
+        .await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+    assert_eq!(cancelled.body["status"], "cancelled");
+    assert_eq!(cancelled.body["appointment"]["status"], "cancelled");
+    let again = api
+        .post(Operation::SyncAppointment, body("cancelled"))
+        .await;
+    assert_eq!(again.body["status"], "unchanged");
+
+    let mut bad = body("scheduled");
+    bad["appointment"]["customer"]["phone"] = json!("12");
+    let refused = api.post(Operation::SyncAppointment, bad).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert_eq!(refused.body["error"]["field"], "appointment.customer.phone");
+}

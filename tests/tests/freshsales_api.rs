@@ -223,7 +223,7 @@ async fn an_appointment_keeps_its_wall_time_and_a_cancel_marks_it_without_deleti
         .post(Operation::SyncAppointment, body("cancelled"))
         .await;
     assert_eq!(cancelled.status, 200, "{}", cancelled.body);
-    assert_eq!(cancelled.body["appointment"]["status"], "updated");
+    assert_eq!(cancelled.body["appointment"]["status"], "cancelled");
     {
         let state = api.freshsales.state.lock().unwrap();
         assert_eq!(state.appointments.len(), 1, "a cancel never deletes");

@@ -218,7 +218,7 @@ async fn an_appointment_is_a_meeting_due_in_utc_moved_and_cancelled_in_place() {
             body("2025-11-03T23:30:00", "cancelled"),
         )
         .await;
-    assert_eq!(cancelled.body["appointment"]["status"], "updated");
+    assert_eq!(cancelled.body["appointment"]["status"], "cancelled");
 
     let state = api.pipedrive.state.lock().unwrap();
     assert_eq!(

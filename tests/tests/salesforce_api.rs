@@ -261,7 +261,7 @@ async fn an_appointment_becomes_an_event_and_a_cancel_keeps_it_marked() {
     let (_, cancelled) = api
         .post(Operation::SyncAppointment, body("cancelled"))
         .await;
-    assert_eq!(cancelled["appointment"]["status"], "updated");
+    assert_eq!(cancelled["appointment"]["status"], "cancelled");
     let events = api.records("Event");
     assert_eq!(events.len(), 1, "a cancel does not delete the event");
     assert_eq!(events[0].get("Subject"), Some("Cancelled: Dental cleaning"));

@@ -64,6 +64,8 @@ pub enum Outcome {
     Created,
     Updated,
     Unchanged,
+    /// An appointment written as cancelled (the caller's answer; CRMs are told `Updated`).
+    Cancelled,
 }
 
 /// A record crm-sync may have created before, looked up by the stamp it was created with.

@@ -373,7 +373,8 @@ pub async fn an_appointment_is_linked_to_the_contact_and_a_resend_moves_the_same
         .sync_appointment(body("2025-07-02T15:30:00-04:00", "cancelled"))
         .await
         .unwrap();
-    assert_eq!(cancelled["appointment"]["status"], "updated");
+    assert_eq!(cancelled["appointment"]["status"], "cancelled");
+    assert_eq!(cancelled["status"], "cancelled", "not like a reschedule");
     let appointments = fx.crm.appointments();
     assert_eq!(
         appointments.len(),
