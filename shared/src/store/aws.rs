@@ -91,6 +91,10 @@ impl SecretsManagerConnectionStore {
             prefix: prefix.into(),
         }
     }
+    /// What every connection secret's name starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
     fn name(&self, id: &ConnectionId) -> String {
         format!("{}{}", self.prefix, id.as_str())
     }
@@ -235,6 +239,9 @@ impl DynamoDbSyncRecordStore {
             client: LazyClient::on_first_use(sdk, aws_sdk_dynamodb::Client::new),
             table: table.into(),
         }
+    }
+    pub fn table(&self) -> &str {
+        &self.table
     }
 }
 
