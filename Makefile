@@ -19,7 +19,9 @@ build: ## Release builds of every function for Lambda (arm64), one cargo invocat
 	cargo lambda build --release --arm64 $(addprefix -p ,$(FUNCTIONS))
 
 bench: ## Cold starts against a bare lambda_http function, then throughput, latency and memory (release build)
-	cargo build --release --workspace --bins
+	# The functions as the deploy build selects them (tools' features would change their dependencies).
+	cargo build --release $(addprefix -p ,$(FUNCTIONS)) -p lambda-floor
+	cargo build --release -p crm-sync-tests --bins
 	./target/release/cold-start 5 200
 	./target/release/bench 2000 8
 

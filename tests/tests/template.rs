@@ -89,7 +89,10 @@ fn sam_builds_every_function_with_the_one_cargo_invocation_of_the_makefile() {
         .split_whitespace()
         .map(str::to_string)
         .collect();
-    assert_eq!(binaries, listed, "each function built once, and only the functions");
+    assert_eq!(
+        binaries, listed,
+        "each function built once, and only the functions"
+    );
 }
 
 /// The `!GetAtt X.Arn` a role reference names, as `X`.

@@ -4,7 +4,8 @@
 //! (exec to the first `invocation/next`), first and warm invocation latency, peak RSS and the
 //! zipped `bootstrap` per function, each with its ratio to the floor. A benchmark: it prints figures.
 //!
-//! `cargo build --release --workspace --bins && target/release/cold-start [COLD_STARTS] [WARM]`
+//! `make bench` (which builds the functions as `make build` selects them, then the tools), or
+//! `target/release/cold-start [COLD_STARTS] [WARM]` once built.
 //!
 //! With `CRM_SYNC_TEST_AWS_ENDPOINT` set (moto, as `make test` starts it) the functions run in
 //! production configuration (`CRM_SYNC_STORE=aws`, credentials from the environment); without it
@@ -349,10 +350,7 @@ async fn measure(
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!(
-                    "starting {} (cargo build --release --workspace --bins): {e}",
-                    binary.display()
-                )
+                panic!("starting {} (make bench builds it): {e}", binary.display())
             });
         let polled = tokio::time::timeout(Duration::from_secs(10), api.polls.recv())
             .await
@@ -470,9 +468,9 @@ async fn main() {
     let mut env: Vec<(String, String)> = vec![("RUST_LOG".into(), "info".into())];
     let configuration = match std::env::var("CRM_SYNC_TEST_AWS_ENDPOINT") {
         Ok(endpoint) => {
-            let (secrets, _records) = aws_stores().await;
+            let (secrets, records) = aws_stores().await;
             secrets.put(&id, &hubspot).await.unwrap();
-            let (prefix, table) = aws_names(&secrets, &_records);
+            let (prefix, table) = (secrets.prefix().to_string(), records.table().to_string());
             env.extend([
                 ("CRM_SYNC_STORE".into(), "aws".into()),
                 ("CRM_SYNC_SECRET_PREFIX".into(), prefix),
@@ -553,12 +551,4 @@ async fn main() {
     } else {
         println!("goals missed: {}", missed.join("; "));
     }
-}
-
-/// The secret prefix and table `aws_stores` made, read back through the stores' own names.
-fn aws_names(
-    secrets: &crm_sync::store::aws::SecretsManagerConnectionStore,
-    records: &crm_sync::store::aws::DynamoDbSyncRecordStore,
-) -> (String, String) {
-    (secrets.prefix().to_string(), records.table().to_string())
 }
