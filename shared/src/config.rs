@@ -32,6 +32,9 @@ pub struct Config {
     pub max_sync_attempts: u32,
     /// How long an `Idempotency-Key` and its stored answer are kept.
     pub idempotency_ttl: Duration,
+    /// How long a warm container serves a connection from memory before reading Secrets Manager
+    /// again (`0`: every request reads it). A CRM's 401/403 drops it sooner.
+    pub connection_cache_ttl: Duration,
 }
 
 pub const LOCAL_DEV_API_KEY: &str = "local-dev-key";
@@ -78,6 +81,10 @@ impl Config {
             idempotency_ttl: Duration::from_secs(
                 3600 * u64::from(number("CRM_SYNC_IDEMPOTENCY_TTL_HOURS", 24).max(1)),
             ),
+            connection_cache_ttl: Duration::from_secs(u64::from(number(
+                "CRM_SYNC_CONNECTION_CACHE_SECONDS",
+                300,
+            ))),
         }
     }
 }

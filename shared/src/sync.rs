@@ -146,29 +146,38 @@ impl App {
         Self::from_config(Config::from_env()).await
     }
 
-    /// Builds the stores `config` names.
+    /// Builds the stores `config` names. Nothing here does I/O: the AWS SDK configuration and
+    /// clients are built by the first call that needs them, so `platforms` never builds one.
+    /// Connections are cached in the container (`store::cached`).
     pub async fn from_config(config: Config) -> Self {
-        let (connections, records): (Arc<dyn ConnectionStore>, Arc<dyn SyncRecordStore>) =
-            match config.store {
-                StoreKind::Aws => {
-                    let sdk = aws_config::load_from_env().await;
-                    (
-                        Arc::new(crate::store::aws::SecretsManagerConnectionStore::new(
-                            aws_sdk_secretsmanager::Client::new(&sdk),
-                            &config.secret_prefix,
-                        )),
-                        Arc::new(crate::store::aws::DynamoDbSyncRecordStore::new(
-                            aws_sdk_dynamodb::Client::new(&sdk),
-                            &config.table_name,
-                        )),
-                    )
-                }
-                StoreKind::Local => {
-                    let (connections, records) = crate::store::local::open(&config.data_dir);
-                    (Arc::new(connections), Arc::new(records))
-                }
-            };
-        Self::new(config, connections, records)
+        let (connections, records) = match config.store {
+            StoreKind::Aws => {
+                use crate::store::aws::{
+                    DynamoDbSyncRecordStore, LazySdkConfig, SecretsManagerConnectionStore,
+                };
+                let sdk = LazySdkConfig::default();
+                let secrets =
+                    SecretsManagerConnectionStore::lazy(sdk.clone(), &config.secret_prefix);
+                let records = DynamoDbSyncRecordStore::lazy(sdk, &config.table_name);
+                return Self::on_aws(config, secrets, records);
+            }
+            StoreKind::Local => crate::store::local::open(&config.data_dir),
+        };
+        Self::new(config, Arc::new(connections), Arc::new(records))
+    }
+
+    /// The production wiring: connections from Secrets Manager, cached in the container for
+    /// `Config::connection_cache_ttl`; sync records in DynamoDB.
+    pub fn on_aws(
+        config: Config,
+        secrets: crate::store::aws::SecretsManagerConnectionStore,
+        records: crate::store::aws::DynamoDbSyncRecordStore,
+    ) -> Self {
+        let connections = crate::store::cached::CachedConnectionStore::new(
+            Arc::new(secrets),
+            config.connection_cache_ttl,
+        );
+        Self::new(config, Arc::new(connections), Arc::new(records))
     }
 
     pub fn new(
@@ -533,7 +542,13 @@ impl App {
                 "give customerId, email or phone",
             ));
         };
-        let found = target.adapter.find_contacts(&lookup).await?;
+        let found = match target.adapter.find_contacts(&lookup).await {
+            Err(e @ Error::CrmAuth(_)) => {
+                self.connections.invalidate(&target.connection_id);
+                return Err(e);
+            }
+            found => found?,
+        };
         let found: Vec<CrmContact> = match &lookup {
             ContactLookup::Phone(phone) => found
                 .into_iter()
@@ -564,7 +579,7 @@ impl App {
         let fields = Fields::new("", body)?;
         let (connection, connection_id) = if fields.has("connectionId") {
             let id = ConnectionId::parse(&fields.string(&["connectionId"])?.unwrap_or_default())?;
-            (self.connections.get(&id).await?, Some(id.to_string()))
+            (self.connections.get_fresh(&id).await?, Some(id.to_string()))
         } else {
             (inline_connection(&fields)?, None)
         };
@@ -794,6 +809,10 @@ impl App {
                 finished.last_error = None;
             }
             Err(error) => {
+                if matches!(error, Error::CrmAuth(_)) {
+                    // Perhaps rotated since it was cached: the next request reads it again.
+                    self.connections.invalidate(&target.connection_id);
+                }
                 // Still unknown until an attempt finds the stamp or proves there is none.
                 let unknown = (unanswered || reconcile) && finished.crm_id.is_none();
                 finished.status = if unknown {

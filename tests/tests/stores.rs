@@ -3,9 +3,15 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use crm_sync::connection::ConnectionId;
+use crm_sync::domain::CrmType;
+use crm_sync::store::ConnectionStore;
 use crm_sync::store::aws::{DynamoDbSyncRecordStore, SecretsManagerConnectionStore};
+use crm_sync::store::cached::CachedConnectionStore;
 use crm_sync::store::local::{LocalConnectionStore, LocalSyncRecordStore};
-use crm_sync_tests::harness::{TempDir, aws_stores};
+use crm_sync_tests::harness::{TempDir, aws_stores, connection};
 use crm_sync_tests::store_suite::*;
 
 async fn dynamodb_store() -> DynamoDbSyncRecordStore {
@@ -69,4 +75,103 @@ async fn local_leases_are_exclusive_until_released_or_expired() {
 #[tokio::test]
 async fn dynamodb_leases_are_exclusive_until_released_or_expired() {
     leases_are_exclusive_until_released_or_expired(&dynamodb_store().await).await;
+}
+
+#[tokio::test]
+async fn cached_local_connections_round_trip() {
+    let dir = TempDir::new("stores");
+    let local = Arc::new(LocalConnectionStore::new(dir.path()));
+    connections_round_trip(&CachedConnectionStore::new(local, Duration::from_secs(300))).await;
+}
+
+#[tokio::test]
+async fn cached_secrets_manager_connections_round_trip() {
+    let secrets = Arc::new(secrets_store().await);
+    connections_round_trip(&CachedConnectionStore::new(
+        secrets,
+        Duration::from_secs(300),
+    ))
+    .await;
+}
+
+/// What another container or an operator writes is seen after the TTL, at once by `get_fresh`,
+/// and after `invalidate` (a CRM refused the cached credentials); our own writes at once.
+async fn cache_serves_from_memory_until_stale_refreshed_or_invalidated(
+    underlying: Arc<dyn ConnectionStore>,
+) {
+    let id = ConnectionId::parse("cached").unwrap();
+    let token = |t: &str| {
+        connection(
+            CrmType::Hubspot,
+            "http://127.0.0.1:9",
+            &[("accessToken", t)],
+        )
+    };
+    let read = |connection: crm_sync::connection::Connection| {
+        connection
+            .credential("accessToken")
+            .unwrap()
+            .expose()
+            .to_string()
+    };
+    underlying.put(&id, &token("one")).await.unwrap();
+    let cache = CachedConnectionStore::new(underlying.clone(), Duration::from_millis(400));
+    assert_eq!(read(cache.get(&id).await.unwrap()), "one");
+
+    underlying.put(&id, &token("two")).await.unwrap();
+    assert_eq!(
+        read(cache.get(&id).await.unwrap()),
+        "one",
+        "served from memory"
+    );
+    cache.invalidate(&id);
+    assert_eq!(
+        read(cache.get(&id).await.unwrap()),
+        "two",
+        "read again after invalidate"
+    );
+
+    underlying.put(&id, &token("three")).await.unwrap();
+    assert_eq!(read(cache.get_fresh(&id).await.unwrap()), "three");
+
+    cache.put(&id, &token("four")).await.unwrap();
+    assert_eq!(
+        read(underlying.get(&id).await.unwrap()),
+        "four",
+        "written through"
+    );
+    assert_eq!(
+        read(cache.get(&id).await.unwrap()),
+        "four",
+        "and remembered"
+    );
+
+    underlying.put(&id, &token("five")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        read(cache.get(&id).await.unwrap()),
+        "five",
+        "read again after the TTL"
+    );
+
+    cache.delete(&id).await.unwrap();
+    assert!(
+        cache.get(&id).await.is_err(),
+        "a deleted connection is not served"
+    );
+}
+
+#[tokio::test]
+async fn local_cache_serves_from_memory_until_stale_refreshed_or_invalidated() {
+    let dir = TempDir::new("stores");
+    cache_serves_from_memory_until_stale_refreshed_or_invalidated(Arc::new(
+        LocalConnectionStore::new(dir.path()),
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn secrets_manager_cache_serves_from_memory_until_stale_refreshed_or_invalidated() {
+    cache_serves_from_memory_until_stale_refreshed_or_invalidated(Arc::new(secrets_store().await))
+        .await;
 }

@@ -55,6 +55,46 @@ fn functions(template: &Value) -> Vec<(String, &Value)> {
         .collect()
 }
 
+/// The binary the Makefile's `build-<logical id>` target (SAM's makefile build) packages.
+fn binary_of(logical_id: &str) -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../Makefile");
+    let makefile = std::fs::read_to_string(path).expect("Makefile");
+    let mut lines = makefile.lines();
+    lines
+        .find(|l| *l == format!("build-{logical_id}:"))
+        .unwrap_or_else(|| panic!("the Makefile has no target build-{logical_id}"));
+    let recipe = lines.next().unwrap_or_default();
+    recipe
+        .trim()
+        .strip_prefix("$(call bootstrap,")
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("build-{logical_id} copies no function's bootstrap: {recipe}"))
+        .to_string()
+}
+
+#[test]
+fn sam_builds_every_function_with_the_one_cargo_invocation_of_the_makefile() {
+    let template = template();
+    let mut binaries = BTreeSet::new();
+    for (name, function) in functions(&template) {
+        assert_eq!(function["Metadata"]["BuildMethod"], "makefile", "{name}");
+        binaries.insert(binary_of(&name));
+    }
+    let makefile = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Makefile"))
+        .expect("Makefile");
+    let listed: BTreeSet<String> = makefile
+        .lines()
+        .find_map(|l| l.strip_prefix("FUNCTIONS := "))
+        .expect("the Makefile lists the functions")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        binaries, listed,
+        "each function built once, and only the functions"
+    );
+}
+
 /// The `!GetAtt X.Arn` a role reference names, as `X`.
 fn get_att_target(value: &Value) -> String {
     let text = serde_json::to_string(value).unwrap();
@@ -148,10 +188,8 @@ fn each_function_gets_the_least_iam_its_operation_needs() {
                 );
             }
         }
-        let binary = function["Metadata"]["BuildProperties"]["Binary"]
-            .as_str()
-            .unwrap();
-        match binary {
+        let binary = binary_of(&name);
+        match binary.as_str() {
             "platforms" => assert!(
                 actions.iter().all(|(a, _)| a.starts_with("logs:")),
                 "platforms needs no data access: {actions:?}"

@@ -3,6 +3,7 @@
 
 use std::cell::Cell;
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
@@ -49,10 +50,11 @@ pub struct RetryPolicy {
 /// backoff. A wait longer than the policy's `max_wait` is not waited for.
 pub type RateLimitWait = fn(&HeaderMap) -> Option<Duration>;
 
-/// One reqwest client (connection pool) for the life of a Lambda container.
+/// One reqwest client (connection pool) for the life of a Lambda container, built on the first
+/// CRM call: an operation that calls no CRM (`platforms`) never loads TLS roots. Clones share it.
 #[derive(Debug, Clone)]
 pub struct CrmHttp {
-    client: Client,
+    client: Arc<OnceLock<Client>>,
     policy: RetryPolicy,
     timeout: Duration,
     rate_limit_wait: RateLimitWait,
@@ -120,14 +122,8 @@ impl CrmHttp {
     }
 
     pub fn with_policy(timeout: Duration, policy: RetryPolicy) -> Self {
-        let client = Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(3)))
-            .user_agent(concat!("crm-sync/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("the TLS backend initialises");
         CrmHttp {
-            client,
+            client: Arc::default(),
             policy,
             timeout,
             rate_limit_wait: retry_after,
@@ -141,6 +137,17 @@ impl CrmHttp {
         self
     }
 
+    fn client(&self) -> &Client {
+        self.client.get_or_init(|| {
+            Client::builder()
+                .timeout(self.timeout)
+                .connect_timeout(self.timeout.min(Duration::from_secs(3)))
+                .user_agent(concat!("crm-sync/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .expect("the TLS backend initialises")
+        })
+    }
+
     /// Sends the request `build` makes, again if the CRM is rate limiting (within the policy's
     /// wait) or, for idempotent requests, failing with 5xx or timing out.
     pub async fn send(
@@ -152,7 +159,7 @@ impl CrmHttp {
         let mut attempt = 1;
         loop {
             let last = attempt >= self.policy.attempts;
-            let wait = match build(&self.client).send().await {
+            let wait = match build(self.client()).send().await {
                 Err(e) => {
                     // A refused connection sent nothing, so it is always safe to try again.
                     let retryable = e.is_connect()

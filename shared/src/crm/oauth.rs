@@ -135,7 +135,7 @@ impl OAuthSession {
                 let result = match self.refreshed_elsewhere(&id, stale).await {
                     Ok(Some(grant)) => Ok(grant),
                     Ok(None) => {
-                        let connection = self.ctx.connections.get(&id).await?;
+                        let connection = self.ctx.connections.get_fresh(&id).await?;
                         self.call_token_endpoint(connection).await
                     }
                     Err(e) => Err(e),
@@ -160,7 +160,8 @@ impl OAuthSession {
         id: &ConnectionId,
         stale: Option<&SecretString>,
     ) -> Result<Option<AccessGrant>> {
-        let stored = self.ctx.connections.get(id).await?;
+        // Past the container's cache: another container may have refreshed it.
+        let stored = self.ctx.connections.get_fresh(id).await?;
         let Some(grant) = usable_grant(&stored, &self.provider) else {
             return Ok(None);
         };

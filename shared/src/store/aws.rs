@@ -1,8 +1,10 @@
 //! Production stores: connections in AWS Secrets Manager, sync records in DynamoDB.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use aws_config::SdkConfig;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
@@ -28,18 +30,70 @@ fn sdk_error<E: std::error::Error + 'static, R: std::fmt::Debug>(
     ))
 }
 
+/// The SDK configuration (region, credential chain, `AWS_ENDPOINT_URL`), loaded by the first AWS
+/// call and shared by the clients built from it. Nothing is loaded at init, so an operation that
+/// makes no AWS call (`platforms`) never pays for it.
+#[derive(Clone, Default)]
+pub struct LazySdkConfig(Arc<tokio::sync::OnceCell<SdkConfig>>);
+
+impl LazySdkConfig {
+    async fn get(&self) -> &SdkConfig {
+        self.0.get_or_init(aws_config::load_from_env).await
+    }
+}
+
+/// A client given ready-made (tests), or built from the shared SDK configuration on first use.
+struct LazyClient<C> {
+    client: tokio::sync::OnceCell<C>,
+    sdk: LazySdkConfig,
+    build: fn(&SdkConfig) -> C,
+}
+
+impl<C> LazyClient<C> {
+    fn ready(client: C, build: fn(&SdkConfig) -> C) -> Self {
+        LazyClient {
+            client: tokio::sync::OnceCell::new_with(Some(client)),
+            sdk: LazySdkConfig::default(),
+            build,
+        }
+    }
+    fn on_first_use(sdk: LazySdkConfig, build: fn(&SdkConfig) -> C) -> Self {
+        LazyClient {
+            client: tokio::sync::OnceCell::new(),
+            sdk,
+            build,
+        }
+    }
+    async fn get(&self) -> &C {
+        self.client
+            .get_or_init(|| async { (self.build)(self.sdk.get().await) })
+            .await
+    }
+}
+
 /// Each connection is the secret `<prefix><id>` whose string value is the connection JSON.
 pub struct SecretsManagerConnectionStore {
-    client: aws_sdk_secretsmanager::Client,
+    client: LazyClient<aws_sdk_secretsmanager::Client>,
     prefix: String,
 }
 
 impl SecretsManagerConnectionStore {
     pub fn new(client: aws_sdk_secretsmanager::Client, prefix: impl Into<String>) -> Self {
         SecretsManagerConnectionStore {
-            client,
+            client: LazyClient::ready(client, aws_sdk_secretsmanager::Client::new),
             prefix: prefix.into(),
         }
+    }
+    /// A store whose client is built from `sdk` by its first call.
+    pub fn lazy(sdk: LazySdkConfig, prefix: impl Into<String>) -> Self {
+        SecretsManagerConnectionStore {
+            client: LazyClient::on_first_use(sdk, aws_sdk_secretsmanager::Client::new),
+            prefix: prefix.into(),
+        }
+    }
+    /// What every connection secret's name starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
     fn name(&self, id: &ConnectionId) -> String {
         format!("{}{}", self.prefix, id.as_str())
@@ -51,6 +105,8 @@ impl ConnectionStore for SecretsManagerConnectionStore {
     async fn get(&self, id: &ConnectionId) -> Result<Connection> {
         let out = self
             .client
+            .get()
+            .await
             .get_secret_value()
             .secret_id(self.name(id))
             .send()
@@ -79,6 +135,8 @@ impl ConnectionStore for SecretsManagerConnectionStore {
         let json = connection.to_secret_json();
         let put = self
             .client
+            .get()
+            .await
             .put_secret_value()
             .secret_id(self.name(id))
             .secret_string(&json)
@@ -91,6 +149,8 @@ impl ConnectionStore for SecretsManagerConnectionStore {
                     .is_some_and(|s| s.is_resource_not_found_exception()) =>
             {
                 self.client
+                    .get()
+                    .await
                     .create_secret()
                     .name(self.name(id))
                     .description(format!(
@@ -111,6 +171,8 @@ impl ConnectionStore for SecretsManagerConnectionStore {
         let mut ids = Vec::new();
         let mut pages = self
             .client
+            .get()
+            .await
             .list_secrets()
             .filters(
                 aws_sdk_secretsmanager::types::Filter::builder()
@@ -138,6 +200,8 @@ impl ConnectionStore for SecretsManagerConnectionStore {
         // Removed at once: a secret kept for recovery would block re-adding a connection of that id.
         match self
             .client
+            .get()
+            .await
             .delete_secret()
             .secret_id(self.name(id))
             .force_delete_without_recovery(true)
@@ -158,16 +222,26 @@ impl ConnectionStore for SecretsManagerConnectionStore {
 
 /// One item per record, keyed by `pk` = the record key.
 pub struct DynamoDbSyncRecordStore {
-    client: aws_sdk_dynamodb::Client,
+    client: LazyClient<aws_sdk_dynamodb::Client>,
     table: String,
 }
 
 impl DynamoDbSyncRecordStore {
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
         DynamoDbSyncRecordStore {
-            client,
+            client: LazyClient::ready(client, aws_sdk_dynamodb::Client::new),
             table: table.into(),
         }
+    }
+    /// A store whose client is built from `sdk` by its first call.
+    pub fn lazy(sdk: LazySdkConfig, table: impl Into<String>) -> Self {
+        DynamoDbSyncRecordStore {
+            client: LazyClient::on_first_use(sdk, aws_sdk_dynamodb::Client::new),
+            table: table.into(),
+        }
+    }
+    pub fn table(&self) -> &str {
+        &self.table
     }
 }
 
@@ -258,6 +332,8 @@ impl SyncRecordStore for DynamoDbSyncRecordStore {
     async fn get(&self, key: &RecordKey) -> Result<Option<SyncRecord>> {
         let out = self
             .client
+            .get()
+            .await
             .get_item()
             .table_name(&self.table)
             .key("pk", s(key.as_str()))
@@ -275,6 +351,8 @@ impl SyncRecordStore for DynamoDbSyncRecordStore {
     ) -> Result<WriteOutcome> {
         let request = self
             .client
+            .get()
+            .await
             .put_item()
             .table_name(&self.table)
             .set_item(Some(to_item(record)?));
@@ -303,6 +381,8 @@ impl SyncRecordStore for DynamoDbSyncRecordStore {
         loop {
             let out = self
                 .client
+                .get()
+                .await
                 .query()
                 .table_name(&self.table)
                 .index_name(STATUS_INDEX)
@@ -335,6 +415,8 @@ impl SyncRecordStore for DynamoDbSyncRecordStore {
         let expires = now + chrono::Duration::from_std(ttl).unwrap_or_default();
         let put = self
             .client
+            .get()
+            .await
             .put_item()
             .table_name(&self.table)
             .item("pk", s(lease_key(name)))
@@ -361,6 +443,8 @@ impl SyncRecordStore for DynamoDbSyncRecordStore {
     async fn release_lease(&self, name: &str, owner: &str) -> Result<()> {
         let delete = self
             .client
+            .get()
+            .await
             .delete_item()
             .table_name(&self.table)
             .key("pk", s(lease_key(name)))
@@ -385,6 +469,8 @@ impl SyncRecordStore for DynamoDbSyncRecordStore {
     async fn get_idempotent(&self, key: &str) -> Result<Option<IdempotentRequest>> {
         let out = self
             .client
+            .get()
+            .await
             .get_item()
             .table_name(&self.table)
             .key("pk", s(idempotency_key(key)))
@@ -410,6 +496,8 @@ impl SyncRecordStore for DynamoDbSyncRecordStore {
         let json = serde_json::to_string(request).map_err(|e| Error::Store(e.to_string()))?;
         let put = self
             .client
+            .get()
+            .await
             .put_item()
             .table_name(&self.table)
             .item("pk", s(idempotency_key(&request.key)))

@@ -1,6 +1,7 @@
 //! Ports for connections and sync records, with AWS and local-file implementations side by side.
 
 pub mod aws;
+pub mod cached;
 pub mod local;
 
 use async_trait::async_trait;
@@ -15,12 +16,19 @@ use crate::error::{Error, Result};
 /// Where connections (credentials + settings) live.
 #[async_trait]
 pub trait ConnectionStore: Send + Sync {
-    /// The connection, or `ConnectionNotFound`.
+    /// The connection, or `ConnectionNotFound`; a caching store may answer from memory.
     async fn get(&self, id: &ConnectionId) -> Result<Connection>;
+    /// The connection as stored now, past any cache (which it refreshes): for a token refresh,
+    /// which must see what another container wrote, and for `test-connection`.
+    async fn get_fresh(&self, id: &ConnectionId) -> Result<Connection> {
+        self.get(id).await
+    }
     /// Creates or replaces a connection (token refresh writes back through this).
     async fn put(&self, id: &ConnectionId, connection: &Connection) -> Result<()>;
     async fn list(&self) -> Result<Vec<ConnectionId>>;
     async fn delete(&self, id: &ConnectionId) -> Result<()>;
+    /// Forgets any copy of the connection held in memory (its credentials were refused).
+    fn invalidate(&self, _id: &ConnectionId) {}
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
