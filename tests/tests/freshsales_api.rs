@@ -258,6 +258,25 @@ async fn test_connection_tells_a_working_key_from_a_refused_one_without_leaking_
         .post(Operation::TestConnection, json!({"connectionId": "demo"}))
         .await;
     assert_eq!(ok.body["ok"], true, "{}", ok.body);
+    assert!(ok.body.get("warnings").is_none(), "{}", ok.body);
+    // Without the stamp field a lost answer cannot be reconciled: the test says so.
+    api.freshsales
+        .state
+        .lock()
+        .unwrap()
+        .custom_fields
+        .remove("cf_crm_sync_id");
+    let warned = api
+        .post(Operation::TestConnection, json!({"connectionId": "demo"}))
+        .await;
+    assert_eq!(warned.body["ok"], true, "{}", warned.body);
+    assert!(
+        warned.body["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("cf_crm_sync_id")),
+        "{}",
+        warned.body
+    );
     let refused = api
         .post(
             Operation::TestConnection,

@@ -476,9 +476,28 @@ impl CrmAdapter for FreshsalesAdapter {
             .and_then(Value::as_array)
             .map_or(0, Vec::len);
         let host = self.base_url.split("://").nth(1).unwrap_or(&self.base_url);
+        // The lookup a lost answer relies on proves the stamp field can be searched.
+        let mut warnings = Vec::new();
+        if let Some(field) = &self.stamp_field {
+            let query = [
+                ("q", "test-connection"),
+                ("f", field.as_str()),
+                ("entities", "contact"),
+            ];
+            match self
+                .call(Method::GET, "/lookup", &query, None, Idempotency::Idempotent)
+                .await
+            {
+                Ok(_) => {}
+                Err(Error::CrmRejected { message }) => warnings.push(format!(
+                    "Freshsales contacts cannot be looked up by '{field}': {message}. Create the text custom field once, or set stampField to \"\" to sync without stamps"
+                )),
+                Err(e) => return Err(e),
+            }
+        }
         Ok(AccountInfo {
             account: format!("Freshworks CRM {host} ({users} users)"),
-            warnings: Vec::new(),
+            warnings,
         })
     }
 

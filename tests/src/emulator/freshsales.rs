@@ -11,7 +11,7 @@
 //! ANDed `filter_rule`s, `is_in`) follows how integrators call it. Where the docs are silent the
 //! choices are marked here: exact error wording, 200 on a plain create, `Retry-After` on the 429.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -122,6 +122,8 @@ pub struct FreshsalesState {
     /// Outcomes an admin defined for the appointment activity type: `(id, name)`.
     pub appointment_outcomes: Vec<(u64, String)>,
     pub budget: RequestBudget,
+    /// The custom fields the account admin created (`cf_…`); a lookup on another is refused.
+    pub custom_fields: BTreeSet<String>,
 }
 
 impl FreshsalesState {
@@ -155,6 +157,10 @@ impl FreshsalesState {
             lifecycle_stages,
             appointment_outcomes,
             budget: RequestBudget::new(HOURLY_LIMIT, chrono::Duration::hours(1)),
+            custom_fields: ["cf_booking_city", "cf_crm_sync_id"]
+                .iter()
+                .map(|f| f.to_string())
+                .collect(),
         }
     }
 
@@ -746,6 +752,9 @@ async fn lookup(
             return Err(bad_request("q, f and entities are required"));
         };
         let q = q.trim();
+        if f.starts_with("cf_") && !s.custom_fields.contains(f.as_str()) {
+            return Err(bad_request(format!("'{f}' is not a field of contact")));
+        }
         let matches = |record: &Record, kind: Kind| -> Result<bool, Rejection> {
             Ok(match f.as_str() {
                 "email" if kind == Kind::Contact => record
