@@ -428,6 +428,16 @@ pub fn encode_path_segment(value: &str) -> String {
         .collect()
 }
 
+/// The stand-in last name of a new record for CRMs that require one: the email or phone a
+/// person would look it up by.
+pub(crate) fn last_name_stand_in(person: &Customer) -> Option<String> {
+    person
+        .email
+        .as_ref()
+        .map(|e| e.as_str().to_string())
+        .or_else(|| person.phone.as_ref().map(|p| p.as_str().to_string()))
+}
+
 /// Our customer fields by our names, for adapters whose CRM takes a flat property map.
 pub fn customer_fields(customer: &Customer) -> Vec<(&'static str, String)> {
     let fields = [

@@ -23,7 +23,8 @@ use super::http::{CrmHttp, CrmResponse, Idempotency, status_error};
 use super::oauth::{AccessGrant, OAuthProvider, OAuthSession, TokenGrant};
 use super::{
     AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, StampedRecord,
-    customer_fields, has_phone, map_properties, property_name, same_email, stamp_field,
+    customer_fields, has_phone, last_name_stand_in, map_properties, property_name, same_email,
+    stamp_field,
 };
 use crate::connection::{Connection, ConnectionSettings};
 use crate::domain::{Appointment, AppointmentStatus, CrmType, Customer, E164Phone, Lead};
@@ -680,15 +681,6 @@ fn record_id(id: &str) -> Result<&str> {
             "is not a valid SugarCRM record id",
         ))
     }
-}
-
-/// The stand-in last name of a new record: the email or phone a person would look it up by.
-fn last_name_stand_in(person: &Customer) -> Option<String> {
-    person
-        .email
-        .as_ref()
-        .map(|e| e.as_str().to_string())
-        .or_else(|| person.phone.as_ref().map(|p| p.as_str().to_string()))
 }
 
 fn text(value: &Value, field: &str) -> Option<String> {

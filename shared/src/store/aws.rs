@@ -245,6 +245,30 @@ impl DynamoDbSyncRecordStore {
     }
 }
 
+/// Sends a put that succeeds only over `expected_version` (`None`: only when no item exists).
+async fn put_versioned(
+    put: aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder,
+    expected_version: Option<u64>,
+) -> Result<WriteOutcome> {
+    let put = match expected_version {
+        None => put.condition_expression("attribute_not_exists(pk)"),
+        Some(version) => put
+            .condition_expression("#version = :expected")
+            .expression_attribute_names("#version", "version")
+            .expression_attribute_values(":expected", n(version)),
+    };
+    match put.send().await {
+        Ok(_) => Ok(WriteOutcome::Written),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+        {
+            Ok(WriteOutcome::Conflict)
+        }
+        Err(e) => Err(sdk_error("DynamoDB", e)),
+    }
+}
+
 fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }
@@ -356,23 +380,7 @@ impl SyncRecordStore for DynamoDbSyncRecordStore {
             .put_item()
             .table_name(&self.table)
             .set_item(Some(to_item(record)?));
-        let request = match expected_version {
-            None => request.condition_expression("attribute_not_exists(pk)"),
-            Some(version) => request
-                .condition_expression("#version = :expected")
-                .expression_attribute_names("#version", "version")
-                .expression_attribute_values(":expected", n(version)),
-        };
-        match request.send().await {
-            Ok(_) => Ok(WriteOutcome::Written),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(WriteOutcome::Conflict)
-            }
-            Err(e) => Err(sdk_error("DynamoDB", e)),
-        }
+        put_versioned(request, expected_version).await
     }
 
     async fn list_by_status(&self, status: SyncStatus, limit: usize) -> Result<Vec<SyncRecord>> {
@@ -505,22 +513,6 @@ impl SyncRecordStore for DynamoDbSyncRecordStore {
             .item("version", n(request.version))
             // The table's TTL attribute (epoch seconds).
             .item("expiresAt", n(request.expires_at.timestamp()));
-        let put = match expected_version {
-            None => put.condition_expression("attribute_not_exists(pk)"),
-            Some(version) => put
-                .condition_expression("#version = :expected")
-                .expression_attribute_names("#version", "version")
-                .expression_attribute_values(":expected", n(version)),
-        };
-        match put.send().await {
-            Ok(_) => Ok(WriteOutcome::Written),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(WriteOutcome::Conflict)
-            }
-            Err(e) => Err(sdk_error("DynamoDB", e)),
-        }
+        put_versioned(put, expected_version).await
     }
 }
