@@ -90,6 +90,17 @@ test('a minimal booking (no email, address, notes, duration or zone) is synced',
   assert.equal(meeting.hs_meeting_end_time, '2025-07-02T15:00:00.000Z');
 });
 
+test('a booking whose optional fields are null is synced', async () => {
+  const nulls = { bookingId: 'vb-nulls-1', callerFirstName: 'Bo', callerLastName: null, callerEmail: null, callerPhone: '312-555-0123',
+    startTime: '2025-07-03T11:00:00', timezone: null, durationMinutes: null, address: null, notes: null, status: null };
+  const { status, body } = await post('voice-booking', nulls);
+  assert.equal(status, 200, JSON.stringify(body));
+  assert.equal(body.status, 'created');
+  // A wall time in the connection's zone (America/New_York, EDT in July).
+  const meeting = await hubspotObject('meetings', body.appointment.crmId, ['hs_meeting_start_time']);
+  assert.equal(meeting.hs_meeting_start_time, '2025-07-03T15:00:00.000Z');
+});
+
 test('a booking with a malformed phone answers 400 naming the field, and reaches no CRM', async () => {
   const before = await crmRequestCount();
   const { status, body } = await post('voice-booking', { ...booking, bookingId: 'vb-bad-phone', callerEmail: undefined, callerPhone: 'call me maybe' });
