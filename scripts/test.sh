@@ -2,7 +2,8 @@
 # Every test of the workspace, on a fresh machine too: installs moto (the AWS emulator), cfn-lint,
 # the SAM CLI and openapi-spec-validator from PyPI if missing, validates openapi.yaml and the SAM
 # template, starts moto_server on a free loopback port, runs the tests, and stops moto whatever
-# happens.
+# happens; then runs the example n8n workflows in a real n8n (tests/n8n/run.sh, which installs its
+# pinned n8n from the npm registry once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/tools.sh
@@ -36,3 +37,5 @@ cargo test --workspace --locked 2>&1 | tee "$log"
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "workspace: %d passed, %d failed\n", p, f }' "$log"
+# The n8n workflows in a real n8n, against the functions just tested (needs Node.js 20).
+tests/n8n/run.sh

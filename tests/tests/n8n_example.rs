@@ -1,13 +1,9 @@
-//! The importable n8n workflow in examples/n8n: its HTTP node calls sync-appointment with a
-//! header-auth credential, and the body its expression builds from the sample booking is a valid
-//! request that syncs.
+//! The importable n8n files in examples/n8n, read as data: each workflow calls its operation with
+//! the header-auth credential the credential template defines, hands crm-sync's status and body
+//! back to the webhook's caller, and does not retry. What the workflows send and answer is tested
+//! in a real n8n by tests/n8n/run.sh (n8n's expressions are JavaScript; a missing field there is
+//! `undefined`, not `null`).
 
-use crm_sync::domain::CrmType;
-use crm_sync::http::{Operation, handle};
-use crm_sync_tests::contract::OpenApi;
-use crm_sync_tests::emulator::hubspot::HubSpotEmulator;
-use crm_sync_tests::harness::*;
-use lambda_http::http::Method;
 use serde_json::Value;
 
 fn example(name: &str) -> Value {
@@ -15,113 +11,130 @@ fn example(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(&path).expect(name)).expect("valid JSON")
 }
 
-/// Renders the n8n expressions the workflow uses: `{{ JSON.stringify($json.a.b) }}`.
-fn render(template: &str, item: &Value) -> String {
-    let template = template
-        .strip_prefix('=')
-        .expect("an n8n expression starts with =");
-    let mut out = String::new();
-    let mut rest = template;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let end = rest[start..].find("}}").expect("closed expression") + start;
-        let expression = rest[start + 2..end].trim();
-        let path = expression
-            .strip_prefix("JSON.stringify($json.")
-            .and_then(|p| p.strip_suffix(')'))
-            .unwrap_or_else(|| {
-                panic!("the example uses only JSON.stringify($json.…): {expression}")
-            });
-        let pointer = format!("/{}", path.replace('.', "/"));
-        out.push_str(
-            &item
-                .pointer(&pointer)
-                .cloned()
-                .unwrap_or(Value::Null)
-                .to_string(),
-        );
-        rest = &rest[end + 2..];
-    }
-    out.push_str(rest);
-    out
+fn node<'a>(workflow: &'a Value, node_type: &str) -> &'a Value {
+    workflow["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["type"] == node_type)
+        .unwrap_or_else(|| panic!("a {node_type} node"))
 }
 
-#[tokio::test]
-async fn the_workflow_builds_a_valid_sync_appointment_request_from_a_booking() {
-    let workflow = example("voice-booking-to-crm.json");
-    let nodes = workflow["nodes"].as_array().unwrap();
-    let http = nodes
+fn by_name<'a>(workflow: &'a Value, name: &Value) -> &'a Value {
+    workflow["nodes"]
+        .as_array()
+        .unwrap()
         .iter()
-        .find(|n| n["type"] == "n8n-nodes-base.httpRequest")
-        .expect("an HTTP Request node");
+        .find(|n| &n["name"] == name)
+        .unwrap_or_else(|| panic!("a node named {name}"))
+}
+
+/// The node an output of `from` leads to.
+fn next<'a>(workflow: &'a Value, from: &Value, output: usize) -> &'a Value {
+    let target = &workflow["connections"][from.as_str().unwrap()]["main"][output][0]["node"];
+    by_name(workflow, target)
+}
+
+fn check_workflow(file: &str, operation: &str, webhook_fields: &[&str]) {
+    let workflow = example(file);
+    let credential = &example("crm-sync-credential.json")[0];
+    let webhook = node(&workflow, "n8n-nodes-base.webhook");
+    assert_eq!(webhook["parameters"]["responseMode"], "responseNode");
+    let http = next(&workflow, &webhook["name"], 0);
+    assert_eq!(http["type"], "n8n-nodes-base.httpRequest");
     let parameters = &http["parameters"];
     assert_eq!(parameters["method"], "POST");
+    let url = parameters["url"].as_str().unwrap();
     assert!(
-        parameters["url"]
-            .as_str()
-            .unwrap()
-            .ends_with("/api/v1/integrations/crm/sync-appointment")
+        url.ends_with(&format!("/api/v1/integrations/crm/{operation}")),
+        "{url}"
     );
     assert_eq!(parameters["authentication"], "genericCredentialType");
     assert_eq!(parameters["genericAuthType"], "httpHeaderAuth");
-    assert!(
-        http["credentials"]["httpHeaderAuth"].is_object(),
-        "the API key comes from an n8n credential"
+    // The credential is imported first and found by its id.
+    assert_eq!(
+        http["credentials"]["httpHeaderAuth"]["id"],
+        credential["id"]
+    );
+    assert_eq!(
+        http["credentials"]["httpHeaderAuth"]["name"],
+        credential["name"]
     );
     assert!(
         !workflow.to_string().contains("x-api-key\": \""),
         "no key in the workflow"
     );
-    let webhook = nodes
-        .iter()
-        .find(|n| n["type"] == "n8n-nodes-base.webhook")
-        .unwrap();
-    assert_eq!(
-        workflow["connections"][webhook["name"].as_str().unwrap()]["main"][0][0]["node"],
-        http["name"]
-    );
 
-    // What the webhook node hands on: the booking under `body`.
-    let item = serde_json::json!({ "body": example("sample-booking.json") });
-    let body: Value =
-        serde_json::from_str(&render(parameters["jsonBody"].as_str().unwrap(), &item))
-            .expect("the body is JSON");
-    let spec = OpenApi::crm_sync();
-    spec.check_request("POST", "/sync-appointment", &body)
-        .unwrap();
+    // JSON.stringify of one object leaves out what the webhook did not receive; a `}}` inside
+    // would end n8n's expression early.
+    let body = parameters["jsonBody"].as_str().unwrap();
+    let expression = body
+        .strip_prefix("={{ JSON.stringify({")
+        .and_then(|b| b.strip_suffix("}) }}"))
+        .expect("the body is one JSON.stringify expression");
+    assert!(!expression.contains("}}") && !expression.contains("{{"));
+    for field in webhook_fields {
+        assert!(
+            expression.contains(&format!("$json.body.{field},"))
+                || expression.contains(&format!("$json.body.{field}\n")),
+            "{file} reads {field}"
+        );
+    }
 
-    let hubspot = HubSpotEmulator::start(&["n8n-example-token"])
-        .await
-        .unwrap();
-    let dir = TempDir::new("n8n");
-    let app = local_app(&dir);
-    let connection_id = body["connectionId"].as_str().unwrap();
-    store_connection(
-        &app,
-        connection_id,
-        &connection(
-            CrmType::Hubspot,
-            hubspot.base_url(),
-            &[("accessToken", "n8n-example-token")],
-        ),
-    )
-    .await;
-    let response = handle(
-        &app,
-        Operation::SyncAppointment,
-        api_request(Method::POST, Some(TEST_API_KEY), Some(&body)),
-    )
-    .await
-    .unwrap();
-    let (status, answer) = read_response(response);
-    assert_eq!(status, 200, "{answer}");
-    spec.check_response("POST", "/sync-appointment", 200, &answer)
-        .unwrap();
-    let meetings = hubspot.state.lock().unwrap().all("meetings");
-    // 10:00 in Chicago in July (CDT, UTC-5).
+    // Validation errors are not retried; crm-sync's status and body reach the caller.
+    assert_ne!(http["retryOnFail"], true, "{file}: n8n's retry is off");
+    let response = &parameters["options"]["response"]["response"];
+    assert_eq!(response["neverError"], true);
+    assert_eq!(response["fullResponse"], true);
+    let reply = next(&workflow, &http["name"], 0);
+    assert_eq!(reply["type"], "n8n-nodes-base.respondToWebhook");
     assert_eq!(
-        meetings[0].prop("hs_meeting_start_time"),
-        Some("2025-07-01T15:00:00.000Z")
+        reply["parameters"]["options"]["responseCode"],
+        "={{ $json.statusCode }}"
     );
-    assert_eq!(meetings[0].prop("hs_meeting_title"), Some("Boiler service"));
+    assert_eq!(
+        reply["parameters"]["responseBody"],
+        "={{ JSON.stringify($json.body) }}"
+    );
+    // No answer at all (crm-sync unreachable) takes the error output to its own reply.
+    assert_eq!(http["onError"], "continueErrorOutput");
+    let unreachable = next(&workflow, &http["name"], 1);
+    assert_eq!(unreachable["type"], "n8n-nodes-base.respondToWebhook");
+    assert_eq!(unreachable["parameters"]["options"]["responseCode"], 502);
+}
+
+#[test]
+fn the_booking_workflow_calls_sync_appointment_and_answers_with_crm_syncs_status_and_body() {
+    let sample = example("sample-booking.json");
+    let fields: Vec<&str> = sample
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    check_workflow("voice-booking-to-crm.json", "sync-appointment", &fields);
+}
+
+#[test]
+fn the_lead_workflow_calls_sync_lead_and_answers_with_crm_syncs_status_and_body() {
+    let sample = example("sample-lead.json");
+    let fields: Vec<&str> = sample
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    check_workflow("voice-lead-to-crm.json", "sync-lead", &fields);
+}
+
+#[test]
+fn the_credential_template_is_a_header_auth_credential_without_a_real_key() {
+    let credentials = example("crm-sync-credential.json");
+    let credential = &credentials[0];
+    assert_eq!(credential["type"], "httpHeaderAuth");
+    assert_eq!(credential["data"]["name"], "x-api-key");
+    assert_eq!(
+        credential["data"]["value"],
+        "REPLACE-WITH-YOUR-CRM-SYNC-API-KEY"
+    );
 }
