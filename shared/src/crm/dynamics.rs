@@ -34,8 +34,8 @@ use super::http::{CrmHttp, CrmResponse, Idempotency, status_error};
 use super::oauth::{AccessGrant, OAuthProvider, OAuthSession, TokenGrant};
 use super::{
     AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, StampedRecord,
-    customer_fields, has_phone, last_name_stand_in, map_properties, property_name, same_email,
-    stamp_field,
+    customer_fields, has_phone, last_name_stand_in, map_properties, not_someone_else,
+    property_name, same_email, stamp_field, stamp_warning, text,
 };
 use crate::connection::{Connection, ConnectionSettings};
 use crate::domain::{Appointment, AppointmentStatus, CrmType, Customer, E164Phone, Lead};
@@ -468,14 +468,13 @@ impl CrmAdapter for DynamicsAdapter {
         // The lookup a lost answer relies on proves the stamp column exists in each table.
         let mut warnings = Vec::new();
         for table in [CONTACTS, LEADS, APPOINTMENTS] {
-            match self.search_stamp(table, "test-connection").await {
-                Ok(_) => {}
-                Err(Error::CrmRejected { message }) => warnings.push(format!(
+            let lookup = self.search_stamp(table, "test-connection").await;
+            warnings.extend(stamp_warning(lookup, |message| {
+                format!(
                     "Dataverse {} cannot be queried by the stamp column: {message}. Add the text column to contact, lead and appointment, or set stampField to \"\" to sync without stamps",
                     table.entity_set
-                )),
-                Err(e) => return Err(e),
-            }
+                )
+            })?);
         }
         Ok(AccountInfo {
             account: format!("Dynamics 365 organization {organization} ({host})"),
@@ -565,11 +564,7 @@ impl CrmAdapter for DynamicsAdapter {
                 .await?;
             let same_person = found.iter().filter_map(to_person).find(|l| {
                 has_phone(l, phone, self.default_country())
-                    // Someone else on a shared phone has another email.
-                    && match (&person.email, l.email.as_deref()) {
-                        (Some(ours), Some(theirs)) => same_email(Some(theirs), ours.as_str()),
-                        _ => true,
-                    }
+                    && not_someone_else(person.email.as_ref(), l.email.as_deref())
             });
             return Ok(same_person.map(|l| l.crm_id));
         }
@@ -745,15 +740,6 @@ fn created_id(response: &CrmResponse, id_column: &str) -> Option<String> {
         })
         .filter(|id| record_id(id).is_ok());
     from_header.or_else(|| text(&response.body, id_column))
-}
-
-fn text(value: &Value, field: &str) -> Option<String> {
-    value
-        .get(field)
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(str::to_string)
 }
 
 /// The answer itself when it is a success, else its error.

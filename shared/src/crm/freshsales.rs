@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 use super::http::{CrmHttp, CrmResponse, Idempotency, status_error};
 use super::{
     AccountInfo, ContactLookup, CrmAdapter, CrmContact, StampedRecord, customer_fields,
-    encode_path_segment, map_properties, property_name, stamp_field,
+    encode_path_segment, map_properties, property_name, stamp_field, stamp_warning,
 };
 use crate::connection::{Connection, ConnectionSettings};
 use crate::domain::{Appointment, AppointmentStatus, CrmType, Customer, E164Phone, Email, Lead};
@@ -484,16 +484,20 @@ impl CrmAdapter for FreshsalesAdapter {
                 ("f", field.as_str()),
                 ("entities", "contact"),
             ];
-            match self
-                .call(Method::GET, "/lookup", &query, None, Idempotency::Idempotent)
-                .await
-            {
-                Ok(_) => {}
-                Err(Error::CrmRejected { message }) => warnings.push(format!(
+            let lookup = self
+                .call(
+                    Method::GET,
+                    "/lookup",
+                    &query,
+                    None,
+                    Idempotency::Idempotent,
+                )
+                .await;
+            warnings.extend(stamp_warning(lookup, |message| {
+                format!(
                     "Freshsales contacts cannot be looked up by '{field}': {message}. Create the text custom field once, or set stampField to \"\" to sync without stamps"
-                )),
-                Err(e) => return Err(e),
-            }
+                )
+            })?);
         }
         Ok(AccountInfo {
             account: format!("Freshworks CRM {host} ({users} users)"),

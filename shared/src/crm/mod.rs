@@ -260,11 +260,7 @@ async fn find_matching_contact(
         let found: Vec<_> = found
             .into_iter()
             .filter(|c| has_phone(c, phone, default_country))
-            // Someone else on a shared phone: same number, another email. Not our person.
-            .filter(|c| match (&customer.email, c.email.as_deref()) {
-                (Some(ours), Some(theirs)) => same_email(Some(theirs), ours.as_str()),
-                _ => true,
-            })
+            .filter(|c| not_someone_else(customer.email.as_ref(), c.email.as_deref()))
             .collect();
         return single_or_ambiguous(found, "phone");
     }
@@ -279,6 +275,38 @@ fn single_or_ambiguous(mut found: Vec<CrmContact>, by: &str) -> Result<Option<Cr
             ids: found.into_iter().map(|c| c.crm_id).collect(),
         }),
     }
+}
+
+/// A record found by phone is our person unless it has another email: someone else on a
+/// shared (household, office) phone.
+pub(crate) fn not_someone_else(ours: Option<&crate::domain::Email>, theirs: Option<&str>) -> bool {
+    match (ours, theirs) {
+        (Some(ours), Some(theirs)) => same_email(Some(theirs), ours.as_str()),
+        _ => true,
+    }
+}
+
+/// A `test-connection` warning when the CRM refuses the lookup a stamp is found by (the field is
+/// missing); other errors are the connection's own and pass on.
+pub(crate) fn stamp_warning<T>(
+    lookup: Result<T>,
+    warning: impl FnOnce(String) -> String,
+) -> Result<Option<String>> {
+    match lookup {
+        Ok(_) => Ok(None),
+        Err(Error::CrmRejected { message }) => Ok(Some(warning(message))),
+        Err(e) => Err(e),
+    }
+}
+
+/// The value of a text field of a JSON record, trimmed; `None` when absent or blank.
+pub(crate) fn text(value: &Value, field: &str) -> Option<String> {
+    value
+        .get(field)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
 }
 
 pub(crate) fn same_email(theirs: Option<&str>, ours: &str) -> bool {

@@ -16,7 +16,7 @@ use super::http::{CrmHttp, CrmResponse, Idempotency, status_error};
 use super::oauth::{AccessGrant, OAuthProvider, OAuthSession, TokenGrant};
 use super::{
     AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, StampedRecord,
-    customer_fields, map_properties, property_name, stamp_field,
+    customer_fields, map_properties, property_name, stamp_field, stamp_warning, text,
 };
 use crate::connection::{Connection, ConnectionSettings};
 use crate::domain::{Appointment, AppointmentStatus, CrmType, Customer, E164Phone, Lead};
@@ -411,13 +411,10 @@ impl CrmAdapter for SalesforceAdapter {
         // The lookup a lost answer relies on proves the stamp field exists on each object.
         let mut warnings = Vec::new();
         for sobject in ["Contact", "Lead", "Event"] {
-            match self.stamped(sobject, "").await {
-                Ok(_) => {}
-                Err(Error::CrmRejected { message }) => warnings.push(format!(
-                    "Salesforce {sobject} cannot hold the stamp: {message}. Create the text field once (External ID, unique) on Contact, Lead and Activity, or set stampField to \"\" to sync without stamps"
-                )),
-                Err(e) => return Err(e),
-            }
+            let lookup = self.stamped(sobject, "").await;
+            warnings.extend(stamp_warning(lookup, |message| {
+                format!("Salesforce {sobject} cannot hold the stamp: {message}. Create the text field once (External ID, unique) on Contact, Lead and Activity, or set stampField to \"\" to sync without stamps")
+            })?);
         }
         Ok(AccountInfo { account, warnings })
     }
@@ -682,15 +679,6 @@ pub fn phone_search_terms(phone: &E164Phone) -> Vec<String> {
 
 fn utc(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-fn text(record: &Value, field: &str) -> Option<String> {
-    record
-        .get(field)
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(str::to_string)
 }
 
 fn array(body: &Value, key: &str) -> Vec<Value> {

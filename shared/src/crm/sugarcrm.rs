@@ -23,8 +23,8 @@ use super::http::{CrmHttp, CrmResponse, Idempotency, status_error};
 use super::oauth::{AccessGrant, OAuthProvider, OAuthSession, TokenGrant};
 use super::{
     AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, StampedRecord,
-    customer_fields, has_phone, last_name_stand_in, map_properties, property_name, same_email,
-    stamp_field,
+    customer_fields, has_phone, last_name_stand_in, map_properties, not_someone_else,
+    property_name, same_email, stamp_field, stamp_warning, text,
 };
 use crate::connection::{Connection, ConnectionSettings};
 use crate::domain::{Appointment, AppointmentStatus, CrmType, Customer, E164Phone, Lead};
@@ -464,13 +464,10 @@ impl CrmAdapter for SugarCrmAdapter {
             .to_string();
         let mut warnings = Vec::new();
         for module in ["Contacts", "Leads", "Meetings"] {
-            match self.search_stamp(module, "test-connection").await {
-                Ok(_) => {}
-                Err(Error::CrmRejected { message }) => warnings.push(format!(
-                    "SugarCRM {module} cannot be filtered by the stamp field: {message}. Add the text field in Studio to Contacts, Leads and Meetings, or set stampField to \"\" to sync without stamps"
-                )),
-                Err(e) => return Err(e),
-            }
+            let lookup = self.search_stamp(module, "test-connection").await;
+            warnings.extend(stamp_warning(lookup, |message| {
+                format!("SugarCRM {module} cannot be filtered by the stamp field: {message}. Add the text field in Studio to Contacts, Leads and Meetings, or set stampField to \"\" to sync without stamps")
+            })?);
         }
         Ok(AccountInfo {
             account: format!("SugarCRM {host} as {name}"),
@@ -536,14 +533,9 @@ impl CrmAdapter for SugarCrmAdapter {
             let found = self
                 .find_people("Leads", "lead", LEAD_FIELDS, Some(open), &lookup)
                 .await?;
-            // Someone else on a shared phone has another email.
-            let same_person =
-                found
-                    .into_iter()
-                    .find(|l| match (&person.email, l.email.as_deref()) {
-                        (Some(ours), Some(theirs)) => same_email(Some(theirs), ours.as_str()),
-                        _ => true,
-                    });
+            let same_person = found
+                .into_iter()
+                .find(|l| not_someone_else(person.email.as_ref(), l.email.as_deref()));
             return Ok(same_person.map(|l| l.crm_id));
         }
         Ok(None)
@@ -681,15 +673,6 @@ fn record_id(id: &str) -> Result<&str> {
             "is not a valid SugarCRM record id",
         ))
     }
-}
-
-fn text(value: &Value, field: &str) -> Option<String> {
-    value
-        .get(field)
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(str::to_string)
 }
 
 fn checked(response: CrmResponse) -> Result<CrmResponse> {

@@ -20,7 +20,8 @@ use super::http::{CrmHttp, CrmResponse, Idempotency, status_error};
 use super::oauth::{AccessGrant, OAuthProvider, OAuthSession, TokenGrant};
 use super::{
     AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, StampedRecord,
-    customer_fields, has_phone, map_properties, property_name, same_email, stamp_field,
+    customer_fields, has_phone, map_properties, not_someone_else, property_name, same_email,
+    stamp_field, stamp_warning, text,
 };
 use crate::connection::{Connection, ConnectionSettings};
 use crate::domain::{Appointment, AppointmentStatus, CrmType, Customer, Lead};
@@ -496,13 +497,10 @@ impl CrmAdapter for ZohoAdapter {
         // The lookup a lost answer relies on proves the stamp field exists in each module.
         let mut warnings = Vec::new();
         for module in ["Contacts", "Leads", "Events"] {
-            match self.search_stamp(module, "test-connection").await {
-                Ok(_) => {}
-                Err(Error::CrmRejected { message }) => warnings.push(format!(
-                    "Zoho {module} cannot be searched by the stamp field: {message}. Create the single-line field once in Contacts, Leads and Meetings, or set stampField to \"\" to sync without stamps"
-                )),
-                Err(e) => return Err(e),
-            }
+            let lookup = self.search_stamp(module, "test-connection").await;
+            warnings.extend(stamp_warning(lookup, |message| {
+                format!("Zoho {module} cannot be searched by the stamp field: {message}. Create the single-line field once in Contacts, Leads and Meetings, or set stampField to \"\" to sync without stamps")
+            })?);
         }
         Ok(AccountInfo {
             account: format!("Zoho CRM org {name} ({domain})"),
@@ -594,11 +592,7 @@ impl CrmAdapter for ZohoAdapter {
                 .await?;
             let same_person = found.iter().filter_map(to_person).find(|l| {
                 has_phone(l, phone, self.default_country())
-                    // Someone else on a shared phone has another email.
-                    && match (&person.email, l.email.as_deref()) {
-                        (Some(ours), Some(theirs)) => same_email(Some(theirs), ours.as_str()),
-                        _ => true,
-                    }
+                    && not_someone_else(person.email.as_ref(), l.email.as_deref())
             });
             return Ok(same_person.map(|l| l.crm_id));
         }
@@ -812,15 +806,6 @@ fn id_of(value: &Value) -> Option<String> {
         Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
-}
-
-fn text(value: &Value, field: &str) -> Option<String> {
-    value
-        .get(field)
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(str::to_string)
 }
 
 /// Maps Zoho's error to ours: `{"code","details","message","status":"error"}` at the top level,
