@@ -59,13 +59,17 @@ pub async fn handle(
 ) -> Result<Response<Body>, std::convert::Infallible> {
     // The runtime's own span carries the Lambda request id; this one adds the operation.
     let span = tracing::info_span!("request", operation = operation.name());
-    let response = match request.headers().get(crate::idempotency::HEADER) {
-        Some(key) if operation.is_sync() => {
+    let response = match (
+        admit(app, operation, &request),
+        request.headers().get(crate::idempotency::HEADER),
+    ) {
+        (Err(error), _) => error_response(&error.into()),
+        (Ok(()), Some(key)) if operation.is_sync() => {
             respond_once(app, operation, &request, key.as_bytes())
                 .instrument(span.clone())
                 .await
         }
-        _ => {
+        (Ok(()), _) => {
             respond(app, operation, &request)
                 .instrument(span.clone())
                 .await
@@ -95,12 +99,8 @@ async fn respond_once(
     raw_key: &[u8],
 ) -> Response<Body> {
     use crate::idempotency::{self, Claim};
+    // Admitted first (`handle`): only a caller with the API key reads what a key stored.
     let claim = async {
-        if request.method() != operation.method() {
-            return Err(Error::MethodNotAllowed(request.method().to_string()));
-        }
-        // Only a caller with the API key may read what a key stored.
-        check_api_key(app, request)?;
         let key = format!("{}#{}", operation.name(), idempotency::parse_key(raw_key)?);
         let hash = idempotency::request_hash(operation.name(), request.body().as_ref());
         idempotency::claim(
@@ -138,15 +138,19 @@ async fn respond_once(
     }
 }
 
+/// The method and the API key, checked once per request before anything else.
+fn admit(app: &App, operation: Operation, request: &Request) -> Result<(), Error> {
+    if request.method() != operation.method() && request.method() != Method::OPTIONS {
+        return Err(Error::MethodNotAllowed(request.method().to_string()));
+    }
+    check_api_key(app, request)
+}
+
 async fn dispatch(
     app: &App,
     operation: Operation,
     request: &Request,
 ) -> Result<(StatusCode, Value), Failure> {
-    if request.method() != operation.method() && request.method() != Method::OPTIONS {
-        return Err(Error::MethodNotAllowed(request.method().to_string()).into());
-    }
-    check_api_key(app, request)?;
     let to_json = |v: &dyn erased::Json| v.to_value();
     // Workflows written for the earlier Node.js service read `success`; errors say `false`.
     let synced = |v: &dyn erased::Json| {
