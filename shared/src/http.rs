@@ -196,7 +196,7 @@ mod erased {
 }
 
 /// Compares in constant time, so response timing does not reveal how much of a key was right.
-fn check_api_key(app: &App, request: &Request) -> Result<(), Error> {
+pub(crate) fn check_api_key(app: &App, request: &Request) -> Result<(), Error> {
     let Some(expected) = &app.config.api_key else {
         return Ok(());
     };
@@ -218,7 +218,7 @@ fn check_api_key(app: &App, request: &Request) -> Result<(), Error> {
     }
 }
 
-fn body_json(request: &Request) -> Result<Value, Error> {
+pub(crate) fn body_json(request: &Request) -> Result<Value, Error> {
     let bytes: &[u8] = request.body().as_ref();
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(Error::validation("body", "a JSON object is required"));
@@ -236,7 +236,7 @@ fn query_object(request: &Request) -> Value {
     serde_json::to_value(map).unwrap_or_else(|_| json!({}))
 }
 
-fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Body> {
+pub(crate) fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Body> {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut response = Response::new(Body::from(bytes));
     *response.status_mut() = status;

@@ -4,6 +4,7 @@
 //! (`sync`) and the HTTP edge every Lambda function shares (`http`).
 
 pub mod config;
+pub mod connect;
 pub mod connection;
 pub mod crm;
 pub mod domain;

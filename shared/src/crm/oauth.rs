@@ -196,49 +196,75 @@ impl OAuthSession {
                 self.sugar_grant(&connection, platform).await?
             }
         };
-        connection
-            .credentials
-            .insert("accessToken".into(), token.access_token.clone());
-        if let Some(rotated) = token.refresh_token {
-            connection
-                .credentials
-                .insert("refreshToken".into(), rotated);
-        }
-        let api_base = match token.api_base {
-            Some(base) => base,
-            None => connection
-                .settings
-                .extra_str(self.provider.api_base_setting)
-                .unwrap_or_default()
-                .to_string(),
-        };
-        connection.settings.extra.insert(
-            self.provider.api_base_setting.into(),
-            Value::String(api_base.clone()),
-        );
-        match token.lifetime.or(self.provider.default_lifetime) {
-            Some(lifetime) => {
-                let expires_at =
-                    Utc::now() + chrono::Duration::from_std(lifetime).unwrap_or_default();
-                connection.settings.extra.insert(
-                    EXPIRES_AT_SETTING.into(),
-                    Value::String(expires_at.to_rfc3339()),
-                );
-            }
-            None => {
-                connection.settings.extra.remove(EXPIRES_AT_SETTING);
-            }
-        }
+        let grant = store_grant(&mut connection, token, &self.provider);
         if let Some(id) = &self.connection_id {
             self.ctx.connections.put(id, &connection).await?;
             tracing::info!(connection_id = %id, "CRM access token refreshed and stored");
         }
         *self.current.lock().await = connection;
-        Ok(AccessGrant {
-            access_token: token.access_token,
-            api_base,
-        })
+        Ok(grant)
     }
+}
+
+/// Writes a token answer into the connection as every OAuth adapter reads it back: the access
+/// token (and a new refresh token, when one came), the API host, and the expiry.
+pub fn store_grant(
+    connection: &mut Connection,
+    token: TokenResponse,
+    provider: &OAuthProvider,
+) -> AccessGrant {
+    connection
+        .credentials
+        .insert("accessToken".into(), token.access_token.clone());
+    if let Some(rotated) = token.refresh_token {
+        connection
+            .credentials
+            .insert("refreshToken".into(), rotated);
+    }
+    let api_base = match token.api_base {
+        Some(base) => base,
+        None => connection
+            .settings
+            .extra_str(provider.api_base_setting)
+            .unwrap_or_default()
+            .to_string(),
+    };
+    connection.settings.extra.insert(
+        provider.api_base_setting.into(),
+        Value::String(api_base.clone()),
+    );
+    match token.lifetime.or(provider.default_lifetime) {
+        Some(lifetime) => {
+            let expires_at = Utc::now() + chrono::Duration::from_std(lifetime).unwrap_or_default();
+            connection.settings.extra.insert(
+                EXPIRES_AT_SETTING.into(),
+                Value::String(expires_at.to_rfc3339()),
+            );
+        }
+        None => {
+            connection.settings.extra.remove(EXPIRES_AT_SETTING);
+        }
+    }
+    AccessGrant {
+        access_token: token.access_token,
+        api_base,
+    }
+}
+
+/// The authorization-code grant (RFC 6749 section 4.1.3): `form` carries the code, the client,
+/// the redirect URI and, where PKCE was used, the verifier. Sent once: a code is single-use.
+pub async fn exchange_authorization_code(
+    http: &super::CrmHttp,
+    provider: &OAuthProvider,
+    form: &[(&str, String)],
+) -> Result<TokenResponse> {
+    let url = provider.token_url.clone();
+    let response = http
+        .send(Idempotency::NotIdempotent, |client| {
+            client.post(&url).form(form)
+        })
+        .await?;
+    parse_token_response(&response, provider.api_base_field)
 }
 
 impl OAuthSession {
@@ -331,11 +357,12 @@ fn usable_grant(connection: &Connection, provider: &OAuthProvider) -> Option<Acc
     }
 }
 
-struct TokenResponse {
-    access_token: SecretString,
-    refresh_token: Option<SecretString>,
-    api_base: Option<String>,
-    lifetime: Option<Duration>,
+/// A token endpoint's answer.
+pub struct TokenResponse {
+    pub access_token: SecretString,
+    pub refresh_token: Option<SecretString>,
+    pub api_base: Option<String>,
+    pub lifetime: Option<Duration>,
 }
 
 fn parse_token_response(

@@ -110,19 +110,7 @@ impl SalesforceAdapter {
                 api_name(name).map_err(&invalid)?;
             }
         }
-        let session = OAuthSession::new(
-            connection,
-            ctx,
-            OAuthProvider {
-                token_url: format!("{login_url}/services/oauth2/token"),
-                grant: TokenGrant::RefreshToken,
-                api_base_field: Some("instance_url"),
-                api_base_setting: "instanceUrl",
-                // The answer carries no lifetime (it is the org's session timeout), so the token
-                // is used until Salesforce answers INVALID_SESSION_ID.
-                default_lifetime: None,
-            },
-        )?;
+        let session = OAuthSession::new(connection, ctx, token_provider(&login_url))?;
         Ok(SalesforceAdapter {
             http: ctx.http.clone(),
             session,
@@ -586,8 +574,22 @@ impl CrmAdapter for SalesforceAdapter {
     }
 }
 
+/// Salesforce's token endpoint on `login_url` (a value `login_url` accepted), as a refresh and an
+/// authorization-code exchange both use it.
+pub fn token_provider(login_url: &str) -> OAuthProvider {
+    OAuthProvider {
+        token_url: format!("{login_url}/services/oauth2/token"),
+        grant: TokenGrant::RefreshToken,
+        api_base_field: Some("instance_url"),
+        api_base_setting: "instanceUrl",
+        // The answer carries no lifetime (it is the org's session timeout), so the token is used
+        // until Salesforce answers INVALID_SESSION_ID.
+        default_lifetime: None,
+    }
+}
+
 /// The login host: production, sandbox (`https://test.salesforce.com`) or a My Domain host.
-fn login_url(setting: Option<&str>) -> std::result::Result<String, String> {
+pub fn login_url(setting: Option<&str>) -> std::result::Result<String, String> {
     let url = setting
         .map(str::trim)
         .filter(|u| !u.is_empty())

@@ -133,13 +133,7 @@ impl ZohoAdapter {
             .extra_str("accountsUrl")
             .unwrap_or(accounts)
             .trim_end_matches('/');
-        let provider = OAuthProvider {
-            token_url: format!("{accounts}/oauth/v2/token"),
-            grant: TokenGrant::RefreshToken,
-            api_base_field: Some("api_domain"),
-            api_base_setting: "apiDomain",
-            default_lifetime: Some(ACCESS_TOKEN_LIFETIME),
-        };
+        let provider = token_provider(accounts);
         Ok(ZohoAdapter {
             http: ctx.http.clone(),
             session: OAuthSession::new(connection, ctx, provider)?,
@@ -685,6 +679,18 @@ impl CrmAdapter for ZohoAdapter {
         let mut record = self.event_record(appointment, cancelled);
         record.insert("Who_Id".into(), json!({ "id": record_id(contact_id)? }));
         self.update("Events", crm_id, record).await
+    }
+}
+
+/// The token endpoint of the accounts server `accounts`, as a refresh and an authorization-code
+/// exchange both use it.
+pub fn token_provider(accounts: &str) -> OAuthProvider {
+    OAuthProvider {
+        token_url: format!("{}/oauth/v2/token", accounts.trim_end_matches('/')),
+        grant: TokenGrant::RefreshToken,
+        api_base_field: Some("api_domain"),
+        api_base_setting: "apiDomain",
+        default_lifetime: Some(ACCESS_TOKEN_LIFETIME),
     }
 }
 

@@ -37,7 +37,7 @@ fn sdk_error<E: std::error::Error + 'static, R: std::fmt::Debug>(
 pub struct LazySdkConfig(Arc<tokio::sync::OnceCell<SdkConfig>>);
 
 impl LazySdkConfig {
-    async fn get(&self) -> &SdkConfig {
+    pub async fn get(&self) -> &SdkConfig {
         self.0.get_or_init(aws_config::load_from_env).await
     }
 }
