@@ -1,5 +1,6 @@
 //! The OAuth2 side of an emulated CRM (Salesforce, Zoho, Dynamics 365, SugarCRM): a client, its
-//! refresh tokens, and access tokens that expire. Each CRM emulator wraps it in its own token endpoint and answer
+//! refresh tokens, access tokens that expire, and authorization codes handed out by a consent
+//! page (RFC 6749 section 4.1, with PKCE's S256 challenge, RFC 7636). Each CRM emulator wraps it in its own token endpoint and answer
 //! shape (RFC 6749 section 5: `access_token`, `expires_in`; errors `invalid_grant` and
 //! `invalid_client`).
 
@@ -17,7 +18,20 @@ pub struct OAuthTokens {
     pub rotate_refresh_tokens: bool,
     /// How many refreshes were granted.
     pub refreshes: u32,
+    /// Authorization codes handed out and not yet exchanged.
+    codes: HashMap<String, AuthorizationCode>,
 }
+
+/// A code the consent page handed out: for whom, for which redirect URI and PKCE challenge.
+#[derive(Debug, Clone)]
+struct AuthorizationCode {
+    redirect_uri: String,
+    challenge: Option<String>,
+    expires: DateTime<Utc>,
+}
+
+/// How long a code may wait for its exchange (Zoho: 2 minutes; Salesforce: 15).
+const CODE_LIFETIME: Duration = Duration::minutes(2);
 
 /// A granted refresh.
 #[derive(Debug, Clone)]
@@ -57,6 +71,7 @@ impl OAuthTokens {
             lifetime,
             rotate_refresh_tokens: false,
             refreshes: 0,
+            codes: HashMap::new(),
         }
     }
 
@@ -178,4 +193,172 @@ impl OAuthTokens {
             expires_in: self.lifetime.num_seconds(),
         })
     }
+
+    /// The consent page's "Allow": checks the authorization request and hands out a code for
+    /// its redirect URI (and PKCE challenge, which must be S256).
+    pub fn authorize(&mut self, request: &HashMap<String, String>) -> Result<String, OAuthError> {
+        let field = |name: &str| request.get(name).map(String::as_str).unwrap_or("");
+        let refused = |error: &'static str, description: &'static str| OAuthError {
+            status: 400,
+            error,
+            description,
+        };
+        if field("response_type") != "code" {
+            return Err(refused(
+                "unsupported_response_type",
+                "response type not supported",
+            ));
+        }
+        if field("client_id") != self.client_id {
+            return Err(refused("invalid_client_id", "client identifier invalid"));
+        }
+        if !(field("redirect_uri").starts_with("http://")
+            || field("redirect_uri").starts_with("https://"))
+        {
+            return Err(refused(
+                "redirect_uri_mismatch",
+                "redirect_uri must be an http(s) URL",
+            ));
+        }
+        let challenge = match (field("code_challenge"), field("code_challenge_method")) {
+            ("", _) => None,
+            (challenge, "S256") => Some(challenge.to_string()),
+            _ => {
+                return Err(refused(
+                    "invalid_request",
+                    "code_challenge_method must be S256",
+                ));
+            }
+        };
+        let code = format!("code-{}", uuid::Uuid::new_v4().simple());
+        self.codes.insert(
+            code.clone(),
+            AuthorizationCode {
+                redirect_uri: field("redirect_uri").to_string(),
+                challenge,
+                expires: Utc::now() + CODE_LIFETIME,
+            },
+        );
+        Ok(code)
+    }
+
+    /// `grant_type=authorization_code`: the code once, for the redirect URI it was given for,
+    /// with the PKCE verifier when a challenge was sent; a new refresh token with the access token.
+    pub fn exchange_code(&mut self, form: &HashMap<String, String>) -> Result<Issued, OAuthError> {
+        let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
+        let invalid_grant = |description: &'static str| OAuthError {
+            status: 400,
+            error: "invalid_grant",
+            description,
+        };
+        if field("grant_type") != "authorization_code" {
+            return Err(OAuthError {
+                status: 400,
+                error: "unsupported_grant_type",
+                description: "grant type not supported",
+            });
+        }
+        if field("client_id") != self.client_id || field("client_secret") != self.client_secret {
+            return Err(OAuthError {
+                status: 400,
+                error: "invalid_client",
+                description: "invalid client credentials",
+            });
+        }
+        // Used or not, a code is gone once presented.
+        let code = self
+            .codes
+            .remove(field("code"))
+            .ok_or_else(|| invalid_grant("invalid authorization code"))?;
+        if code.expires < Utc::now() {
+            return Err(invalid_grant("expired authorization code"));
+        }
+        if code.redirect_uri != field("redirect_uri") {
+            return Err(OAuthError {
+                status: 400,
+                error: "redirect_uri_mismatch",
+                description: "redirect_uri must match configuration",
+            });
+        }
+        if let Some(challenge) = &code.challenge {
+            use base64::Engine;
+            use sha2::Digest;
+            let computed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(sha2::Sha256::digest(field("code_verifier").as_bytes()));
+            if &computed != challenge {
+                return Err(invalid_grant("invalid code verifier"));
+            }
+        }
+        Ok(self.open_session())
+    }
+}
+
+/// A CRM's consent page: what the app asks for, and Allow / Deny, posted back to `action` with
+/// the authorization request in hidden fields.
+pub fn consent_page(crm: &str, action: &str, request: &HashMap<String, String>) -> String {
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let hidden: String = request
+        .iter()
+        .filter(|(name, _)| name.as_str() != "decision")
+        .map(|(name, value)| {
+            format!(
+                "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+                escape(name),
+                escape(value)
+            )
+        })
+        .collect();
+    format!(
+        "<!doctype html><html><head><title>{crm}: allow access?</title></head><body>\
+         <h1>{crm} (emulated)</h1><p>The app <b>{client}</b> asks for access: {scope}.</p>\
+         <form method=\"post\" action=\"{action}\">{hidden}\
+         <button type=\"submit\" name=\"decision\" value=\"allow\" id=\"allow\">Allow</button>\
+         <button type=\"submit\" name=\"decision\" value=\"deny\" id=\"deny\">Deny</button></form></body></html>",
+        client = escape(request.get("client_id").map(String::as_str).unwrap_or("")),
+        scope = escape(request.get("scope").map(String::as_str).unwrap_or("")),
+    )
+}
+
+/// Where the consent page's decision sends the browser: the redirect URI with a code (and
+/// `on_allow`'s extra parameters), or with `error=access_denied`; `Err` for a request that
+/// cannot be redirected (an unknown client, no redirect URI), which the CRM shows as a page.
+pub fn consent_redirect(
+    tokens: &mut OAuthTokens,
+    decision: &HashMap<String, String>,
+    on_allow: &[(&str, &str)],
+) -> Result<String, OAuthError> {
+    let state = decision.get("state").cloned().unwrap_or_default();
+    let redirect_uri = decision.get("redirect_uri").cloned().unwrap_or_default();
+    let mut params: Vec<(String, String)> = Vec::new();
+    if decision.get("decision").map(String::as_str) == Some("allow") {
+        let code = tokens.authorize(decision)?;
+        params.push(("code".into(), code));
+        params.extend(on_allow.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    } else {
+        if decision.get("client_id") != Some(&tokens.client_id) || redirect_uri.is_empty() {
+            return Err(OAuthError {
+                status: 400,
+                error: "invalid_client_id",
+                description: "client identifier invalid",
+            });
+        }
+        params.push(("error".into(), "access_denied".into()));
+        params.push((
+            "error_description".into(),
+            "end-user denied authorization".into(),
+        ));
+    }
+    params.push(("state".into(), state));
+    let mut url = url::Url::parse(&redirect_uri).map_err(|_| OAuthError {
+        status: 400,
+        error: "redirect_uri_mismatch",
+        description: "redirect_uri is not a URL",
+    })?;
+    url.query_pairs_mut().extend_pairs(params);
+    Ok(url.into())
 }

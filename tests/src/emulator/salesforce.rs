@@ -490,6 +490,10 @@ fn authorised(
 pub fn routes(state: SharedState) -> Router {
     Router::new()
         .route("/services/oauth2/token", post(token))
+        .route(
+            "/services/oauth2/authorize",
+            get(authorize_page).post(authorize_decision),
+        )
         .route("/services/data/{version}/limits", get(limits))
         .route("/services/data/{version}/limits/", get(limits))
         .route("/services/data/{version}/query", get(query))
@@ -525,7 +529,12 @@ async fn token(
     if form.get("client_id") != Some(&state.tokens.client_id) {
         return oauth_error("invalid_client_id", "client identifier invalid");
     }
-    match state.tokens.refresh(&form) {
+    let granted = if form.get("grant_type").map(String::as_str) == Some("authorization_code") {
+        state.tokens.exchange_code(&form)
+    } else {
+        state.tokens.refresh(&form)
+    };
+    match granted {
         Err(e) => oauth_error(e.error, e.description),
         Ok(issued) => {
             let id = format!(
@@ -546,6 +555,42 @@ async fn token(
             }
             Json(body).into_response()
         }
+    }
+}
+
+/// The web-server flow's consent page (`GET /services/oauth2/authorize?response_type=code&…`).
+async fn authorize_page(
+    State(state): State<SharedState>,
+    Query(request): Query<HashMap<String, String>>,
+) -> Response {
+    if request.get("client_id") != Some(&state.lock().unwrap().tokens.client_id) {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::response::Html("error=invalid_client_id: client identifier invalid"),
+        )
+            .into_response();
+    }
+    axum::response::Html(super::oauth::consent_page(
+        "Salesforce",
+        "/services/oauth2/authorize",
+        &request,
+    ))
+    .into_response()
+}
+
+/// Allow redirects with `code` and `state`; Deny with `error=access_denied`.
+async fn authorize_decision(
+    State(state): State<SharedState>,
+    Form(decision): Form<HashMap<String, String>>,
+) -> Response {
+    let mut state = state.lock().unwrap();
+    match super::oauth::consent_redirect(&mut state.tokens, &decision, &[]) {
+        Ok(location) => (StatusCode::FOUND, [("location", location)]).into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            axum::response::Html(format!("error={}: {}", e.error, e.description)),
+        )
+            .into_response(),
     }
 }
 

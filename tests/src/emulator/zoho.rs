@@ -254,6 +254,10 @@ fn authorised(
 pub fn routes(state: SharedState) -> Router {
     Router::new()
         .route("/oauth/v2/token", post(token))
+        .route(
+            "/oauth/v2/auth",
+            get(authorize_page).post(authorize_decision),
+        )
         .route("/crm/v8/org", get(org))
         .route("/crm/v8/{module}", post(insert_records))
         .route("/crm/v8/{module}/search", get(search_records))
@@ -289,15 +293,26 @@ async fn token(
         params.extend(body);
     }
     let mut state = state.lock().unwrap();
-    match state.tokens.refresh(&params) {
-        Ok(issued) => Json(json!({
-            "access_token": issued.access_token,
-            "scope": "ZohoCRM.modules.ALL ZohoCRM.org.READ",
-            "api_domain": state.api_domain,
-            "token_type": "Bearer",
-            "expires_in": issued.expires_in,
-        }))
-        .into_response(),
+    let granted = if params.get("grant_type").map(String::as_str) == Some("authorization_code") {
+        state.tokens.exchange_code(&params)
+    } else {
+        state.tokens.refresh(&params)
+    };
+    match granted {
+        Ok(issued) => {
+            let mut body = json!({
+                "access_token": issued.access_token,
+                "scope": "ZohoCRM.modules.ALL ZohoCRM.org.READ",
+                "api_domain": state.api_domain,
+                "token_type": "Bearer",
+                "expires_in": issued.expires_in,
+            });
+            // The code grant (with access_type=offline) hands out a refresh token.
+            if let Some(refresh_token) = issued.refresh_token {
+                body["refresh_token"] = refresh_token.into();
+            }
+            Json(body).into_response()
+        }
         Err(e) => {
             let error = match e.error {
                 "invalid_grant" => "invalid_code",
@@ -305,6 +320,45 @@ async fn token(
             };
             Json(json!({ "error": error })).into_response()
         }
+    }
+}
+
+/// The accounts server's consent page (`GET /oauth/v2/auth?response_type=code&…`).
+async fn authorize_page(
+    State(state): State<SharedState>,
+    Query(request): Query<HashMap<String, String>>,
+) -> Response {
+    if request.get("client_id") != Some(&state.lock().unwrap().tokens.client_id) {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::response::Html("Invalid Client: the client_id is not registered"),
+        )
+            .into_response();
+    }
+    axum::response::Html(super::oauth::consent_page(
+        "Zoho",
+        "/oauth/v2/auth",
+        &request,
+    ))
+    .into_response()
+}
+
+/// Accept redirects with `code`, `state`, the user's `location` and `accounts-server` (this
+/// emulator); Reject with `error=access_denied`.
+async fn authorize_decision(
+    State(state): State<SharedState>,
+    Form(decision): Form<HashMap<String, String>>,
+) -> Response {
+    let mut state = state.lock().unwrap();
+    let accounts = state.api_domain.clone();
+    let extra = [("location", "us"), ("accounts-server", accounts.as_str())];
+    match super::oauth::consent_redirect(&mut state.tokens, &decision, &extra) {
+        Ok(location) => (StatusCode::FOUND, [("location", location)]).into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            axum::response::Html(format!("{}: {}", e.error, e.description)),
+        )
+            .into_response(),
     }
 }
 
