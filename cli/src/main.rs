@@ -49,6 +49,33 @@ enum Command {
     /// List and replay sync records.
     #[command(subcommand)]
     Records(RecordsCommand),
+    /// Make a single-use link that opens the connect page for a connection; prints the link.
+    ConnectLink(ConnectLinkArgs),
+}
+
+#[derive(Args)]
+struct ConnectLinkArgs {
+    /// The connection the link creates, or reconnects (its settings are kept).
+    id: String,
+    /// Fix the CRM: the page then asks only for its credentials or sign-in.
+    #[arg(long)]
+    crm: Option<String>,
+    /// IANA zone for appointments that name none (fixed; the page does not ask).
+    #[arg(long)]
+    timezone: Option<String>,
+    /// Country for phone numbers without a country code (fixed; the page does not ask).
+    #[arg(long)]
+    country: Option<String>,
+    /// Another fixed setting, `name=value` (e.g. `baseUrl=http://127.0.0.1:4010`).
+    #[arg(long = "setting", value_name = "NAME=VALUE")]
+    settings: Vec<String>,
+    /// Minutes the link works (default CRM_SYNC_CONNECT_LINK_MINUTES, else 30).
+    #[arg(long)]
+    expires_minutes: Option<u64>,
+    /// The connect page's address (default CRM_SYNC_CONNECT_PAGE_URL; deployed, the stack
+    /// output ConnectPageUrl).
+    #[arg(long)]
+    page_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -134,6 +161,10 @@ async fn main() -> ExitCode {
 }
 
 async fn app(cli: &Cli) -> App {
+    App::from_config(config(cli)).await
+}
+
+fn config(cli: &Cli) -> Config {
     let mut config = Config::from_env();
     if let Some(store) = cli.store {
         config.store = match store {
@@ -144,7 +175,7 @@ async fn app(cli: &Cli) -> App {
     if let Some(dir) = &cli.data_dir {
         config.data_dir = dir.clone();
     }
-    App::from_config(config).await
+    config
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
@@ -209,6 +240,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
+        Command::ConnectLink(ref args) => connect_link(&cli, args).await,
         Command::Records(RecordsCommand::Replay { limit }) => {
             let summary = app.replay_failed(limit).await.map_err(describe)?;
             println!(
@@ -303,6 +335,47 @@ async fn add_connection(app: &App, args: AddArgs) -> Result<(), String> {
         .await
         .map_err(describe)?;
     println!("stored connection {id} ({crm_type})");
+    Ok(())
+}
+
+async fn connect_link(cli: &Cli, args: &ConnectLinkArgs) -> Result<(), String> {
+    use crm_sync::connect::{ConnectConfig, ConnectService};
+    let connect = ConnectConfig::from_env();
+    let page_url = args
+        .page_url
+        .clone()
+        .or_else(|| connect.page_url.clone())
+        .ok_or("the connect page's address is unknown: pass --page-url (the stack output ConnectPageUrl) or set CRM_SYNC_CONNECT_PAGE_URL")?;
+    let mut settings = json!({});
+    for setting in &args.settings {
+        let (name, value) = setting
+            .split_once('=')
+            .ok_or_else(|| format!("--setting {setting}: expected NAME=VALUE"))?;
+        settings[name.trim()] = json!(value.trim());
+    }
+    if let Some(zone) = &args.timezone {
+        settings["defaultTimezone"] = json!(zone);
+    }
+    if let Some(country) = &args.country {
+        settings["defaultCountry"] = json!(country);
+    }
+    let mut body = json!({ "connectionId": args.id, "settings": settings });
+    if let Some(crm) = &args.crm {
+        body["crmType"] = json!(crm);
+    }
+    if let Some(minutes) = args.expires_minutes {
+        body["expiresInMinutes"] = json!(minutes);
+    }
+    let service = ConnectService::from_config(config(cli), connect).await;
+    let link = service
+        .create_link(&body, &page_url)
+        .await
+        .map_err(describe)?;
+    println!("{}", link.connect_url);
+    eprintln!(
+        "works once, until {} (UTC); send it to the person who connects the CRM",
+        link.expires_at.format("%Y-%m-%d %H:%M")
+    );
     Ok(())
 }
 

@@ -260,3 +260,51 @@ async fn the_cli_manages_connections_in_secrets_manager_and_reads_records_from_d
         ""
     );
 }
+
+#[tokio::test]
+async fn connect_link_prints_a_single_use_link_that_opens_the_connect_page() {
+    let dir = TempDir::new("cli-connect-link");
+    let missing = crm_sync(&dir, &["connect-link", "acme-hubspot"], "").await;
+    assert!(!missing.ok);
+    assert!(missing.stderr.contains("--page-url"), "{}", missing.stderr);
+    let made = crm_sync(
+        &dir,
+        &[
+            "connect-link",
+            "acme-hubspot",
+            "--crm",
+            "hubspot",
+            "--timezone",
+            "America/New_York",
+            "--page-url",
+            "https://connect.example/connect",
+        ],
+        "",
+    )
+    .await;
+    assert!(made.ok, "{}", made.stderr);
+    let link = made.stdout.trim();
+    assert!(
+        link.starts_with("https://connect.example/connect?session="),
+        "{link}"
+    );
+    assert!(!link.contains("acme-hubspot"));
+    assert!(made.stderr.contains("works once"));
+    let sessions: Vec<_> = std::fs::read_dir(dir.path().join("connect-sessions"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert_eq!(sessions.len(), 1);
+    let session: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sessions[0].path()).unwrap()).unwrap();
+    assert_eq!(session["connectionId"], "acme-hubspot");
+    assert_eq!(session["crmType"], "hubspot");
+    assert_eq!(session["settings"]["defaultTimezone"], "America/New_York");
+    let token = link.rsplit('=').next().unwrap();
+    assert!(
+        !std::fs::read_to_string(sessions[0].path())
+            .unwrap()
+            .contains(token)
+    );
+}

@@ -43,9 +43,20 @@ async fn invoke(
     let Some(operation) = params.get("function").and_then(|f| operation(f)) else {
         return (StatusCode::NOT_FOUND, "no such function").into_response();
     };
+    let event = match lambda_event(request).await {
+        Ok(event) => event,
+        Err(refused) => return refused,
+    };
+    let Ok(answer) = handle(&app, operation, event).await;
+    let (parts, body) = answer.into_parts();
+    Response::from_parts(parts, AxumBody::from(body.to_vec()))
+}
+
+/// The request as the Lambda runtime hands it to a function.
+async fn lambda_event(request: Request) -> Result<lambda_http::Request, Response> {
     let (parts, body) = request.into_parts();
     let Ok(bytes) = to_bytes(body, MAX_BODY).await else {
-        return (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response();
+        return Err((StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response());
     };
     let query: HashMap<String, String> = parts
         .uri
@@ -63,12 +74,9 @@ async fn invoke(
         event = event.header(name, value);
     }
     let Ok(event) = event.body(lambda_http::Body::from(bytes.to_vec())) else {
-        return (StatusCode::BAD_REQUEST, "unreadable request").into_response();
+        return Err((StatusCode::BAD_REQUEST, "unreadable request").into_response());
     };
-    let event = event.with_query_string_parameters(query);
-    let Ok(answer) = handle(&app, operation, event).await;
-    let (parts, body) = answer.into_parts();
-    Response::from_parts(parts, AxumBody::from(body.to_vec()))
+    Ok(event.with_query_string_parameters(query))
 }
 
 /// `a=1&b=x%40y` as decoded pairs.
@@ -111,6 +119,48 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+// ---- connect links: the three connect functions, at /lambda-url/connect-{sessions,page,callback}
+
+/// The connect function the path names, with the request.
+async fn invoke_connect(
+    State(service): State<Arc<crm_sync::connect::ConnectService>>,
+    request: Request,
+) -> Response {
+    use crm_sync::connect::http;
+    let function = request
+        .uri()
+        .path()
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next();
+    let function = function.unwrap_or_default().to_string();
+    let event = match lambda_event(request).await {
+        Ok(event) => event,
+        Err(refused) => return refused,
+    };
+    let answer = match function.as_str() {
+        "connect-sessions" => http::create_session(&service, event).await,
+        "connect-page" => http::page(&service, event).await,
+        "connect-callback" => http::callback(&service, event).await,
+        _ => return (StatusCode::NOT_FOUND, "no such function").into_response(),
+    };
+    let Ok(answer) = answer;
+    let (parts, body) = answer.into_parts();
+    Response::from_parts(parts, AxumBody::from(body.to_vec()))
+}
+
+/// The connect functions' routes, which take precedence over `{function}`.
+async fn connect_routes() -> Router {
+    let service = Arc::new(crm_sync::connect::ConnectService::from_env().await);
+    let mut router = Router::new();
+    for function in ["connect-sessions", "connect-page", "connect-callback"] {
+        router = router
+            .route(&format!("/lambda-url/{function}"), any(invoke_connect))
+            .route(&format!("/lambda-url/{function}/"), any(invoke_connect));
+    }
+    router.with_state(service)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Failure> {
     crm_sync::telemetry::init();
@@ -126,7 +176,8 @@ async fn main() -> Result<(), Failure> {
     let router = Router::new()
         .route("/lambda-url/{function}", any(invoke))
         .route("/lambda-url/{function}/", any(invoke))
-        .with_state(app);
+        .with_state(app)
+        .merge(connect_routes().await);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!("crm-sync functions on http://{listen}/lambda-url/<function>");
     axum::serve(listener, router)
