@@ -14,6 +14,8 @@ lint: ## Formatting, clippy and the SAM template
 	SAM_CLI_TELEMETRY=0 sam validate --lint --region us-east-1
 
 FUNCTIONS := platforms test-connection sync-customer sync-appointment sync-lead get-customer replay-failed
+# Connect links (the connect page, its OAuth callback, and the links' API).
+FUNCTIONS += connect-sessions connect-page connect-callback
 
 build: ## Release builds of every function for Lambda (arm64), one cargo invocation
 	cargo lambda build --release --arm64 $(addprefix -p ,$(FUNCTIONS))
@@ -44,6 +46,13 @@ build-GetCustomerFunction:
 	$(call bootstrap,get-customer)
 build-ReplayFailedFunction:
 	$(call bootstrap,replay-failed)
+
+build-ConnectSessionsFunction:
+	$(call bootstrap,connect-sessions)
+build-ConnectPageFunction:
+	$(call bootstrap,connect-page)
+build-ConnectCallbackFunction:
+	$(call bootstrap,connect-callback)
 
 fmt:
 	cargo fmt --all

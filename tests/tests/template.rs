@@ -84,11 +84,14 @@ fn sam_builds_every_function_with_the_one_cargo_invocation_of_the_makefile() {
         .expect("Makefile");
     let listed: BTreeSet<String> = makefile
         .lines()
-        .find_map(|l| l.strip_prefix("FUNCTIONS := "))
-        .expect("the Makefile lists the functions")
-        .split_whitespace()
+        .filter_map(|l| {
+            l.strip_prefix("FUNCTIONS := ")
+                .or_else(|| l.strip_prefix("FUNCTIONS += "))
+        })
+        .flat_map(str::split_whitespace)
         .map(str::to_string)
         .collect();
+    assert!(!listed.is_empty(), "the Makefile lists the functions");
     assert_eq!(
         binaries, listed,
         "each function built once, and only the functions"
@@ -131,7 +134,7 @@ fn allowed_actions(role: &Value) -> Vec<(String, String)> {
 }
 
 #[test]
-fn every_api_method_requires_the_api_key_and_the_six_routes_exist() {
+fn every_api_method_but_the_connect_pages_requires_the_api_key_and_the_routes_exist() {
     let template = template();
     let api = &template["Resources"]["CrmSyncApi"];
     assert_eq!(api["Properties"]["Auth"]["ApiKeyRequired"], true);
@@ -143,10 +146,21 @@ fn every_api_method_requires_the_api_key_and_the_six_routes_exist() {
             .flatten()
         {
             if event["Type"] == "Api" {
-                assert_ne!(
-                    event["Properties"]["Auth"]["ApiKeyRequired"], false,
-                    "{name} turns the API key off"
-                );
+                // A browser opens the connect page and the CRM redirects to the callback: neither
+                // can send a key, and both answer only pages without a valid link.
+                let public =
+                    ["ConnectPageFunction", "ConnectCallbackFunction"].contains(&name.as_str());
+                if public {
+                    assert_eq!(
+                        event["Properties"]["Auth"]["ApiKeyRequired"], false,
+                        "{name}"
+                    );
+                } else {
+                    assert_ne!(
+                        event["Properties"]["Auth"]["ApiKeyRequired"], false,
+                        "{name} turns the API key off"
+                    );
+                }
                 routes.insert(format!(
                     "{} {}",
                     event["Properties"]["Method"].as_str().unwrap(),
@@ -162,6 +176,11 @@ fn every_api_method_requires_the_api_key_and_the_six_routes_exist() {
         "POST /api/v1/integrations/crm/sync-appointment",
         "POST /api/v1/integrations/crm/sync-lead",
         "GET /api/v1/integrations/crm/get-customer",
+        "POST /api/v1/integrations/crm/connect-sessions",
+        "GET /api/v1/integrations/crm/connect",
+        "POST /api/v1/integrations/crm/connect",
+        "GET /api/v1/integrations/crm/connect/callback",
+        "POST /api/v1/integrations/crm/connect/callback",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -182,8 +201,10 @@ fn each_function_gets_the_least_iam_its_operation_needs() {
         for (action, resource) in &actions {
             assert!(!action.contains('*'), "{name}: wildcard action {action}");
             if action.starts_with("secretsmanager:") {
+                let oauth_apps = resource.contains("secret:crm-sync/oauth-apps/*")
+                    && action == "secretsmanager:GetSecretValue";
                 assert!(
-                    resource.contains("secret:crm-sync/connections/*"),
+                    resource.contains("secret:crm-sync/connections/*") || oauth_apps,
                     "{name}: {action} on {resource}"
                 );
             }
@@ -213,11 +234,43 @@ fn each_function_gets_the_least_iam_its_operation_needs() {
                     "{binary} never lists records"
                 );
             }
+            "connect-sessions" | "connect-page" | "connect-callback" => {
+                // Connect sessions only: items whose key starts with connect#.
+                for policy in resources[&role_name]["Properties"]["Policies"]
+                    .as_array()
+                    .unwrap()
+                {
+                    for statement in policy["PolicyDocument"]["Statement"].as_array().unwrap() {
+                        if serde_json::to_string(&statement["Action"])
+                            .unwrap()
+                            .contains("dynamodb:")
+                        {
+                            assert_eq!(
+                                statement["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"],
+                                serde_json::json!(["connect#*"]),
+                                "{name}"
+                            );
+                        }
+                    }
+                }
+                assert!(!has("dynamodb:Query") && !has("dynamodb:DeleteItem"));
+                if binary != "connect-callback" {
+                    assert!(
+                        !has("secretsmanager:PutSecretValue"),
+                        "{binary} cannot write connection secrets"
+                    );
+                }
+            }
             other => panic!("unexpected function binary {other}"),
         }
         assert!(
-            !has("secretsmanager:CreateSecret") && !has("secretsmanager:DeleteSecret"),
-            "{name} cannot add or remove connections"
+            !has("secretsmanager:DeleteSecret"),
+            "{name} cannot remove connections"
+        );
+        assert_eq!(
+            has("secretsmanager:CreateSecret"),
+            binary == "connect-callback",
+            "only the connect callback adds connections ({name})"
         );
     }
 }
