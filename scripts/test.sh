@@ -3,7 +3,8 @@
 # the SAM CLI and openapi-spec-validator from PyPI if missing, validates openapi.yaml and the SAM
 # template, starts moto_server on a free loopback port, runs the tests, and stops moto whatever
 # happens; then runs the example n8n workflows in a real n8n (tests/n8n/run.sh, which installs its
-# pinned n8n from the npm registry once).
+# pinned n8n from the npm registry once), and the connect page in headless Chromium
+# (tests/connect/run.sh, which installs Debian's chromium and chromium-driver once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/tools.sh
@@ -39,3 +40,5 @@ awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += 
      END { printf "workspace: %d passed, %d failed\n", p, f }' "$log"
 # The n8n workflows in a real n8n, against the functions just tested (needs Node.js 20).
 tests/n8n/run.sh
+# The connect page in headless Chromium, against the same functions and the emulators.
+tests/connect/run.sh
