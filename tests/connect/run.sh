@@ -56,10 +56,13 @@ chromedriver --port="$driver_port" >"$work/chromedriver.log" 2>&1 &
 pids+=($!)
 for port in "${ports[@]}" "$api_port" "$driver_port"; do wait_for_port "$port" 60; done
 
+# cargo runs the test in the tests/ folder: the screenshot's path is made absolute here.
+screenshot="${CRM_SYNC_CONNECT_SCREENSHOT:-}"
+[ -z "$screenshot" ] || screenshot=$(realpath -m "$screenshot")
 started=$(date +%s)
 CONNECT_TEST_API="$api" CONNECT_TEST_API_KEY="$api_key" CONNECT_TEST_DRIVER="http://127.0.0.1:$driver_port" \
   CONNECT_TEST_DATA_DIR="$work/data" CONNECT_TEST_LOGS="$work/api.log $work/emulator.log" \
-  CONNECT_TEST_SCREENSHOT="${CRM_SYNC_CONNECT_SCREENSHOT:-}" \
+  CONNECT_TEST_SCREENSHOT="$screenshot" \
   CONNECT_TEST_HUBSPOT="http://127.0.0.1:${ports[0]}" CONNECT_TEST_SALESFORCE="http://127.0.0.1:${ports[1]}" \
   CONNECT_TEST_PIPEDRIVE="http://127.0.0.1:${ports[2]}" CONNECT_TEST_ZOHO="http://127.0.0.1:${ports[3]}" \
   CONNECT_TEST_FRESHSALES="http://127.0.0.1:${ports[4]}" \
