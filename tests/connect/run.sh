@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The connect page in a real browser: installs Debian's chromium and chromium-driver if they are
-# missing (apt keeps the downloaded packages in its cache), starts the CRM emulators, every
+# missing (the packages are kept in ~/.cache/crm-sync/apt for the next install), starts the CRM emulators, every
 # function (local-api, at the paths `make dev` serves) and chromedriver on free loopback ports,
 # and runs tests/tests/connect_browser.rs against them (`--ignored`: a plain `cargo test` skips
 # it). With CRM_SYNC_CONNECT_SCREENSHOT=docs/connect-page.png it saves a screenshot of the page
@@ -13,8 +13,14 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   echo "installing chromium and chromium-driver from Debian's packages (once)"
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo
+  # The downloaded packages are kept outside the clone (apt's own cache may be emptied after
+  # every install), so a reinstall on this machine downloads nothing.
+  cache="${CRM_SYNC_APT_CACHE:-$HOME/.cache/crm-sync/apt}"
+  mkdir -p "$cache/partial"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    -o Dir::Cache::Archives="$cache" -o APT::Keep-Downloaded-Packages=true \
+    chromium chromium-driver fonts-liberation >/dev/null
 fi
 command -v chromedriver >/dev/null || { echo "chromedriver is still missing" >&2; exit 1; }
 
