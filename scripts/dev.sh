@@ -46,6 +46,16 @@ demo_connection demo-dynamics "{\"crmType\": \"dynamics\", \"credentials\": {\"c
 demo_connection demo-sugarcrm "{\"crmType\": \"sugarcrm\", \"credentials\": {\"username\": \"demo-sugar-user\",
   \"password\": \"demo-sugar-password\"}, \"settings\": {\"instanceUrl\": \"http://127.0.0.1:4016\", $demo_settings}}"
 
+# Connect links: the OAuth apps the connect page signs in with (the emulators' clients), and the
+# page's and callback's addresses, which deployed come from API Gateway.
+mkdir -p "$data_dir/oauth-apps"
+[ -f "$data_dir/oauth-apps/salesforce.json" ] ||
+  echo '{"clientId": "demo-salesforce-client", "clientSecret": "demo-salesforce-secret"}' >"$data_dir/oauth-apps/salesforce.json"
+[ -f "$data_dir/oauth-apps/zoho.json" ] ||
+  echo '{"clientId": "1000.DEMOZOHOCLIENT", "clientSecret": "demo-zoho-client-secret"}' >"$data_dir/oauth-apps/zoho.json"
+export CRM_SYNC_CONNECT_PAGE_URL="${CRM_SYNC_CONNECT_PAGE_URL:-http://127.0.0.1:9000/lambda-url/connect-page}"
+export CRM_SYNC_CONNECT_CALLBACK_URL="${CRM_SYNC_CONNECT_CALLBACK_URL:-http://127.0.0.1:9000/lambda-url/connect-callback}"
+
 cargo build --quiet -p crm-sync-tests --bin crm-emulator
 ./target/debug/crm-emulator --hubspot 127.0.0.1:4010 --salesforce 127.0.0.1:4011 --pipedrive 127.0.0.1:4012 \
   --zoho 127.0.0.1:4013 --freshsales 127.0.0.1:4014 --dynamics 127.0.0.1:4015 --sugarcrm 127.0.0.1:4016 \
@@ -59,4 +69,5 @@ export CRM_SYNC_DATA_DIR="$data_dir"
 export CRM_SYNC_API_KEY="${CRM_SYNC_API_KEY:-local-dev-key}"
 export RUST_LOG="${RUST_LOG:-info}"
 echo "API: http://127.0.0.1:9000/lambda-url/<function>/ with header x-api-key: $CRM_SYNC_API_KEY"
+echo "Connect links: POST http://127.0.0.1:9000/lambda-url/connect-sessions/ (README: Connect a CRM from a browser)"
 cargo lambda watch -A 127.0.0.1 -P 9000
