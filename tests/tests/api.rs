@@ -106,6 +106,23 @@ async fn the_spec_documents_exactly_the_six_operations() {
     let mut documented = spec.paths();
     documented.sort();
     let mut served: Vec<String> = ALL.iter().map(|o| format!("/{}", o.name())).collect();
+    // The connect functions' routes (crm_sync::connect::http).
+    {
+        use crm_sync::connect::http::{CALLBACK_ROUTE, PAGE_ROUTE, SESSIONS_ROUTE};
+        served.extend([SESSIONS_ROUTE, PAGE_ROUTE, CALLBACK_ROUTE].map(String::from));
+        for (path, method) in [
+            (PAGE_ROUTE, "get"),
+            (PAGE_ROUTE, "post"),
+            (CALLBACK_ROUTE, "get"),
+            (CALLBACK_ROUTE, "post"),
+        ] {
+            assert_eq!(
+                spec.document()["paths"][path][method]["security"],
+                json!([]),
+                "{method} {path} is opened by a browser"
+            );
+        }
+    }
     served.sort();
     assert_eq!(documented, served);
     assert_eq!(

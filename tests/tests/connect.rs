@@ -764,3 +764,40 @@ async fn on_aws_the_link_is_an_item_of_the_table_and_the_connection_a_secret() {
     assert_eq!(stored.crm_type, CrmType::Salesforce);
     assert_eq!(f.get_callback(&cookie, &back).await.status, 410);
 }
+
+#[tokio::test]
+async fn dynamics_connects_with_the_app_credentials_typed_on_the_page() {
+    use crm_sync_tests::conformance::dynamics as dc;
+    use crm_sync_tests::emulator::dynamics::DynamicsEmulator;
+    let f = Fixture::local().await;
+    let dynamics = DynamicsEmulator::start(dc::tokens()).await.unwrap();
+    let token = f
+        .link(json!({"connectionId": "acme-dynamics", "crmType": "dynamics",
+                     "settings": {"environmentUrl": dynamics.base_url(), "authorityUrl": dynamics.base_url()}}))
+        .await;
+    let cookie = f.open(&token).await;
+    let form = f.get_page(Some(&cookie), &[]).await;
+    for asked in ["clientId", "clientSecret", "tenantId"] {
+        assert!(form.body.contains(&format!("name=\"{asked}\"")), "{asked}");
+    }
+    assert!(
+        !form.body.contains("name=\"environmentUrl\"")
+            && !form.body.contains("name=\"authorityUrl\"")
+    );
+    let done = f
+        .post_callback(
+            &cookie,
+            &[
+                ("crm", "dynamics"),
+                ("clientId", dc::CLIENT_ID),
+                ("clientSecret", dc::CLIENT_SECRET),
+                ("tenantId", dc::TENANT_ID),
+            ],
+        )
+        .await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(done.body.contains("Microsoft Dynamics 365 is connected"));
+    let stored = f.stored("acme-dynamics").await.unwrap();
+    assert_eq!(stored.settings.extra_str("tenantId"), Some(dc::TENANT_ID));
+    f.assert_never_shown(&[dc::CLIENT_SECRET, &token]);
+}

@@ -606,4 +606,46 @@ mod tests {
         };
         assert_eq!(local.cookie_path(), "/lambda-url");
     }
+
+    #[test]
+    fn deployed_the_addresses_come_from_the_route_api_gateway_names() {
+        use lambda_http::aws_lambda_events::apigw::ApiGatewayProxyRequestContext;
+        let request = |path: &str| {
+            let mut context = ApiGatewayProxyRequestContext::default();
+            context.domain_name = Some("abc.execute-api.us-east-1.amazonaws.com".into());
+            context.path = Some(path.into());
+            lambda_http::http::Request::builder()
+                .uri("https://abc.execute-api.us-east-1.amazonaws.com/")
+                .body(Body::Empty)
+                .unwrap()
+                .with_request_context(RequestContext::ApiGatewayV1(context))
+        };
+        let config = super::super::ConnectConfig::from_lookup(|_| None);
+        let base = "https://abc.execute-api.us-east-1.amazonaws.com/prod/api/v1/integrations/crm";
+        let expected = ConnectUrls {
+            page: format!("{base}/connect"),
+            callback: format!("{base}/connect/callback"),
+        };
+        for (path, route) in [
+            (
+                "/prod/api/v1/integrations/crm/connect-sessions",
+                SESSIONS_ROUTE,
+            ),
+            ("/prod/api/v1/integrations/crm/connect", PAGE_ROUTE),
+            (
+                "/prod/api/v1/integrations/crm/connect/callback/",
+                CALLBACK_ROUTE,
+            ),
+        ] {
+            assert_eq!(
+                ConnectUrls::resolve(&config, &request(path), route),
+                Some(expected.clone())
+            );
+        }
+        // Without API Gateway's context, only the configuration can say.
+        let bare = lambda_http::http::Request::builder()
+            .body(Body::Empty)
+            .unwrap();
+        assert_eq!(ConnectUrls::resolve(&config, &bare, PAGE_ROUTE), None);
+    }
 }
