@@ -35,6 +35,13 @@ pub struct Config {
     /// How long a warm container serves a connection from memory before reading Secrets Manager
     /// again (`0`: every request reads it). A CRM's 401/403 drops it sooner.
     pub connection_cache_ttl: Duration,
+    /// How long a synced record is kept before the table's TTL removes it (`None`: kept).
+    pub synced_retention: Option<Duration>,
+    /// Records of one connection the scheduled sync runs at once (other people's records only:
+    /// one person's records run in order).
+    pub drain_concurrency: usize,
+    /// The scheduled sync starts no record with less than this left before its deadline.
+    pub drain_reserve: Duration,
 }
 
 pub const LOCAL_DEV_API_KEY: &str = "local-dev-key";
@@ -85,6 +92,12 @@ impl Config {
                 "CRM_SYNC_CONNECTION_CACHE_SECONDS",
                 300,
             ))),
+            synced_retention: match number("CRM_SYNC_SYNCED_RETENTION_DAYS", 365) {
+                0 => None,
+                days => Some(Duration::from_secs(86_400 * u64::from(days))),
+            },
+            drain_concurrency: number("CRM_SYNC_DRAIN_CONCURRENCY", 4).max(1) as usize,
+            drain_reserve: millis("CRM_SYNC_DRAIN_RESERVE_MS", 30_000),
         }
     }
 }

@@ -67,6 +67,17 @@ async fn dynamodb_records_list_by_status_oldest_first() {
 }
 
 #[tokio::test]
+async fn local_records_are_listed_by_connection_status_and_batch() {
+    let dir = TempDir::new("stores");
+    records_are_listed_by_connection_status_and_batch(&LocalSyncRecordStore::new(dir.path())).await;
+}
+
+#[tokio::test]
+async fn dynamodb_records_are_listed_by_connection_status_and_batch() {
+    records_are_listed_by_connection_status_and_batch(&dynamodb_store().await).await;
+}
+
+#[tokio::test]
 async fn local_leases_are_exclusive_until_released_or_expired() {
     let dir = TempDir::new("stores");
     leases_are_exclusive_until_released_or_expired(&LocalSyncRecordStore::new(dir.path())).await;
