@@ -123,10 +123,7 @@ pub struct ApiAnswer {
 
 /// The method an operation is served on.
 pub fn operation_method(operation: Operation) -> Method {
-    match operation {
-        Operation::Platforms | Operation::GetCustomer => Method::GET,
-        _ => Method::POST,
-    }
+    operation.method()
 }
 
 /// Calls the function for `operation` and checks its response (and a successful request)
