@@ -127,11 +127,14 @@ impl LocalSyncRecordStore {
     }
 
     /// Every record `keep` accepts, read from disk in no particular order (the local run holds
-    /// few enough for that; DynamoDB reads them by index).
+    /// few enough for that; DynamoDB reads them by index). With `status`, files that do not
+    /// hold its `"status": "…"` line are skipped unparsed.
     async fn all_records(
         &self,
+        status: Option<SyncStatus>,
         keep: impl Fn(&SyncRecord) -> bool + Send + 'static,
     ) -> Result<Vec<SyncRecord>> {
+        let marker = status.map(|s| format!("\"status\": \"{}\"", s.as_str()));
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || {
             let entries = match fs::read_dir(&dir) {
@@ -145,7 +148,22 @@ impl LocalSyncRecordStore {
                 if path.extension().and_then(|e| e.to_str()) != Some("json") {
                     continue;
                 }
-                if let Some(record) = read_record(&path)?.filter(|r| keep(r)) {
+                let bytes = match fs::read(&path) {
+                    Ok(bytes) => bytes,
+                    // Replaced by a rename while listing: read by the next listing.
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_error("reading a sync record", e)),
+                };
+                // Records are written pretty-printed (`put`), one `"status": "…"` line each.
+                if let Some(marker) = &marker
+                    && !std::str::from_utf8(&bytes).is_ok_and(|text| text.contains(marker.as_str()))
+                {
+                    continue;
+                }
+                let record: SyncRecord = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::Store(format!("unreadable sync record {}: {e}", path.display()))
+                })?;
+                if keep(&record) {
                     records.push(record);
                 }
             }
@@ -204,7 +222,9 @@ impl SyncRecordStore for LocalSyncRecordStore {
     }
 
     async fn list_by_status(&self, status: SyncStatus, limit: usize) -> Result<Vec<SyncRecord>> {
-        let mut records = self.all_records(move |r| r.status == status).await?;
+        let mut records = self
+            .all_records(Some(status), move |r| r.status == status)
+            .await?;
         records.sort_by_key(|r| r.updated_at);
         records.truncate(limit);
         Ok(records)
@@ -212,7 +232,9 @@ impl SyncRecordStore for LocalSyncRecordStore {
 
     async fn find_by_sync_id(&self, sync_id: &str) -> Result<Option<SyncRecord>> {
         let sync_id = sync_id.to_string();
-        let found = self.all_records(move |r| r.sync_id == sync_id).await?;
+        let found = self
+            .all_records(None, move |r| r.sync_id == sync_id)
+            .await?;
         Ok(found.into_iter().next())
     }
 
@@ -234,7 +256,9 @@ impl SyncRecordStore for LocalSyncRecordStore {
             None => None,
         };
         let query = query.clone();
-        let mut records = self.all_records(move |r| matches(r, &query)).await?;
+        let mut records = self
+            .all_records(query.status, move |r| matches(r, &query))
+            .await?;
         records.sort_by_cached_key(SyncRecord::list_key);
         let mut page: Vec<SyncRecord> = records
             .into_iter()
@@ -255,7 +279,10 @@ impl SyncRecordStore for LocalSyncRecordStore {
 
     async fn count_records(&self, query: &RecordQuery) -> Result<usize> {
         let query = query.clone();
-        Ok(self.all_records(move |r| matches(r, &query)).await?.len())
+        let records = self
+            .all_records(query.status, move |r| matches(r, &query))
+            .await?;
+        Ok(records.len())
     }
 
     async fn try_acquire_lease(

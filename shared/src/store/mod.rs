@@ -1,8 +1,10 @@
-//! Ports for connections and sync records, with AWS and local-file implementations side by side.
+//! Ports for connections and sync records, with AWS, local-file and in-memory implementations
+//! side by side.
 
 pub mod aws;
 pub mod cached;
 pub mod local;
+pub mod memory;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -814,17 +814,23 @@ async fn search_objects(
                     .map(str::to_string)
                     .collect()
             });
-        let mut matched = Vec::new();
-        for object in s.objects[&object_type].values() {
-            let mut any = groups.is_empty();
-            for group in &groups {
-                let filters = group
+        // Read once, not once per object: a search over thousands of objects holds the state.
+        let groups: Vec<Vec<Value>> = groups
+            .iter()
+            .map(|group| {
+                group
                     .get("filters")
                     .and_then(Value::as_array)
                     .cloned()
-                    .unwrap_or_default();
+                    .unwrap_or_default()
+            })
+            .collect();
+        let mut matched = Vec::new();
+        for object in s.objects[&object_type].values() {
+            let mut any = groups.is_empty();
+            for filters in &groups {
                 let mut all = true;
-                for filter in &filters {
+                for filter in filters {
                     match filter_matches(object, filter) {
                         Ok(true) => {}
                         Ok(false) => all = false,
