@@ -288,7 +288,11 @@ pub async fn an_existing_contact_is_found_by_phone_typed_any_way(fx: Fixture) {
     let city_not_stored = response["notStored"]
         .as_array()
         .is_some_and(|n| n.iter().any(|f| f["field"] == "customer.city"));
-    let expected = if city_not_stored { "unchanged" } else { "updated" };
+    let expected = if city_not_stored {
+        "unchanged"
+    } else {
+        "updated"
+    };
     assert_eq!(status(&response), expected, "{response}");
     assert_eq!(response["crmId"], json!(id));
     assert_eq!(
