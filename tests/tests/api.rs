@@ -743,3 +743,26 @@ async fn a_leads_notes_and_source_become_one_note_on_the_lead_and_a_resend_adds_
         .await;
     assert_eq!(note_on_lead(&api.hubspot.state.lock().unwrap()).len(), 2);
 }
+
+#[tokio::test]
+async fn the_platforms_function_answers_from_the_configuration_alone_as_the_api_does() {
+    let api = Api::start().await;
+    let config = &api.app.config;
+    let standalone = |request| async move {
+        read_response(
+            crm_sync::http::handle_platforms(config, request)
+                .await
+                .unwrap(),
+        )
+    };
+    let (status, body) = standalone(get_request(Some(TEST_API_KEY), &[])).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, api.get(Operation::Platforms, &[]).await.body);
+    let (status, body) = standalone(get_request(Some("not-the-key"), &[])).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (401, &json!("unauthorized"))
+    );
+    let (status, _) = standalone(api_request(Method::POST, Some(TEST_API_KEY), None)).await;
+    assert_eq!(status, 405);
+}
