@@ -994,15 +994,7 @@ async fn list_activities(
     Query(query): Query<Params>,
 ) -> Response {
     authorised(&state, &headers, &query, 20, |s| {
-        let number = |key: &str| -> Result<Option<u64>, Response> {
-            query
-                .get(key)
-                .map(|v| {
-                    v.parse()
-                        .map_err(|_| invalid(key, "This value should be of type integer."))
-                })
-                .transpose()
-        };
+        let number = |key: &str| integer_param(&query, key);
         let person = number("person_id")?;
         let start = number("cursor")?.unwrap_or(0) as usize;
         let limit = number("limit")?.unwrap_or(100).clamp(1, 500) as usize;
@@ -1199,15 +1191,7 @@ async fn list_leads(
     Query(query): Query<Params>,
 ) -> Response {
     authorised(&state, &headers, &query, 20, |s| {
-        let filter = |key: &str| -> Result<Option<u64>, Response> {
-            query
-                .get(key)
-                .map(|v| {
-                    v.parse()
-                        .map_err(|_| invalid(key, "This value should be of type integer."))
-                })
-                .transpose()
-        };
+        let filter = |key: &str| integer_param(&query, key);
         let (person, organization) = (filter("person_id")?, filter("organization_id")?);
         let start = filter("start")?.unwrap_or(0) as usize;
         let limit = filter("limit")?.unwrap_or(100).clamp(1, 500) as usize;
@@ -1331,15 +1315,7 @@ async fn list_notes(
     Query(query): Query<Params>,
 ) -> Response {
     authorised(&state, &headers, &query, 20, |s| {
-        let number = |key: &str| -> Result<Option<u64>, Response> {
-            query
-                .get(key)
-                .map(|v| {
-                    v.parse()
-                        .map_err(|_| invalid(key, "This value should be of type integer."))
-                })
-                .transpose()
-        };
+        let number = |key: &str| integer_param(&query, key);
         let person = number("person_id")?;
         let start = number("start")?.unwrap_or(0) as usize;
         let limit = number("limit")?.unwrap_or(100).clamp(1, 500) as usize;
@@ -1363,4 +1339,15 @@ async fn list_notes(
                 {"pagination": {"start": start, "limit": limit, "more_items_in_collection": more}}}),
         ))
     })
+}
+
+/// An optional integer query parameter; anything else is Pipedrive's validation error.
+fn integer_param(query: &Params, key: &str) -> Result<Option<u64>, Response> {
+    query
+        .get(key)
+        .map(|v| {
+            v.parse()
+                .map_err(|_| invalid(key, "This value should be of type integer."))
+        })
+        .transpose()
 }
