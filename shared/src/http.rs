@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tracing::Instrument;
 
+use crate::config::Config;
 use crate::error::Error;
 use crate::sync::{App, Failure};
 
@@ -176,10 +177,28 @@ async fn respond_once(
 
 /// The method and the API key, checked once per request before anything else.
 fn admit(app: &App, operation: Operation, request: &Request) -> Result<(), Error> {
+    admit_with(&app.config, operation, request)
+}
+
+fn admit_with(config: &Config, operation: Operation, request: &Request) -> Result<(), Error> {
     if request.method() != operation.method() && request.method() != Method::OPTIONS {
         return Err(Error::MethodNotAllowed(request.method().to_string()));
     }
-    check_api_key(app, request)
+    check_api_key(config, request)
+}
+
+/// `GET platforms` on its own: it needs the configuration (the API key) and nothing of `App`,
+/// so its function's binary carries no store, AWS or CRM client code.
+pub async fn handle_platforms(
+    config: &Config,
+    request: Request,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let span = tracing::info_span!("request", operation = Operation::Platforms.name());
+    let _entered = span.enter();
+    Ok(match admit_with(config, Operation::Platforms, &request) {
+        Ok(()) => json_response(StatusCode::OK, &crate::sync::platforms()),
+        Err(error) => error_response(&error.into()),
+    })
 }
 
 async fn dispatch(
@@ -286,8 +305,8 @@ mod erased {
 }
 
 /// Compares in constant time, so response timing does not reveal how much of a key was right.
-fn check_api_key(app: &App, request: &Request) -> Result<(), Error> {
-    let Some(expected) = &app.config.api_key else {
+fn check_api_key(config: &Config, request: &Request) -> Result<(), Error> {
+    let Some(expected) = &config.api_key else {
         return Ok(());
     };
     let given = request

@@ -45,8 +45,20 @@ pub struct LazySdkConfig(Arc<tokio::sync::OnceCell<SdkConfig>>);
 
 impl LazySdkConfig {
     async fn get(&self) -> &SdkConfig {
-        self.0.get_or_init(aws_config::load_from_env).await
+        self.0.get_or_init(load_sdk_config).await
     }
+}
+
+/// The SDK configuration from the environment (region, credentials: on Lambda, the function's
+/// role), sending through the process's one HTTP client.
+pub async fn load_sdk_config() -> SdkConfig {
+    sdk_config_loader().load().await
+}
+
+/// The SDK's default loader, with the process's one HTTP client.
+pub fn sdk_config_loader() -> aws_config::ConfigLoader {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(crate::transport::aws_http_client())
 }
 
 /// A client given ready-made (tests), or built from the shared SDK configuration on first use.

@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use crate::config::{Config, StoreKind};
 use crate::connection::{Connection, ConnectionId, ConnectionSettings, SecretString};
 use crate::crm::{
-    self, AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, CrmHttp, Outcome,
-    Upserted, WritePlan,
+    self, AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, CrmHttp, NotStored,
+    Outcome, Upserted, WritePlan,
 };
 use crate::domain::{
     self, Appointment, CrmType, Customer, E164Phone, Email, Fields, Lead, ValidationDefaults,
@@ -75,6 +75,9 @@ pub struct SyncResponse {
     pub crm_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub contact: Option<EntitySync>,
+    /// Fields of the request the CRM keeps nowhere (no standard field, none mapped).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_stored: Vec<NotStored>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -85,6 +88,9 @@ pub struct AppointmentSyncResponse {
     pub crm_type: CrmType,
     pub contact: EntitySync,
     pub appointment: EntitySync,
+    /// Fields of the request the CRM keeps nowhere (no standard field, none mapped).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_stored: Vec<NotStored>,
 }
 
 /// A contact in our normalised shape, as `get-customer` answers it: the CRM's record plus its
@@ -332,6 +338,7 @@ impl App {
             crm_type: target.connection.crm_type,
             crm_id: synced.crm_id,
             contact: None,
+            not_stored: not_stored_of(&target, "customer", &customer),
         })
     }
 
@@ -410,6 +417,11 @@ impl App {
             crm_type: target.connection.crm_type,
             contact,
             appointment,
+            not_stored: payload
+                .customer
+                .as_ref()
+                .map(|c| not_stored_of(target, "customer", c))
+                .unwrap_or_default(),
         })
     }
 
@@ -545,6 +557,7 @@ impl App {
             crm_type: target.connection.crm_type,
             crm_id: synced.crm_id,
             contact: contact.into_inner().expect("not poisoned"),
+            not_stored: not_stored_of(target, "lead", &lead.person),
         })
     }
 
@@ -916,4 +929,14 @@ pub fn platforms() -> Value {
         entry(CrmType::Dynamics, "Microsoft Dynamics 365", "oauth2", &["clientId", "clientSecret"], &with(&["environmentUrl", "tenantId", "authorityUrl", "stampField"]), true),
         entry(CrmType::Sugarcrm, "SugarCRM", "oauth2", &["username", "password", "clientId", "clientSecret"], &with(&["instanceUrl", "platform", "stampField"]), true),
     ]})
+}
+
+/// The person's fields in the request that the target's CRM keeps nowhere.
+fn not_stored_of(target: &Target, prefix: &str, person: &Customer) -> Vec<NotStored> {
+    crm::not_stored(
+        target.adapter.as_ref(),
+        "contact",
+        prefix,
+        &crm::customer_fields(person),
+    )
 }
