@@ -1,6 +1,10 @@
-//! Ports for connections and sync records, with AWS and local-file implementations side by side.
+//! Ports for connections, sync records and rate budgets, with AWS and local-file
+//! implementations side by side.
 
 pub mod aws;
+pub mod budget;
+pub mod budget_dynamodb;
+pub mod budget_local;
 pub mod cached;
 pub mod local;
 
