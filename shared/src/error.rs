@@ -40,7 +40,7 @@ pub enum Error {
     RateLimited { retry_after: Option<Duration> },
     /// crm-sync's shared budget of the CRM account's requests has no token within the wait
     /// this request may take (`budget`): answered like the CRM's own 429, before asking it.
-    #[error("the CRM account's request budget is spent for now; retry in {} s", retry_after.as_secs().max(1))]
+    #[error("the CRM account's request budget is spent for now; retry in {} s", retry_after.as_secs_f64().ceil().max(1.0))]
     BudgetExhausted { retry_after: Duration },
     /// The CRM answered 5xx, timed out or could not be reached.
     #[error("the CRM is unavailable: {0}")]
