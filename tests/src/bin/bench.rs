@@ -183,7 +183,7 @@ async fn main() -> std::process::ExitCode {
     // (leases in the local store), none waits for the CRM's limit.
     bench_connection.settings.extra.insert(
         "rateBudget".into(),
-        json!({"requests": 1_000_000, "windowSeconds": 10}),
+        json!({"requests": 1_000_000, "windowSeconds": 10, "searchRequests": 1_000_000}),
     );
     store_connection(&app, "bench", &bench_connection).await;
 
