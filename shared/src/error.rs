@@ -55,6 +55,12 @@ pub enum Error {
         "this Idempotency-Key was used with another request body; use a new key for a new request"
     )]
     IdempotencyKeyReused,
+    /// The `batchId` was used before, for this connection, with another request body.
+    #[error("this batchId was used with another request body; use a new batchId for a new batch")]
+    BatchIdReused,
+    /// The request body is over the operation's limit.
+    #[error("the request body is over {limit_bytes} bytes; send fewer items per request")]
+    PayloadTooLarge { limit_bytes: usize },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -84,7 +90,8 @@ impl Error {
             Error::CrmUnavailable(_) => "crm_unavailable",
             Error::Store(_) => "store_unavailable",
             Error::MethodNotAllowed(_) => "method_not_allowed",
-            Error::IdempotencyKeyReused => "idempotency_key_reused",
+            Error::IdempotencyKeyReused | Error::BatchIdReused => "idempotency_key_reused",
+            Error::PayloadTooLarge { .. } => "payload_too_large",
         }
     }
 
@@ -97,7 +104,8 @@ impl Error {
             Error::ConnectionNotFound(_) | Error::NotFound(_) => 404,
             Error::MethodNotAllowed(_) => 405,
             Error::Ambiguous { .. } | Error::SyncInProgress | Error::CrmDuplicate { .. } => 409,
-            Error::CrmRejected { .. } | Error::IdempotencyKeyReused => 422,
+            Error::PayloadTooLarge { .. } => 413,
+            Error::CrmRejected { .. } | Error::IdempotencyKeyReused | Error::BatchIdReused => 422,
             Error::ConnectionInvalid { .. } => 424,
             Error::RateLimited { .. } | Error::BudgetExhausted { .. } => 429,
             Error::CrmAuth(_) => 502,
@@ -111,6 +119,8 @@ impl Error {
             Error::Validation { field, .. } => Some(field),
             Error::ConnectionNotFound(_) => Some("connectionId"),
             Error::IdempotencyKeyReused => Some("Idempotency-Key"),
+            Error::BatchIdReused => Some("batchId"),
+            Error::PayloadTooLarge { .. } => Some("body"),
             _ => None,
         }
     }

@@ -15,6 +15,7 @@ pub mod idempotency;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+pub mod transport;
 
 pub use error::{Error, Result};
 pub use sync::App;

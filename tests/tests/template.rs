@@ -133,7 +133,7 @@ fn allowed_actions(role: &Value) -> Vec<(String, String)> {
 }
 
 #[test]
-fn every_api_method_requires_the_api_key_and_the_six_routes_exist() {
+fn every_api_method_requires_the_api_key_and_every_route_exists() {
     let template = template();
     let api = &template["Resources"]["CrmSyncApi"];
     assert_eq!(api["Properties"]["Auth"]["ApiKeyRequired"], true);
@@ -164,6 +164,9 @@ fn every_api_method_requires_the_api_key_and_the_six_routes_exist() {
         "POST /api/v1/integrations/crm/sync-appointment",
         "POST /api/v1/integrations/crm/sync-lead",
         "GET /api/v1/integrations/crm/get-customer",
+        "POST /api/v1/integrations/crm/sync-batch",
+        "GET /api/v1/integrations/crm/sync-records",
+        "POST /api/v1/integrations/crm/sync-records/replay",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -183,6 +186,10 @@ fn each_function_gets_the_least_iam_its_operation_needs() {
         let has = |action: &str| actions.iter().any(|(a, _)| a == action);
         for (action, resource) in &actions {
             assert!(!action.contains('*'), "{name}: wildcard action {action}");
+            assert!(
+                action != "dynamodb:Scan",
+                "{name}: records are read by key and index, never scanned"
+            );
             if action.starts_with("secretsmanager:") {
                 assert!(
                     resource.contains("secret:crm-sync/connections/*"),
@@ -212,7 +219,44 @@ fn each_function_gets_the_least_iam_its_operation_needs() {
                     );
                 }
             }
-            "replay-failed" => assert!(has("dynamodb:Query") && has("dynamodb:PutItem")),
+            "scheduled-sync" => {
+                assert!(has("dynamodb:Query") && has("dynamodb:PutItem"));
+                assert!(
+                    has("secretsmanager:PutSecretValue"),
+                    "refreshed tokens are stored"
+                );
+                let queried: Vec<&String> = actions
+                    .iter()
+                    .filter(|(a, _)| a == "dynamodb:Query")
+                    .map(|(_, r)| r)
+                    .collect();
+                assert!(
+                    queried.iter().all(|r| r.contains("/index/status-index")),
+                    "the drain reads the status index only: {queried:?}"
+                );
+            }
+            "sync-batch" => {
+                assert!(has("secretsmanager:GetSecretValue") && has("dynamodb:PutItem"));
+                assert!(
+                    !has("secretsmanager:PutSecretValue") && !has("dynamodb:Query"),
+                    "sync-batch calls no CRM and lists nothing"
+                );
+            }
+            "sync-records" => {
+                assert!(
+                    !actions
+                        .iter()
+                        .any(|(a, _)| a.starts_with("secretsmanager:")),
+                    "sync-records reads no connection"
+                );
+                for (action, resource) in &actions {
+                    if action == "dynamodb:Query" {
+                        assert!(resource.contains("/index/"), "{resource}");
+                        assert!(!resource.contains("status-index"), "{resource}");
+                    }
+                }
+                assert!(has("dynamodb:GetItem") && has("dynamodb:PutItem"));
+            }
             "sync-customer" | "sync-appointment" | "sync-lead" | "test-connection" => {
                 assert!(
                     has("secretsmanager:GetSecretValue")
@@ -246,10 +290,22 @@ fn functions_get_the_environment_the_code_reads() {
     assert_eq!(config.store, crm_sync::config::StoreKind::Aws);
     assert_eq!(config.api_key, None, "deployed, API Gateway checks the key");
     let table = &template["Resources"]["SyncRecordsTable"]["Properties"];
+    let indexes: Vec<&str> = table["GlobalSecondaryIndexes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["IndexName"].as_str().unwrap())
+        .collect();
+    use crm_sync::store::aws::{BATCH_INDEX, CONNECTION_INDEX, STATUS_INDEX, SYNC_ID_INDEX};
     assert_eq!(
-        table["GlobalSecondaryIndexes"][0]["IndexName"],
-        crm_sync::store::aws::STATUS_INDEX
+        indexes,
+        [STATUS_INDEX, SYNC_ID_INDEX, CONNECTION_INDEX, BATCH_INDEX]
     );
+    assert_eq!(
+        table["TimeToLiveSpecification"]["AttributeName"],
+        "expiresAt"
+    );
+    assert_eq!(table["TimeToLiveSpecification"]["Enabled"], true);
     assert_eq!(table["BillingMode"], "PAY_PER_REQUEST");
     assert_eq!(
         table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"],

@@ -3,7 +3,6 @@
 
 use std::cell::Cell;
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
@@ -51,12 +50,12 @@ pub struct RetryPolicy {
 /// backoff. A wait longer than the policy's `max_wait` is not waited for.
 pub type RateLimitWait = fn(&HeaderMap) -> Option<Duration>;
 
-/// One reqwest client (connection pool) for the life of a Lambda container, built on the first
-/// CRM call: an operation that calls no CRM (`platforms`) never loads TLS roots. Clones share it.
-/// A clone given a connection's `RateBudget` takes a token from it before every request.
+/// CRM calls with their retry policy and timeout, over the process's one HTTP client
+/// (`transport::http_client`, built on first use: an operation that calls out to nobody,
+/// `platforms`, never builds it). A clone given a connection's `RateBudget` takes a token from
+/// it before every request.
 #[derive(Debug, Clone)]
 pub struct CrmHttp {
-    client: Arc<OnceLock<Client>>,
     policy: RetryPolicy,
     timeout: Duration,
     rate_limit_wait: RateLimitWait,
@@ -126,7 +125,6 @@ impl CrmHttp {
 
     pub fn with_policy(timeout: Duration, policy: RetryPolicy) -> Self {
         CrmHttp {
-            client: Arc::default(),
             policy,
             timeout,
             rate_limit_wait: retry_after,
@@ -158,14 +156,7 @@ impl CrmHttp {
     }
 
     fn client(&self) -> &Client {
-        self.client.get_or_init(|| {
-            Client::builder()
-                .timeout(self.timeout)
-                .connect_timeout(self.timeout.min(Duration::from_secs(3)))
-                .user_agent(concat!("crm-sync/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .expect("the TLS backend initialises")
-        })
+        crate::transport::http_client()
     }
 
     /// Sends the request `build` makes, again if the CRM is rate limiting (within the policy's
@@ -179,7 +170,7 @@ impl CrmHttp {
         let mut attempt = 1;
         loop {
             let last = attempt >= self.policy.attempts;
-            let (client, request) = build(self.client()).build_split();
+            let (client, request) = build(self.client()).timeout(self.timeout).build_split();
             let request = request.map_err(|e| Error::CrmUnavailable(self.describe(&e)))?;
             let url = request.url().clone();
             if let Some(budget) = &self.budget {

@@ -120,6 +120,8 @@ pub struct FreshsalesState {
     pub contacts: BTreeMap<u64, Record>,
     pub sales_accounts: BTreeMap<u64, Record>,
     pub appointments: BTreeMap<u64, Record>,
+    /// Notes on contacts (`targetable_type`/`targetable_id`).
+    pub notes: BTreeMap<u64, Record>,
     pub lifecycle_stages: Vec<LifecycleStage>,
     /// Outcomes an admin defined for the appointment activity type: `(id, name)`.
     pub appointment_outcomes: Vec<(u64, String)>,
@@ -158,6 +160,7 @@ impl FreshsalesState {
             contacts: BTreeMap::new(),
             sales_accounts: BTreeMap::new(),
             appointments: BTreeMap::new(),
+            notes: BTreeMap::new(),
             lifecycle_stages,
             appointment_outcomes,
             budget: RequestBudget::new(HOURLY_LIMIT, chrono::Duration::hours(1)),
@@ -172,7 +175,7 @@ impl FreshsalesState {
     /// Everything the CRM holds, for saving between runs of the local emulator.
     pub fn snapshot(&self) -> Value {
         json!({"lastId": self.ids.last(), "contacts": self.contacts, "salesAccounts": self.sales_accounts,
-               "appointments": self.appointments, "lifecycleStages": self.lifecycle_stages,
+               "appointments": self.appointments, "notes": self.notes, "lifecycleStages": self.lifecycle_stages,
                "appointmentOutcomes": self.appointment_outcomes})
     }
 
@@ -182,6 +185,9 @@ impl FreshsalesState {
         self.contacts = serde_json::from_value(read("contacts"))?;
         self.sales_accounts = serde_json::from_value(read("salesAccounts"))?;
         self.appointments = serde_json::from_value(read("appointments"))?;
+        if snapshot.get("notes").is_some() {
+            self.notes = serde_json::from_value(read("notes"))?;
+        }
         self.lifecycle_stages = serde_json::from_value(read("lifecycleStages"))?;
         self.appointment_outcomes = serde_json::from_value(read("appointmentOutcomes"))?;
         self.ids = IdSequence::starting_at(snapshot["lastId"].as_u64().unwrap_or(16_000_000_000));
@@ -243,6 +249,7 @@ impl FreshsalesState {
             Kind::Contact => &self.contacts,
             Kind::SalesAccount => &self.sales_accounts,
             Kind::Appointment => &self.appointments,
+            Kind::Note => &self.notes,
         }
     }
 
@@ -251,6 +258,7 @@ impl FreshsalesState {
             Kind::Contact => &mut self.contacts,
             Kind::SalesAccount => &mut self.sales_accounts,
             Kind::Appointment => &mut self.appointments,
+            Kind::Note => &mut self.notes,
         }
     }
 
@@ -273,6 +281,7 @@ enum Kind {
     Contact,
     SalesAccount,
     Appointment,
+    Note,
 }
 
 impl Kind {
@@ -281,6 +290,7 @@ impl Kind {
             Kind::Contact => "contact",
             Kind::SalesAccount => "sales_account",
             Kind::Appointment => "appointment",
+            Kind::Note => "note",
         }
     }
 }
@@ -399,6 +409,7 @@ pub fn routes(state: SharedState) -> Router {
         .route("/api/filtered_search/{entity}", post(filtered_search))
         .route("/api/sales_accounts/upsert", post(upsert_sales_account))
         .route("/api/appointments", post(create_appointment))
+        .route("/api/notes", post(create_note))
         .route(
             "/api/appointments/{id}",
             get(get_appointment).put(update_appointment),
@@ -629,17 +640,21 @@ fn contact_answer(
     );
     let mut answer = json!({ "contact": json });
     // Side-loaded like Freshsales' other includes: the records beside the contact.
-    if include(query, "appointments") {
-        let theirs: Vec<Value> = state
-            .appointments
+    let targeting = |records: &BTreeMap<u64, Record>| -> Vec<Value> {
+        records
             .values()
             .filter(|a| {
                 a.fields.get("targetable_type").and_then(Value::as_str) == Some("Contact")
                     && a.fields.get("targetable_id").and_then(id_of) == Some(id)
             })
             .map(record_json)
-            .collect();
-        answer["appointments"] = theirs.into();
+            .collect()
+    };
+    if include(query, "appointments") {
+        answer["appointments"] = targeting(&state.appointments).into();
+    }
+    if include(query, "notes") {
+        answer["notes"] = targeting(&state.notes).into();
     }
     Ok((status, Json(answer)).into_response())
 }
@@ -1099,5 +1114,40 @@ async fn update_appointment(
         appointment.fields = fields;
         appointment.updated_at = Utc::now();
         appointment_answer(s, id)
+    })
+}
+
+/// `POST /notes`: a note's `description` on a record (`targetable_type`, `targetable_id`).
+async fn create_note(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    authorised(&state, &headers, |s| {
+        let (_, input) = entity(&bytes, "note")?;
+        if input
+            .get("description")
+            .and_then(Value::as_str)
+            .is_none_or(|d| d.trim().is_empty())
+        {
+            return Err(bad_request("description can't be blank"));
+        }
+        let target = input.get("targetable_id").and_then(id_of);
+        match input.get("targetable_type").and_then(Value::as_str) {
+            Some("Contact") => {
+                let known = target.is_some_and(|id| s.contacts.contains_key(&id));
+                if !known {
+                    return Err(bad_request("targetable_id is not a contact"));
+                }
+            }
+            _ => {
+                return Err(bad_request(
+                    "targetable_type must be Contact, SalesAccount or Deal",
+                ));
+            }
+        }
+        let id = s.insert(Kind::Note, input);
+        let note = record_json(&s.notes[&id]);
+        Ok((StatusCode::CREATED, Json(json!({ "note": note }))).into_response())
     })
 }

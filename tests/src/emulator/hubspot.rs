@@ -23,7 +23,7 @@ use serde_json::{Map, Value, json};
 
 use super::{IdSequence, RunningEmulator, SlidingWindow, serve};
 
-const OBJECT_TYPES: [&str; 3] = ["contacts", "meetings", "leads"];
+const OBJECT_TYPES: [&str; 4] = ["contacts", "meetings", "leads", "notes"];
 pub const DAILY_LIMIT: u64 = 250_000;
 /// Free and Starter accounts: 100 requests per rolling 10 seconds (crm-api-notes §2.8).
 pub const TEN_SECONDLY_LIMIT: u32 = 100;
@@ -324,6 +324,15 @@ pub fn routes(state: SharedState) -> Router {
             get(get_object).patch(update_object),
         )
         .route("/crm/v3/properties/{object_type}/{name}", get(get_property))
+        .route("/crm/v3/objects/{object_type}/batch/read", post(batch_read))
+        .route(
+            "/crm/v4/objects/{from_type}/{from_id}/associations/{to_type}",
+            get(list_associations),
+        )
+        .route(
+            "/crm/v4/objects/{from_type}/{from_id}/associations/default/{to_type}/{to_id}",
+            axum::routing::put(associate_default),
+        )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             rate_limits,
@@ -563,7 +572,7 @@ fn associations_of(state: &HubSpotState, body: &Value) -> Result<Vec<Association
                 .and_then(Value::as_u64)
                 .unwrap_or(0);
             let to_type = match type_id {
-                200 | 578 => "contacts",
+                200 | 202 | 578 => "contacts",
                 _ => {
                     return Err(error(
                         StatusCode::BAD_REQUEST,
@@ -622,6 +631,13 @@ async fn create_object(
                     StatusCode::BAD_REQUEST,
                     "A contact needs at least one of email, firstname or lastname",
                     "VALIDATION_ERROR",
+                );
+            }
+            "notes" if props.get("hs_timestamp").is_none_or(String::is_empty) => {
+                return invalid_property(
+                    "hs_timestamp",
+                    "hs_timestamp is required",
+                    "REQUIRED_FIELD",
                 );
             }
             "meetings" if props.get("hs_timestamp").is_none_or(String::is_empty) => {
@@ -903,17 +919,23 @@ async fn search_objects(
                     .map(str::to_string)
                     .collect()
             });
-        let mut matched = Vec::new();
-        for object in s.objects[&object_type].values() {
-            let mut any = groups.is_empty();
-            for group in &groups {
-                let filters = group
+        // Read once, not once per object: a search over thousands of objects holds the state.
+        let groups: Vec<Vec<Value>> = groups
+            .iter()
+            .map(|group| {
+                group
                     .get("filters")
                     .and_then(Value::as_array)
                     .cloned()
-                    .unwrap_or_default();
+                    .unwrap_or_default()
+            })
+            .collect();
+        let mut matched = Vec::new();
+        for object in s.objects[&object_type].values() {
+            let mut any = groups.is_empty();
+            for filters in &groups {
                 let mut all = true;
-                for filter in &filters {
+                for filter in filters {
                     match filter_matches(object, filter) {
                         Ok(true) => {}
                         Ok(false) => all = false,
@@ -940,5 +962,121 @@ async fn search_objects(
             response["paging"] = json!({"next": {"after": (after + limit).to_string()}});
         }
         Json(response).into_response()
+    })
+}
+
+/// Whether `object` (of `object_type`) and `other_type`/`other_id` are associated, in either
+/// direction: HubSpot associations are two-way, this emulator stores them on the writer's side.
+fn linked(
+    s: &HubSpotState,
+    object_type: &str,
+    object: &HsObject,
+    other_type: &str,
+    other_id: &str,
+) -> bool {
+    object
+        .associated(other_type)
+        .iter()
+        .any(|id| id == other_id)
+        || s.objects[other_type]
+            .get(other_id)
+            .is_some_and(|o| o.associated(object_type).iter().any(|id| id == &object.id))
+}
+
+/// `GET /crm/v4/objects/{fromType}/{fromId}/associations/{toType}`.
+async fn list_associations(
+    State(state): State<SharedState>,
+    Path((from_type, from_id, to_type)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    authorised(&state, &headers, |s| {
+        for t in [&from_type, &to_type] {
+            if let Err(r) = known_type(t) {
+                return r;
+            }
+        }
+        let results: Vec<Value> = s.objects[&to_type]
+            .values()
+            .filter(|o| linked(s, &to_type, o, &from_type, &from_id))
+            .map(|o| {
+                json!({"toObjectId": o.id.parse::<u64>().unwrap_or_default(),
+                       "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": 0, "label": null}]})
+            })
+            .collect();
+        Json(json!({ "results": results })).into_response()
+    })
+}
+
+/// `PUT /crm/v4/objects/{fromType}/{fromId}/associations/default/{toType}/{toId}`: the default
+/// (unlabelled) association; putting it again changes nothing.
+async fn associate_default(
+    State(state): State<SharedState>,
+    Path((from_type, from_id, to_type, to_id)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    authorised(&state, &headers, |s| {
+        for t in [&from_type, &to_type] {
+            if let Err(r) = known_type(t) {
+                return r;
+            }
+        }
+        if !s.objects[&to_type].contains_key(&to_id) {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("{to_type} {to_id} does not exist"),
+                "OBJECT_NOT_FOUND",
+            );
+        }
+        let Some(from) = s
+            .objects
+            .get_mut(&from_type)
+            .and_then(|m| m.get_mut(&from_id))
+        else {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("{from_type} {from_id} does not exist"),
+                "OBJECT_NOT_FOUND",
+            );
+        };
+        if !from.associated(&to_type).contains(&to_id) {
+            from.associations.push(Association {
+                to_type: to_type.clone(),
+                to_id: to_id.clone(),
+                type_id: 0,
+            });
+        }
+        Json(json!({"status": "COMPLETE", "results": [{"fromObjectTypeId": from_type, "fromObjectId": from_id,
+            "toObjectTypeId": to_type, "toObjectId": to_id, "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": 0}]}]}))
+            .into_response()
+    })
+}
+
+/// `POST /crm/v3/objects/{objectType}/batch/read`: `inputs` by id, with `properties`.
+async fn batch_read(
+    State(state): State<SharedState>,
+    Path(object_type): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    authorised(&state, &headers, |s| {
+        if let Err(r) = known_type(&object_type) {
+            return r;
+        }
+        let wanted: Option<Vec<String>> = body["properties"].as_array().map(|names| {
+            names
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        });
+        let results: Vec<Value> = body["inputs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|input| input["id"].as_str())
+            .filter_map(|id| s.objects[&object_type].get(id))
+            .map(|o| object_json(o, wanted.as_deref()))
+            .collect();
+        Json(json!({"status": "COMPLETE", "results": results})).into_response()
     })
 }

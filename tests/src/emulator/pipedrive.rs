@@ -189,6 +189,17 @@ pub struct Lead {
     pub update_time: DateTime<Utc>,
 }
 
+/// A note (v1 notes API), here only as attached to leads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Note {
+    pub id: u64,
+    /// HTML, as Pipedrive keeps it.
+    pub content: String,
+    pub lead_id: Option<String>,
+    pub person_id: Option<u64>,
+    pub add_time: DateTime<Utc>,
+}
+
 pub struct PipedriveState {
     pub tokens: HashSet<String>,
     pub company_domain: String,
@@ -198,6 +209,9 @@ pub struct PipedriveState {
     pub activities: BTreeMap<u64, Activity>,
     /// Leads in the order they were added (Pipedrive lists them oldest first).
     pub leads: Vec<Lead>,
+    note_ids: IdSequence,
+    /// Notes in the order they were added.
+    pub notes: Vec<Note>,
     pub daily_token_budget: u64,
     pub tokens_used: u64,
     /// Requests of the API token in any rolling 2 seconds.
@@ -216,6 +230,8 @@ impl PipedriveState {
             persons: BTreeMap::new(),
             activities: BTreeMap::new(),
             leads: Vec::new(),
+            note_ids: IdSequence::starting_at(900),
+            notes: Vec::new(),
             daily_token_budget: DAILY_TOKEN_BUDGET,
             tokens_used: 0,
             burst: SlidingWindow::new(BURST_LIMIT, std::time::Duration::from_secs(2)),
@@ -234,6 +250,7 @@ impl PipedriveState {
         json!({
             "lastPersonId": self.person_ids.last(), "lastActivityId": self.activity_ids.last(),
             "persons": self.persons, "activities": self.activities, "leads": self.leads,
+            "notes": self.notes, "lastNoteId": self.note_ids.last(),
         })
     }
 
@@ -242,6 +259,10 @@ impl PipedriveState {
         self.persons = serde_json::from_value(snapshot["persons"].clone())?;
         self.activities = serde_json::from_value(snapshot["activities"].clone())?;
         self.leads = serde_json::from_value(snapshot["leads"].clone())?;
+        if !snapshot["notes"].is_null() {
+            self.notes = serde_json::from_value(snapshot["notes"].clone())?;
+        }
+        self.note_ids = IdSequence::starting_at(snapshot["lastNoteId"].as_u64().unwrap_or(900));
         self.person_ids = IdSequence::starting_at(snapshot["lastPersonId"].as_u64().unwrap_or(100));
         self.activity_ids =
             IdSequence::starting_at(snapshot["lastActivityId"].as_u64().unwrap_or(500));
@@ -326,6 +347,7 @@ pub fn routes(state: SharedState) -> Router {
         )
         .route("/api/v1/leads", get(list_leads).post(create_lead))
         .route("/api/v1/leads/{id}", get(get_lead).patch(update_lead))
+        .route("/api/v1/notes", get(list_notes).post(create_note))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             burst_limits,
@@ -1033,15 +1055,7 @@ async fn list_activities(
     Query(query): Query<Params>,
 ) -> Response {
     authorised(&state, &headers, &query, 20, |s| {
-        let number = |key: &str| -> Result<Option<u64>, Response> {
-            query
-                .get(key)
-                .map(|v| {
-                    v.parse()
-                        .map_err(|_| invalid(key, "This value should be of type integer."))
-                })
-                .transpose()
-        };
+        let number = |key: &str| integer_param(&query, key);
         let person = number("person_id")?;
         let start = number("cursor")?.unwrap_or(0) as usize;
         let limit = number("limit")?.unwrap_or(100).clamp(1, 500) as usize;
@@ -1238,15 +1252,7 @@ async fn list_leads(
     Query(query): Query<Params>,
 ) -> Response {
     authorised(&state, &headers, &query, 20, |s| {
-        let filter = |key: &str| -> Result<Option<u64>, Response> {
-            query
-                .get(key)
-                .map(|v| {
-                    v.parse()
-                        .map_err(|_| invalid(key, "This value should be of type integer."))
-                })
-                .transpose()
-        };
+        let filter = |key: &str| integer_param(&query, key);
         let (person, organization) = (filter("person_id")?, filter("organization_id")?);
         let start = filter("start")?.unwrap_or(0) as usize;
         let limit = filter("limit")?.unwrap_or(100).clamp(1, 500) as usize;
@@ -1306,4 +1312,103 @@ async fn update_lead(
         s.leads[index] = lead;
         Ok(ok(data))
     })
+}
+
+fn note_json(note: &Note) -> Value {
+    json!({
+        "id": note.id, "content": note.content, "lead_id": note.lead_id,
+        "person_id": note.person_id, "deal_id": null, "org_id": null, "active_flag": true,
+        "add_time": note.add_time.format("%Y-%m-%d %H:%M:%S").to_string(),
+    })
+}
+
+/// `POST /v1/notes`: `content` and at least one of the records it belongs to.
+async fn create_note(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Query(query): Query<Params>,
+    body: Bytes,
+) -> Response {
+    authorised(&state, &headers, &query, 10, |s| {
+        let body = json_object(&body)?;
+        let content = body
+            .get("content")
+            .and_then(Value::as_str)
+            .filter(|c| !c.trim().is_empty())
+            .ok_or_else(|| invalid("content", "This value should not be blank."))?
+            .to_string();
+        let lead_id = body
+            .get("lead_id")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let person_id = body.get("person_id").and_then(Value::as_u64);
+        if lead_id.is_none() && person_id.is_none() {
+            return Err(invalid(
+                "lead_id",
+                "One of deal_id, lead_id, person_id, org_id or project_id is required.",
+            ));
+        }
+        if let Some(lead) = &lead_id
+            && !s.leads.iter().any(|l| &l.id == lead)
+        {
+            return Err(lead_not_found());
+        }
+        let note = Note {
+            id: s.note_ids.next_id().parse().expect("numeric ids"),
+            content,
+            lead_id,
+            person_id,
+            add_time: Utc::now(),
+        };
+        let data = note_json(&note);
+        s.notes.push(note);
+        Ok(answer(
+            StatusCode::CREATED,
+            json!({"success": true, "data": data}),
+        ))
+    })
+}
+
+/// `GET /v1/notes`, filtered by `lead_id` or `person_id`, oldest first, paged by start/limit.
+async fn list_notes(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Query(query): Query<Params>,
+) -> Response {
+    authorised(&state, &headers, &query, 20, |s| {
+        let number = |key: &str| integer_param(&query, key);
+        let person = number("person_id")?;
+        let start = number("start")?.unwrap_or(0) as usize;
+        let limit = number("limit")?.unwrap_or(100).clamp(1, 500) as usize;
+        let lead = query.get("lead_id");
+        let matching: Vec<&Note> = s
+            .notes
+            .iter()
+            .filter(|n| lead.is_none_or(|l| n.lead_id.as_ref() == Some(l)))
+            .filter(|n| person.is_none_or(|p| n.person_id == Some(p)))
+            .collect();
+        let page: Vec<Value> = matching
+            .iter()
+            .skip(start)
+            .take(limit)
+            .map(|n| note_json(n))
+            .collect();
+        let more = start + limit < matching.len();
+        Ok(answer(
+            StatusCode::OK,
+            json!({"success": true, "data": page, "additional_data":
+                {"pagination": {"start": start, "limit": limit, "more_items_in_collection": more}}}),
+        ))
+    })
+}
+
+/// An optional integer query parameter; anything else is Pipedrive's validation error.
+fn integer_param(query: &Params, key: &str) -> Result<Option<u64>, Response> {
+    query
+        .get(key)
+        .map(|v| {
+            v.parse()
+                .map_err(|_| invalid(key, "This value should be of type integer."))
+        })
+        .transpose()
 }
