@@ -35,6 +35,14 @@ pub struct Config {
     /// How long a warm container serves a connection from memory before reading Secrets Manager
     /// again (`0`: every request reads it). A CRM's 401/403 drops it sooner.
     pub connection_cache_ttl: Duration,
+    /// Whether CRM requests take tokens from their account's shared rate budget
+    /// (`CRM_SYNC_RATE_BUDGETS=off` turns budgets off).
+    pub rate_budgets: bool,
+    /// The longest a live request queues for a token of its account's budget; a longer wait
+    /// answers 429 at once, with the wait as `Retry-After`.
+    pub live_wait: Duration,
+    /// The longest batch work waits for tokens above the live reserve before giving up for now.
+    pub batch_wait: Duration,
     /// How long a synced record is kept before the table's TTL removes it (`None`: kept).
     pub synced_retention: Option<Duration>,
     /// Records of one connection the scheduled sync runs at once (other people's records only:
@@ -92,6 +100,12 @@ impl Config {
                 "CRM_SYNC_CONNECTION_CACHE_SECONDS",
                 300,
             ))),
+            rate_budgets: !matches!(
+                get("CRM_SYNC_RATE_BUDGETS").as_deref().map(str::trim),
+                Some("off" | "false" | "0")
+            ),
+            live_wait: millis("CRM_SYNC_LIVE_WAIT_MS", 3_000),
+            batch_wait: millis("CRM_SYNC_BATCH_WAIT_MS", 60_000),
             synced_retention: match number("CRM_SYNC_SYNCED_RETENTION_DAYS", 365) {
                 0 => None,
                 days => Some(Duration::from_secs(86_400 * u64::from(days))),

@@ -38,6 +38,10 @@ pub enum Error {
     CrmRejected { message: String },
     #[error("the CRM is rate limiting this connection")]
     RateLimited { retry_after: Option<Duration> },
+    /// crm-sync's shared budget of the CRM account's requests has no token within the wait
+    /// this request may take (`budget`): answered like the CRM's own 429, before asking it.
+    #[error("the CRM account's request budget is spent for now; retry in {} s", retry_after.as_secs_f64().ceil().max(1.0))]
+    BudgetExhausted { retry_after: Duration },
     /// The CRM answered 5xx, timed out or could not be reached.
     #[error("the CRM is unavailable: {0}")]
     CrmUnavailable(String),
@@ -82,7 +86,7 @@ impl Error {
             Error::CrmAuth(_) => "crm_auth_failed",
             Error::CrmDuplicate { .. } => "crm_duplicate",
             Error::CrmRejected { .. } => "crm_rejected",
-            Error::RateLimited { .. } => "rate_limited",
+            Error::RateLimited { .. } | Error::BudgetExhausted { .. } => "rate_limited",
             Error::CrmUnavailable(_) => "crm_unavailable",
             Error::Store(_) => "store_unavailable",
             Error::MethodNotAllowed(_) => "method_not_allowed",
@@ -103,7 +107,7 @@ impl Error {
             Error::PayloadTooLarge { .. } => 413,
             Error::CrmRejected { .. } | Error::IdempotencyKeyReused | Error::BatchIdReused => 422,
             Error::ConnectionInvalid { .. } => 424,
-            Error::RateLimited { .. } => 429,
+            Error::RateLimited { .. } | Error::BudgetExhausted { .. } => 429,
             Error::CrmAuth(_) => 502,
             Error::CrmUnavailable(_) | Error::Store(_) => 503,
         }
@@ -127,6 +131,7 @@ impl Error {
             self,
             Error::SyncInProgress
                 | Error::RateLimited { .. }
+                | Error::BudgetExhausted { .. }
                 | Error::CrmUnavailable(_)
                 | Error::Store(_)
         )
@@ -135,6 +140,7 @@ impl Error {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Error::RateLimited { retry_after } => *retry_after,
+            Error::BudgetExhausted { retry_after } => Some(*retry_after),
             // The sync holding the record usually finishes within a second or two.
             Error::SyncInProgress => Some(Duration::from_secs(1)),
             _ => None,

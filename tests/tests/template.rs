@@ -119,11 +119,13 @@ fn allowed_actions(role: &Value) -> Vec<(String, String)> {
                     .collect(),
                 other => panic!("unexpected Action {other}"),
             };
+            // A condition is part of what the statement allows.
+            let mut resource = serde_json::to_string(&statement["Resource"]).unwrap();
+            if !statement["Condition"].is_null() {
+                resource.push_str(&format!(" if {}", statement["Condition"]));
+            }
             for action in actions {
-                out.push((
-                    action,
-                    serde_json::to_string(&statement["Resource"]).unwrap(),
-                ));
+                out.push((action, resource.clone()));
             }
         }
     }
@@ -203,10 +205,19 @@ fn each_function_gets_the_least_iam_its_operation_needs() {
             ),
             "get-customer" => {
                 assert!(has("secretsmanager:GetSecretValue"));
-                assert!(
-                    !has("dynamodb:UpdateItem") && !has("dynamodb:Query"),
-                    "get-customer cannot write records"
-                );
+                assert!(!has("dynamodb:Query"), "get-customer cannot list records");
+                // It updates rate budgets, and nothing else (records are written with PutItem).
+                let updates: Vec<_> = actions
+                    .iter()
+                    .filter(|(a, _)| a == "dynamodb:UpdateItem")
+                    .collect();
+                assert!(!updates.is_empty(), "get-customer takes from rate budgets");
+                for (_, allowed) in updates {
+                    assert!(
+                        allowed.contains("dynamodb:LeadingKeys") && allowed.contains("budget#*"),
+                        "get-customer may update budget items only: {allowed}"
+                    );
+                }
             }
             "scheduled-sync" => {
                 assert!(has("dynamodb:Query") && has("dynamodb:PutItem"));

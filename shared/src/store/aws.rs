@@ -62,14 +62,14 @@ pub fn sdk_config_loader() -> aws_config::ConfigLoader {
 }
 
 /// A client given ready-made (tests), or built from the shared SDK configuration on first use.
-struct LazyClient<C> {
+pub(crate) struct LazyClient<C> {
     client: tokio::sync::OnceCell<C>,
     sdk: LazySdkConfig,
     build: fn(&SdkConfig) -> C,
 }
 
 impl<C> LazyClient<C> {
-    fn ready(client: C, build: fn(&SdkConfig) -> C) -> Self {
+    pub(crate) fn ready(client: C, build: fn(&SdkConfig) -> C) -> Self {
         LazyClient {
             client: tokio::sync::OnceCell::new_with(Some(client)),
             sdk: LazySdkConfig::default(),
@@ -83,7 +83,7 @@ impl<C> LazyClient<C> {
             build,
         }
     }
-    async fn get(&self) -> &C {
+    pub(crate) async fn get(&self) -> &C {
         self.client
             .get_or_init(|| async { (self.build)(self.sdk.get().await) })
             .await
@@ -241,26 +241,30 @@ impl ConnectionStore for SecretsManagerConnectionStore {
 
 /// One item per record, keyed by `pk` = the record key.
 pub struct DynamoDbSyncRecordStore {
-    client: LazyClient<aws_sdk_dynamodb::Client>,
+    client: Arc<LazyClient<aws_sdk_dynamodb::Client>>,
     table: String,
 }
 
 impl DynamoDbSyncRecordStore {
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
         DynamoDbSyncRecordStore {
-            client: LazyClient::ready(client, aws_sdk_dynamodb::Client::new),
+            client: Arc::new(LazyClient::ready(client, aws_sdk_dynamodb::Client::new)),
             table: table.into(),
         }
     }
     /// A store whose client is built from `sdk` by its first call.
     pub fn lazy(sdk: LazySdkConfig, table: impl Into<String>) -> Self {
         DynamoDbSyncRecordStore {
-            client: LazyClient::on_first_use(sdk, aws_sdk_dynamodb::Client::new),
+            client: Arc::new(LazyClient::on_first_use(sdk, aws_sdk_dynamodb::Client::new)),
             table: table.into(),
         }
     }
     pub fn table(&self) -> &str {
         &self.table
+    }
+    /// The accounts' rate budgets, in the same table through the same client.
+    pub fn budget_store(&self) -> super::budget_dynamodb::DynamoDbBudgetStore {
+        super::budget_dynamodb::DynamoDbBudgetStore::shared(self.client.clone(), &self.table)
     }
 }
 

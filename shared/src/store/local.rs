@@ -17,18 +17,18 @@ use super::{
 use crate::connection::{Connection, ConnectionId};
 use crate::error::{Error, Result};
 
-fn io_error(context: &str, e: std::io::Error) -> Error {
+pub(super) fn io_error(context: &str, e: std::io::Error) -> Error {
     Error::Store(format!("{context}: {e}"))
 }
 
-fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+pub(super) fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4()));
     fs::write(&tmp, contents).map_err(|e| io_error("writing a local store file", e))?;
     fs::rename(&tmp, path).map_err(|e| io_error("replacing a local store file", e))
 }
 
 /// Runs `f` under an exclusive lock on `dir/.lock`, off the async runtime's threads.
-async fn with_dir_lock<T: Send + 'static>(
+pub(super) async fn with_dir_lock<T: Send + 'static>(
     dir: PathBuf,
     f: impl FnOnce(&Path) -> Result<T> + Send + 'static,
 ) -> Result<T> {

@@ -1,7 +1,10 @@
-//! Ports for connections and sync records, with AWS, local-file and in-memory implementations
-//! side by side.
+//! Ports for connections, sync records and rate budgets, with AWS, local-file and in-memory
+//! implementations side by side.
 
 pub mod aws;
+pub mod budget;
+pub mod budget_dynamodb;
+pub mod budget_local;
 pub mod cached;
 pub mod local;
 pub mod memory;

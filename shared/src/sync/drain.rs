@@ -133,8 +133,13 @@ impl Work {
 
 impl App {
     /// One run of the scheduled sync: every connection's due records, oldest first, until
-    /// nothing is due or `budget` runs out. Each record is attempted at most once per run.
+    /// nothing is due or `budget` runs out. Each record is attempted at most once per run. Its
+    /// CRM calls are batch work: they leave each account's live reserve to n8n's calls.
     pub async fn scheduled_sync(&self, budget: &TimeBudget) -> Result<DrainSummary> {
+        crate::budget::run_as(crate::budget::Priority::Batch, self.drain_due(budget)).await
+    }
+
+    async fn drain_due(&self, budget: &TimeBudget) -> Result<DrainSummary> {
         let mut summary = DrainSummary::default();
         let mut attempted: HashSet<String> = HashSet::new();
         let mut first_pass = true;

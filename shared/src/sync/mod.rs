@@ -266,7 +266,14 @@ impl App {
             Arc::new(secrets),
             config.connection_cache_ttl,
         );
-        Self::new(config, Arc::new(connections), Arc::new(records))
+        let budgets = Arc::new(records.budget_store());
+        Self::new(config, Arc::new(connections), Arc::new(records)).with_budget_store(budgets)
+    }
+
+    /// The same app with the CRM accounts' rate budgets kept in `store`.
+    pub fn with_budget_store(mut self, store: Arc<dyn crate::store::budget::BudgetStore>) -> Self {
+        self.adapters.budgets = crate::budget::Budgets::from_config(&self.config, store);
+        self
     }
 
     pub fn new(
@@ -278,6 +285,10 @@ impl App {
             http: CrmHttp::new(&config),
             connections: connections.clone(),
             records: records.clone(),
+            budgets: crate::budget::Budgets::from_config(
+                &config,
+                crate::budget::Budgets::default_store(&config),
+            ),
         };
         App {
             config,
@@ -916,6 +927,7 @@ pub fn platforms() -> Value {
         "defaultCountry",
         "defaultAppointmentMinutes",
         "fieldMappings",
+        "rateBudget",
     ];
     let with = |extra: &[&'static str]| -> Vec<&'static str> {
         extra.iter().chain(common.iter()).copied().collect()

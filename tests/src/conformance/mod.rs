@@ -66,8 +66,8 @@ pub trait EmulatedCrm: Send + Sync {
     fn leads(&self) -> Vec<EmulatedLead>;
     /// A custom contact field this CRM's emulator accepts, named as the CRM's API names it.
     fn custom_contact_field(&self) -> &'static str;
-    /// Lifts an hourly request budget that a soak's volume would spend (rate limits have tests
-    /// of their own).
+    /// Lifts the request limits a soak's volume would spend (rate limits have tests of their
+    /// own).
     fn lift_request_budget(&self) {}
     /// The fault pattern (`Fault::matching`) of the request that creates an entity's record.
     fn create_route(&self, entity: EntityKind) -> &'static str;
@@ -781,6 +781,13 @@ pub async fn a_soak_with_lost_answers_leaves_one_record_per_caller_and_booking(f
         per_caller[caller].push((index, bookings[index].clone()));
     }
     fx.crm.lift_request_budget();
+    // The CRM's limits are lifted, so is the account's budget (still taken from, never short).
+    let mut lifted = fx.crm.connection();
+    lifted.settings.extra.insert(
+        "rateBudget".into(),
+        json!({"requests": 1_000_000, "windowSeconds": 1, "searchRequests": 1_000_000}),
+    );
+    store_connection(&app, CONNECTION, &lifted).await;
     fx.crm.control().chaos(crate::emulator::Chaos {
         lost_answer_percent: 25,
         error_percent: 10,
