@@ -13,7 +13,7 @@ lint: ## Formatting, clippy and the SAM template
 	cfn-lint infra/template.yaml
 	SAM_CLI_TELEMETRY=0 sam validate --lint --region us-east-1
 
-FUNCTIONS := platforms test-connection sync-customer sync-appointment sync-lead get-customer replay-failed
+FUNCTIONS := platforms test-connection sync-customer sync-appointment sync-lead get-customer sync-batch sync-records scheduled-sync
 # Connect links (the connect page, its OAuth callback, and the links' API).
 FUNCTIONS += connect-sessions connect-page connect-callback
 
@@ -44,8 +44,12 @@ build-SyncLeadFunction:
 	$(call bootstrap,sync-lead)
 build-GetCustomerFunction:
 	$(call bootstrap,get-customer)
-build-ReplayFailedFunction:
-	$(call bootstrap,replay-failed)
+build-SyncBatchFunction:
+	$(call bootstrap,sync-batch)
+build-SyncRecordsFunction:
+	$(call bootstrap,sync-records)
+build-ScheduledSyncFunction:
+	$(call bootstrap,scheduled-sync)
 
 build-ConnectSessionsFunction:
 	$(call bootstrap,connect-sessions)

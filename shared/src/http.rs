@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tracing::Instrument;
 
+use crate::config::Config;
 use crate::error::Error;
 use crate::sync::{App, Failure};
 
@@ -21,6 +22,9 @@ pub enum Operation {
     SyncAppointment,
     SyncLead,
     GetCustomer,
+    SyncBatch,
+    SyncRecords,
+    ReplaySyncRecords,
 }
 
 impl Operation {
@@ -32,23 +36,53 @@ impl Operation {
             Operation::SyncAppointment => "sync-appointment",
             Operation::SyncLead => "sync-lead",
             Operation::GetCustomer => "get-customer",
+            Operation::SyncBatch => "sync-batch",
+            Operation::SyncRecords => "sync-records",
+            Operation::ReplaySyncRecords => "sync-records/replay",
         }
     }
 
-    /// The operations that write to a CRM, and so take an `Idempotency-Key`.
+    /// The operations that write sync work, and so take an `Idempotency-Key`.
     pub fn is_sync(self) -> bool {
+        matches!(
+            self,
+            Operation::SyncCustomer
+                | Operation::SyncAppointment
+                | Operation::SyncLead
+                | Operation::SyncBatch
+        )
+    }
+
+    /// The single sync endpoints, which answer `Prefer: respond-async` with 202 `queued`.
+    fn may_respond_async(self) -> bool {
         matches!(
             self,
             Operation::SyncCustomer | Operation::SyncAppointment | Operation::SyncLead
         )
     }
 
-    fn method(self) -> Method {
+    pub fn method(self) -> Method {
         match self {
-            Operation::Platforms | Operation::GetCustomer => Method::GET,
+            Operation::Platforms | Operation::GetCustomer | Operation::SyncRecords => Method::GET,
             _ => Method::POST,
         }
     }
+}
+
+/// Handles a request for a function that serves several operations, one per method
+/// (`sync-records`: GET reads, POST replays). A method none of them takes answers 405.
+pub async fn handle_by_method(
+    app: &App,
+    operations: &[Operation],
+    request: Request,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let operation = operations
+        .iter()
+        .copied()
+        .find(|op| op.method() == request.method())
+        .or_else(|| operations.first().copied())
+        .unwrap_or(Operation::Platforms);
+    handle(app, operation, request).await
 }
 
 /// Handles one API request. Never fails: every error becomes a JSON error response.
@@ -81,6 +115,9 @@ pub async fn handle(
 async fn respond(app: &App, operation: Operation, request: &Request) -> Response<Body> {
     match dispatch(app, operation, request).await {
         Ok((status, body)) => json_response(status, &body),
+        Err(failure) if operation.may_respond_async() && prefers_async(request) => {
+            queued_response(&failure).unwrap_or_else(|| error_response(&failure))
+        }
         Err(failure) => {
             if failure.error.status() >= 500 {
                 tracing::warn!(code = failure.error.code(), error = %failure.error, "request failed");
@@ -140,10 +177,28 @@ async fn respond_once(
 
 /// The method and the API key, checked once per request before anything else.
 fn admit(app: &App, operation: Operation, request: &Request) -> Result<(), Error> {
+    admit_with(&app.config, operation, request)
+}
+
+fn admit_with(config: &Config, operation: Operation, request: &Request) -> Result<(), Error> {
     if request.method() != operation.method() && request.method() != Method::OPTIONS {
         return Err(Error::MethodNotAllowed(request.method().to_string()));
     }
-    check_api_key(app, request)
+    check_api_key(config, request)
+}
+
+/// `GET platforms` on its own: it needs the configuration (the API key) and nothing of `App`,
+/// so its function's binary carries no store, AWS or CRM client code.
+pub async fn handle_platforms(
+    config: &Config,
+    request: Request,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let span = tracing::info_span!("request", operation = Operation::Platforms.name());
+    let _entered = span.enter();
+    Ok(match admit_with(config, Operation::Platforms, &request) {
+        Ok(()) => json_response(StatusCode::OK, &crate::sync::platforms()),
+        Err(error) => error_response(&error.into()),
+    })
 }
 
 async fn dispatch(
@@ -180,7 +235,61 @@ async fn dispatch(
             StatusCode::OK,
             synced(&app.sync_appointment(&body_json(request)?).await?),
         )),
+        Operation::SyncBatch => {
+            let limit_bytes = crate::sync::MAX_BATCH_BYTES;
+            if request.body().len() > limit_bytes {
+                return Err(Error::PayloadTooLarge { limit_bytes }.into());
+            }
+            Ok((
+                StatusCode::ACCEPTED,
+                synced(&app.sync_batch(&body_json(request)?).await?),
+            ))
+        }
+        Operation::SyncRecords => Ok((
+            StatusCode::OK,
+            to_json(&app.sync_records(&query_object(request)).await?),
+        )),
+        Operation::ReplaySyncRecords => Ok((
+            StatusCode::OK,
+            to_json(&app.replay_records(&body_json(request)?).await?),
+        )),
     }
+}
+
+/// Whether the request asks for an asynchronous answer (RFC 7240 `Prefer: respond-async`).
+fn prefers_async(request: &Request) -> bool {
+    request
+        .headers()
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .any(|preference| preference.trim().eq_ignore_ascii_case("respond-async"))
+}
+
+/// 202 `queued` for a sync the CRM could not take now (unavailable, or rate limited past the
+/// live wait) when the caller prefers that to an error: the work is recorded, and the
+/// scheduled sync finishes it. Other failures are answered as errors.
+fn queued_response(failure: &Failure) -> Option<Response<Body>> {
+    let sync_id = failure.sync_id.as_ref()?;
+    if !matches!(
+        failure.error,
+        Error::CrmUnavailable(_) | Error::RateLimited { .. }
+    ) {
+        return None;
+    }
+    let body = json!({
+        "success": true,
+        "status": "queued",
+        "syncId": sync_id,
+        "reason": {"code": failure.error.code(), "message": failure.error.to_string()},
+    });
+    let mut response = json_response(StatusCode::ACCEPTED, &body);
+    response.headers_mut().insert(
+        "preference-applied",
+        HeaderValue::from_static("respond-async"),
+    );
+    Some(response)
 }
 
 mod erased {
@@ -196,8 +305,8 @@ mod erased {
 }
 
 /// Compares in constant time, so response timing does not reveal how much of a key was right.
-pub(crate) fn check_api_key(app: &App, request: &Request) -> Result<(), Error> {
-    let Some(expected) = &app.config.api_key else {
+pub(crate) fn check_api_key(config: &Config, request: &Request) -> Result<(), Error> {
+    let Some(expected) = &config.api_key else {
         return Ok(());
     };
     let given = request

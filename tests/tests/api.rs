@@ -20,13 +20,16 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "hubspot-e2e-secret-token-7d41";
 
-const ALL: [Operation; 6] = [
+const ALL: [Operation; 9] = [
     Operation::Platforms,
     Operation::TestConnection,
     Operation::SyncCustomer,
     Operation::SyncAppointment,
     Operation::SyncLead,
     Operation::GetCustomer,
+    Operation::SyncBatch,
+    Operation::SyncRecords,
+    Operation::ReplaySyncRecords,
 ];
 
 struct Api {
@@ -101,7 +104,7 @@ fn field(answer: &ApiAnswer) -> &str {
 }
 
 #[tokio::test]
-async fn the_spec_documents_exactly_the_six_operations() {
+async fn the_spec_documents_exactly_the_served_operations() {
     let spec = OpenApi::crm_sync();
     let mut documented = spec.paths();
     documented.sort();
@@ -759,4 +762,27 @@ async fn a_leads_notes_and_source_become_one_note_on_the_lead_and_a_resend_adds_
     api.post(Operation::SyncLead, lead("Also asked about boilers"))
         .await;
     assert_eq!(note_on_lead(&api.hubspot.state.lock().unwrap()).len(), 2);
+}
+
+#[tokio::test]
+async fn the_platforms_function_answers_from_the_configuration_alone_as_the_api_does() {
+    let api = Api::start().await;
+    let config = &api.app.config;
+    let standalone = |request| async move {
+        read_response(
+            crm_sync::http::handle_platforms(config, request)
+                .await
+                .unwrap(),
+        )
+    };
+    let (status, body) = standalone(get_request(Some(TEST_API_KEY), &[])).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, api.get(Operation::Platforms, &[]).await.body);
+    let (status, body) = standalone(get_request(Some("not-the-key"), &[])).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (401, &json!("unauthorized"))
+    );
+    let (status, _) = standalone(api_request(Method::POST, Some(TEST_API_KEY), None)).await;
+    assert_eq!(status, 405);
 }

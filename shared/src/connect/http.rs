@@ -106,7 +106,7 @@ pub async fn create_session(
         if request.method() != Method::POST && request.method() != Method::OPTIONS {
             return Err(Error::MethodNotAllowed(request.method().to_string()));
         }
-        crate::http::check_api_key(&service.app, &request)?;
+        crate::http::check_api_key(&service.app.config, &request)?;
         let body = crate::http::body_json(&request)?;
         let urls =
             ConnectUrls::resolve(&service.config, &request, SESSIONS_ROUTE).ok_or_else(|| {

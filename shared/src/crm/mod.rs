@@ -157,17 +157,24 @@ pub trait CrmAdapter: Send + Sync {
     ) -> Result<()>;
 }
 
-/// What adapters share, built once per cold start: the HTTP client, and the stores an OAuth
-/// adapter writes refreshed tokens to (connections) and takes its refresh lease from (records).
+/// What adapters share, built once per cold start: the HTTP client, the stores an OAuth
+/// adapter writes refreshed tokens to (connections) and takes its refresh lease from (records),
+/// and the CRM accounts' rate budgets.
 #[derive(Clone)]
 pub struct AdapterContext {
     pub http: CrmHttp,
     pub connections: Arc<dyn ConnectionStore>,
     pub records: Arc<dyn SyncRecordStore>,
+    pub budgets: crate::budget::Budgets,
 }
 
-/// Builds the adapter a connection names.
+/// Builds the adapter a connection names; its requests take from the account's rate budget.
 pub fn adapter_for(connection: &Connection, ctx: &AdapterContext) -> Result<Box<dyn CrmAdapter>> {
+    let budget = ctx.budgets.for_connection(connection)?;
+    let ctx = &AdapterContext {
+        http: ctx.http.clone().with_budget(budget),
+        ..ctx.clone()
+    };
     match connection.crm_type {
         CrmType::Hubspot => Ok(Box::new(hubspot::HubSpotAdapter::new(
             connection,

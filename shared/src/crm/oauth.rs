@@ -275,6 +275,8 @@ impl OAuthSession {
         let response = self
             .ctx
             .http
+            // Token endpoints are not the CRM's API: its limit does not count them.
+            .without_budget()
             .send(Idempotency::NotIdempotent, |client| {
                 client.post(&url).form(form)
             })
@@ -305,6 +307,7 @@ impl OAuthSession {
             let response = self
                 .ctx
                 .http
+                .without_budget()
                 .send(Idempotency::NotIdempotent, |client| {
                     client.post(&url).json(&body)
                 })
@@ -324,6 +327,8 @@ impl OAuthSession {
         let response = self
             .ctx
             .http
+            // Token endpoints are not the CRM's API: its limit does not count them.
+            .without_budget()
             .send(Idempotency::NotIdempotent, |client| {
                 client.post(&url).json(&body)
             })

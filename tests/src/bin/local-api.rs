@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use crm_sync::App;
-use crm_sync::http::{Operation, handle};
+use crm_sync::http::{Operation, handle_by_method};
 use lambda_http::RequestExt;
 
 type Failure = Box<dyn std::error::Error>;
@@ -22,7 +22,8 @@ type Failure = Box<dyn std::error::Error>;
 /// API Gateway's payload limit; a larger body is refused before any function sees it.
 const MAX_BODY: usize = 10 * 1024 * 1024;
 
-fn operation(name: &str) -> Option<Operation> {
+/// The operations a function serves (`sync-records` serves two, one per method).
+fn operations(function: &str) -> Vec<Operation> {
     [
         Operation::Platforms,
         Operation::TestConnection,
@@ -30,9 +31,13 @@ fn operation(name: &str) -> Option<Operation> {
         Operation::SyncAppointment,
         Operation::SyncLead,
         Operation::GetCustomer,
+        Operation::SyncBatch,
+        Operation::SyncRecords,
+        Operation::ReplaySyncRecords,
     ]
     .into_iter()
-    .find(|op| op.name() == name)
+    .filter(|op| op.name().split('/').next() == Some(function))
+    .collect()
 }
 
 async fn invoke(
@@ -40,14 +45,18 @@ async fn invoke(
     Path(params): Path<HashMap<String, String>>,
     request: Request,
 ) -> Response {
-    let Some(operation) = params.get("function").and_then(|f| operation(f)) else {
+    let operations = params
+        .get("function")
+        .map(|f| operations(f))
+        .unwrap_or_default();
+    if operations.is_empty() {
         return (StatusCode::NOT_FOUND, "no such function").into_response();
-    };
+    }
     let event = match lambda_event(request).await {
         Ok(event) => event,
         Err(refused) => return refused,
     };
-    let Ok(answer) = handle(&app, operation, event).await;
+    let Ok(answer) = handle_by_method(&app, &operations, event).await;
     let (parts, body) = answer.into_parts();
     Response::from_parts(parts, AxumBody::from(body.to_vec()))
 }
@@ -176,6 +185,7 @@ async fn main() -> Result<(), Failure> {
     let router = Router::new()
         .route("/lambda-url/{function}", any(invoke))
         .route("/lambda-url/{function}/", any(invoke))
+        .route("/lambda-url/{function}/{*rest}", any(invoke))
         .with_state(app)
         .merge(connect_routes().await);
     let listener = tokio::net::TcpListener::bind(listen).await?;

@@ -25,10 +25,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{IdSequence, RequestBudget, RunningEmulator, serve};
+use super::{IdSequence, RequestBudget, RunningEmulator, SlidingWindow, serve};
 
 /// Requests per hour per account on the Blossom/Garden plans.
 pub const HOURLY_LIMIT: u32 = 1000;
+/// Paid plans' per-minute cap (support.freshsales.io article 50000010026).
+pub const PER_MINUTE_LIMIT: u32 = 400;
 
 const CONTACT_TEXT: &[&str] = &[
     "first_name",
@@ -124,6 +126,8 @@ pub struct FreshsalesState {
     /// Outcomes an admin defined for the appointment activity type: `(id, name)`.
     pub appointment_outcomes: Vec<(u64, String)>,
     pub budget: RequestBudget,
+    /// Paid plans' cap of 400 requests per minute, beside the hourly budget.
+    pub per_minute: SlidingWindow,
     /// The custom fields the account admin created (`cf_…`); a lookup on another is refused.
     pub custom_fields: BTreeSet<String>,
 }
@@ -160,6 +164,7 @@ impl FreshsalesState {
             lifecycle_stages,
             appointment_outcomes,
             budget: RequestBudget::new(HOURLY_LIMIT, chrono::Duration::hours(1)),
+            per_minute: SlidingWindow::new(PER_MINUTE_LIMIT, std::time::Duration::from_secs(60)),
             custom_fields: ["cf_booking_city", "cf_crm_sync_id"]
                 .iter()
                 .map(|f| f.to_string())
@@ -378,7 +383,8 @@ fn authorised(
         )
             .into_response();
     }
-    if let Err(wait) = state.budget.take() {
+    let minute = state.per_minute.take().map_err(|w| w.as_secs().max(1));
+    if let Err(wait) = state.budget.take().and(minute) {
         let mut response = (
             StatusCode::TOO_MANY_REQUESTS,
             Json(error_body(StatusCode::TOO_MANY_REQUESTS)),

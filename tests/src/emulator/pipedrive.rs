@@ -1,6 +1,6 @@
 //! Pipedrive emulator: persons, person search and meeting activities (API v2), leads and the
-//! current user (API v1), API-token auth, Pipedrive's error bodies, and the daily token budget
-//! with its rate-limit headers.
+//! current user (API v1), API-token auth, Pipedrive's error bodies, the daily token budget and
+//! the 2-second burst limits (Essential: 20 requests, 10 searches) with their rate-limit headers.
 //!
 //! Shapes follow Pipedrive's official OpenAPI specs
 //! (https://developers.pipedrive.com/docs/api/v1/openapi.yaml and
@@ -24,8 +24,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -33,10 +34,14 @@ use chrono::{DateTime, NaiveDate, NaiveTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{IdSequence, RunningEmulator, serve};
+use super::{IdSequence, RunningEmulator, SlidingWindow, serve};
 
 /// The company's daily token budget unless a test sets another.
 pub const DAILY_TOKEN_BUDGET: u64 = 30_000;
+/// Requests per API token in a rolling 2 seconds on the Essential plan, and search requests on
+/// every plan (pipedrive.readme.io/docs/core-api-concepts-rate-limiting).
+pub const BURST_LIMIT: u32 = 20;
+pub const SEARCH_BURST_LIMIT: u32 = 10;
 /// Activity types every company starts with (ActivityType `key_string`s).
 const ACTIVITY_TYPES: [&str; 6] = ["call", "meeting", "task", "deadline", "email", "lunch"];
 const PERSON_FIELDS: [&str; 15] = [
@@ -209,6 +214,10 @@ pub struct PipedriveState {
     pub notes: Vec<Note>,
     pub daily_token_budget: u64,
     pub tokens_used: u64,
+    /// Requests of the API token in any rolling 2 seconds.
+    pub burst: SlidingWindow,
+    /// Search requests in any rolling 2 seconds.
+    pub search_burst: SlidingWindow,
 }
 
 impl PipedriveState {
@@ -225,7 +234,15 @@ impl PipedriveState {
             notes: Vec::new(),
             daily_token_budget: DAILY_TOKEN_BUDGET,
             tokens_used: 0,
+            burst: SlidingWindow::new(BURST_LIMIT, std::time::Duration::from_secs(2)),
+            search_burst: SlidingWindow::new(SEARCH_BURST_LIMIT, std::time::Duration::from_secs(2)),
         }
+    }
+
+    /// No burst limits (tests whose volume is not about rate limits).
+    pub fn lift_rate_limits(&mut self) {
+        self.burst.lift();
+        self.search_burst.lift();
     }
 
     /// Everything the company holds, for saving between runs of the local emulator.
@@ -331,7 +348,54 @@ pub fn routes(state: SharedState) -> Router {
         .route("/api/v1/leads", get(list_leads).post(create_lead))
         .route("/api/v1/leads/{id}", get(get_lead).patch(update_lead))
         .route("/api/v1/notes", get(list_notes).post(create_note))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            burst_limits,
+        ))
         .with_state(state)
+}
+
+/// Pipedrive's 2-second burst limits, before the routes: search endpoints' own, then the API
+/// token's. A refusal is Pipedrive's 429; every answer carries `x-ratelimit-limit`,
+/// `x-ratelimit-remaining` and `x-ratelimit-reset`.
+async fn burst_limits(State(state): State<SharedState>, request: Request, next: Next) -> Response {
+    let search = request
+        .uri()
+        .path()
+        .trim_end_matches('/')
+        .ends_with("/search");
+    let refused = {
+        let mut state = state.lock().unwrap();
+        let search_refused = if search {
+            state.search_burst.take().err()
+        } else {
+            None
+        };
+        search_refused.or_else(|| state.burst.take().err())
+    };
+    let mut response = match refused {
+        Some(wait) => {
+            let mut response = answer(
+                StatusCode::TOO_MANY_REQUESTS,
+                error_body(StatusCode::TOO_MANY_REQUESTS),
+            );
+            response.headers_mut().insert(
+                "retry-after",
+                HeaderValue::from(wait.as_secs_f64().ceil().max(1.0) as u64),
+            );
+            response
+        }
+        None => next.run(request).await,
+    };
+    let (limit, remaining) = {
+        let mut state = state.lock().unwrap();
+        (state.burst.limit, state.burst.remaining())
+    };
+    let headers = response.headers_mut();
+    headers.insert("x-ratelimit-limit", HeaderValue::from(limit));
+    headers.insert("x-ratelimit-remaining", HeaderValue::from(remaining));
+    headers.insert("x-ratelimit-reset", HeaderValue::from(2u64));
+    response
 }
 
 /// Pipedrive's error body for a status, as injected faults answer.
@@ -432,9 +496,6 @@ fn authorised(
     let remaining = budget - state.tokens_used;
     let mut response = f(&mut state).unwrap_or_else(|refused| refused);
     let headers = response.headers_mut();
-    headers.insert("x-ratelimit-limit", HeaderValue::from(80u64));
-    headers.insert("x-ratelimit-remaining", HeaderValue::from(79u64));
-    headers.insert("x-ratelimit-reset", HeaderValue::from(2u64));
     headers.insert("x-daily-ratelimit-token-limit", HeaderValue::from(budget));
     headers.insert(
         "x-daily-ratelimit-token-remaining",
@@ -994,15 +1055,7 @@ async fn list_activities(
     Query(query): Query<Params>,
 ) -> Response {
     authorised(&state, &headers, &query, 20, |s| {
-        let number = |key: &str| -> Result<Option<u64>, Response> {
-            query
-                .get(key)
-                .map(|v| {
-                    v.parse()
-                        .map_err(|_| invalid(key, "This value should be of type integer."))
-                })
-                .transpose()
-        };
+        let number = |key: &str| integer_param(&query, key);
         let person = number("person_id")?;
         let start = number("cursor")?.unwrap_or(0) as usize;
         let limit = number("limit")?.unwrap_or(100).clamp(1, 500) as usize;
@@ -1199,15 +1252,7 @@ async fn list_leads(
     Query(query): Query<Params>,
 ) -> Response {
     authorised(&state, &headers, &query, 20, |s| {
-        let filter = |key: &str| -> Result<Option<u64>, Response> {
-            query
-                .get(key)
-                .map(|v| {
-                    v.parse()
-                        .map_err(|_| invalid(key, "This value should be of type integer."))
-                })
-                .transpose()
-        };
+        let filter = |key: &str| integer_param(&query, key);
         let (person, organization) = (filter("person_id")?, filter("organization_id")?);
         let start = filter("start")?.unwrap_or(0) as usize;
         let limit = filter("limit")?.unwrap_or(100).clamp(1, 500) as usize;
@@ -1331,15 +1376,7 @@ async fn list_notes(
     Query(query): Query<Params>,
 ) -> Response {
     authorised(&state, &headers, &query, 20, |s| {
-        let number = |key: &str| -> Result<Option<u64>, Response> {
-            query
-                .get(key)
-                .map(|v| {
-                    v.parse()
-                        .map_err(|_| invalid(key, "This value should be of type integer."))
-                })
-                .transpose()
-        };
+        let number = |key: &str| integer_param(&query, key);
         let person = number("person_id")?;
         let start = number("start")?.unwrap_or(0) as usize;
         let limit = number("limit")?.unwrap_or(100).clamp(1, 500) as usize;
@@ -1363,4 +1400,15 @@ async fn list_notes(
                 {"pagination": {"start": start, "limit": limit, "more_items_in_collection": more}}}),
         ))
     })
+}
+
+/// An optional integer query parameter; anything else is Pipedrive's validation error.
+fn integer_param(query: &Params, key: &str) -> Result<Option<u64>, Response> {
+    query
+        .get(key)
+        .map(|v| {
+            v.parse()
+                .map_err(|_| invalid(key, "This value should be of type integer."))
+        })
+        .transpose()
 }

@@ -41,6 +41,14 @@ impl From<Error> for Failure {
 
 pub type SyncResult<T> = std::result::Result<T, Failure>;
 
+mod batch;
+mod drain;
+mod records;
+
+pub use batch::{BatchAccepted, MAX_BATCH_BYTES, MAX_BATCH_ITEMS};
+pub use drain::{DrainSummary, TimeBudget};
+pub use records::{RecordsAnswer, ReplayAnswer};
+
 /// Everything a function needs, built once per cold start.
 pub struct App {
     pub config: Config,
@@ -116,16 +124,6 @@ pub struct TestConnectionError {
     pub message: String,
 }
 
-/// What a replay run did.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ReplaySummary {
-    pub examined: usize,
-    pub synced: usize,
-    pub failed: usize,
-    pub skipped: usize,
-}
-
 /// The stored form of an appointment sync: all it needs to run again.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -135,6 +133,91 @@ struct AppointmentPayload {
     customer: Option<Customer>,
     #[serde(skip_serializing_if = "Option::is_none")]
     customer_id: Option<String>,
+}
+
+impl AppointmentPayload {
+    /// The booking id, else the person and the start: without a booking id, the same person
+    /// at the same start is the same appointment.
+    fn source_key(&self) -> String {
+        match (
+            &self.appointment.external_id,
+            &self.customer,
+            &self.customer_id,
+        ) {
+            (Some(external_id), _, _) => format!("external:{external_id}"),
+            (None, Some(customer), _) => format!(
+                "{}@{}",
+                customer.source_key(),
+                self.appointment.window.start()
+            ),
+            (None, None, id) => format!(
+                "contact:{}@{}",
+                id.as_deref().unwrap_or(""),
+                self.appointment.window.start()
+            ),
+        }
+    }
+}
+
+/// The customer of a `sync-customer` body (or a batch item shaped like one).
+fn parse_customer_request(fields: &Fields<'_>, defaults: &ValidationDefaults) -> Result<Customer> {
+    let customer_fields = fields
+        .child(&["customer", "customerData"])?
+        .ok_or_else(|| {
+            Error::validation(fields.path("customer"), "is required (or customerData)")
+        })?;
+    domain::parse_customer(&customer_fields, defaults)
+}
+
+/// The lead of a `sync-lead` body (or a batch item shaped like one).
+fn parse_lead_request(fields: &Fields<'_>, defaults: &ValidationDefaults) -> Result<Lead> {
+    let lead_fields = fields
+        .child(&["lead", "leadData"])?
+        .ok_or_else(|| Error::validation(fields.path("lead"), "is required (or leadData)"))?;
+    domain::parse_lead(&lead_fields, defaults)
+}
+
+/// The appointment and its customer of a `sync-appointment` body (or a batch item shaped like
+/// one).
+fn parse_appointment_request(
+    fields: &Fields<'_>,
+    defaults: &ValidationDefaults,
+) -> Result<AppointmentPayload> {
+    let appointment_fields = fields
+        .child(&["appointment", "appointmentData"])?
+        .ok_or_else(|| {
+            Error::validation(
+                fields.path("appointment"),
+                "is required (or appointmentData)",
+            )
+        })?;
+    let appointment = domain::parse_appointment(&appointment_fields, defaults)?;
+    let customer_id = match appointment_fields.string(&["customerId"])? {
+        Some(id) => Some(id),
+        None => fields.string(&["customerId"])?,
+    };
+    // The customer beside the appointment, or inside it (`appointment.customer`, a natural
+    // n8n shape), or the earlier service's flat fields in the appointment.
+    let customer = match (
+        fields.child(&["customer", "customerData"])?,
+        appointment_fields.child(&["customer", "customerData"])?,
+    ) {
+        (Some(customer_fields), _) | (None, Some(customer_fields)) => {
+            Some(domain::parse_customer(&customer_fields, defaults)?)
+        }
+        (None, None) => domain::parse_appointment_customer(&appointment_fields, defaults)?,
+    };
+    if customer.is_none() && customer_id.is_none() {
+        return Err(Error::validation(
+            fields.path("customer"),
+            "an appointment needs the customer (customer, or appointment.customer) or the CRM contact id (appointment.customerId)",
+        ));
+    }
+    Ok(AppointmentPayload {
+        appointment,
+        customer,
+        customer_id,
+    })
 }
 
 /// A connection and its adapter, resolved from a request.
@@ -183,7 +266,14 @@ impl App {
             Arc::new(secrets),
             config.connection_cache_ttl,
         );
-        Self::new(config, Arc::new(connections), Arc::new(records))
+        let budgets = Arc::new(records.budget_store());
+        Self::new(config, Arc::new(connections), Arc::new(records)).with_budget_store(budgets)
+    }
+
+    /// The same app with the CRM accounts' rate budgets kept in `store`.
+    pub fn with_budget_store(mut self, store: Arc<dyn crate::store::budget::BudgetStore>) -> Self {
+        self.adapters.budgets = crate::budget::Budgets::from_config(&self.config, store);
+        self
     }
 
     pub fn new(
@@ -195,6 +285,10 @@ impl App {
             http: CrmHttp::new(&config),
             connections: connections.clone(),
             records: records.clone(),
+            budgets: crate::budget::Budgets::from_config(
+                &config,
+                crate::budget::Budgets::default_store(&config),
+            ),
         };
         App {
             config,
@@ -247,10 +341,7 @@ impl App {
     pub async fn sync_customer(&self, body: &Value) -> SyncResult<SyncResponse> {
         let fields = Fields::new("", body)?;
         let target = self.target(&fields).await?;
-        let customer_fields = fields
-            .child(&["customer", "customerData"])?
-            .ok_or_else(|| Error::validation("customer", "is required (or customerData)"))?;
-        let customer = domain::parse_customer(&customer_fields, &target.defaults)?;
+        let customer = parse_customer_request(&fields, &target.defaults)?;
         let synced = self.sync_contact(&target, &customer).await?;
         Ok(SyncResponse {
             sync_id: synced.sync_id,
@@ -281,43 +372,8 @@ impl App {
     pub async fn sync_appointment(&self, body: &Value) -> SyncResult<AppointmentSyncResponse> {
         let fields = Fields::new("", body)?;
         let target = self.target(&fields).await?;
-        let appointment_fields = fields
-            .child(&["appointment", "appointmentData"])?
-            .ok_or_else(|| Error::validation("appointment", "is required (or appointmentData)"))?;
-        let appointment = domain::parse_appointment(&appointment_fields, &target.defaults)?;
-        let customer_id = match appointment_fields.string(&["customerId"])? {
-            Some(id) => Some(id),
-            None => fields.string(&["customerId"])?,
-        };
-        // The customer beside the appointment, or inside it (`appointment.customer`, a natural
-        // n8n shape), or the earlier service's flat fields in the appointment.
-        let customer = match (
-            fields.child(&["customer", "customerData"])?,
-            appointment_fields.child(&["customer", "customerData"])?,
-        ) {
-            (Some(customer_fields), _) | (None, Some(customer_fields)) => {
-                Some(domain::parse_customer(&customer_fields, &target.defaults)?)
-            }
-            (None, None) => {
-                domain::parse_appointment_customer(&appointment_fields, &target.defaults)?
-            }
-        };
-        if customer.is_none() && customer_id.is_none() {
-            return Err(Error::validation(
-                "customer",
-                "an appointment needs the customer (customer, or appointment.customer) or the CRM contact id (appointment.customerId)",
-            )
-            .into());
-        }
-        self.sync_appointment_payload(
-            &target,
-            AppointmentPayload {
-                appointment,
-                customer,
-                customer_id,
-            },
-        )
-        .await
+        let payload = parse_appointment_request(&fields, &target.defaults)?;
+        self.sync_appointment_payload(&target, payload).await
     }
 
     async fn sync_appointment_payload(
@@ -325,24 +381,7 @@ impl App {
         target: &Target,
         payload: AppointmentPayload,
     ) -> SyncResult<AppointmentSyncResponse> {
-        let source_key = match (
-            &payload.appointment.external_id,
-            &payload.customer,
-            &payload.customer_id,
-        ) {
-            (Some(external_id), _, _) => format!("external:{external_id}"),
-            // Without a booking id, the same person at the same start is the same appointment.
-            (None, Some(customer), _) => format!(
-                "{}@{}",
-                customer.source_key(),
-                payload.appointment.window.start()
-            ),
-            (None, None, id) => format!(
-                "contact:{}@{}",
-                id.as_deref().unwrap_or(""),
-                payload.appointment.window.start()
-            ),
-        };
+        let source_key = payload.source_key();
         let stored = serde_json::to_value(&payload).map_err(|e| Error::Store(e.to_string()))?;
         let contact = std::sync::Mutex::new(None::<EntitySync>);
         let appointment = self
@@ -485,10 +524,7 @@ impl App {
     pub async fn sync_lead(&self, body: &Value) -> SyncResult<SyncResponse> {
         let fields = Fields::new("", body)?;
         let target = self.target(&fields).await?;
-        let lead_fields = fields
-            .child(&["lead", "leadData"])?
-            .ok_or_else(|| Error::validation("lead", "is required (or leadData)"))?;
-        let lead = domain::parse_lead(&lead_fields, &target.defaults)?;
+        let lead = parse_lead_request(&fields, &target.defaults)?;
         self.sync_lead_entity(&target, &lead).await
     }
 
@@ -631,94 +667,6 @@ impl App {
         chrono::Duration::from_std(self.config.crm_timeout * 2).unwrap_or_default()
     }
 
-    /// Runs unknown, failed and abandoned pending records again, oldest first.
-    pub async fn replay_failed(&self, limit: usize) -> Result<ReplaySummary> {
-        let mut summary = ReplaySummary::default();
-        let stale_before =
-            Utc::now() - chrono::Duration::from_std(self.config.sync_lease).unwrap_or_default();
-        // An unknown outcome that may still land is left for the next run.
-        let settled_before = Utc::now() - self.settle_time();
-        let mut due: Vec<SyncRecord> = self
-            .records
-            .list_by_status(SyncStatus::Unknown, limit)
-            .await?
-            .into_iter()
-            .filter(|r| r.updated_at < settled_before)
-            .collect();
-        due.extend(
-            self.records
-                .list_by_status(SyncStatus::Failed, limit)
-                .await?,
-        );
-        let pending = self
-            .records
-            .list_by_status(SyncStatus::Pending, limit)
-            .await?;
-        due.extend(pending.into_iter().filter(|r| r.updated_at < stale_before));
-        let total = due.len();
-        let started = Instant::now();
-        for (done, record) in due.into_iter().enumerate() {
-            summary.examined += 1;
-            let retryable = record.status == SyncStatus::Unknown
-                || record.last_error.as_ref().is_none_or(|e| e.transient);
-            if !retryable || record.attempts >= self.config.max_sync_attempts {
-                summary.skipped += 1;
-                continue;
-            }
-            match self.replay(&record).await {
-                Ok(()) => summary.synced += 1,
-                Err(failure) => {
-                    summary.failed += 1;
-                    tracing::warn!(sync_id = %record.sync_id, code = failure.error.code(), "replay failed");
-                }
-            }
-            tracing::info!(
-                done = done + 1,
-                total,
-                per_second = (done + 1) as f64 / started.elapsed().as_secs_f64().max(0.001),
-                "replay progress"
-            );
-        }
-        Ok(summary)
-    }
-
-    async fn replay(&self, record: &SyncRecord) -> SyncResult<()> {
-        let connection_id = ConnectionId::parse(&record.connection_id)?;
-        let connection = self.connections.get(&connection_id).await?;
-        let defaults = connection.settings.validation_defaults()?;
-        let adapter = crm::adapter_for(&connection, &self.adapters)?;
-        let target = Target {
-            connection_id,
-            connection,
-            adapter,
-            defaults,
-        };
-        let corrupt = |e: serde_json::Error| {
-            Error::Store(format!(
-                "stored payload of {} is unreadable: {e}",
-                record.sync_id
-            ))
-        };
-        match record.entity {
-            EntityKind::Customer => {
-                let customer: Customer =
-                    serde_json::from_value(record.payload.clone()).map_err(corrupt)?;
-                self.sync_contact(&target, &customer).await.map(|_| ())
-            }
-            EntityKind::Lead => {
-                let lead: Lead = serde_json::from_value(record.payload.clone()).map_err(corrupt)?;
-                self.sync_lead_entity(&target, &lead).await.map(|_| ())
-            }
-            EntityKind::Appointment => {
-                let payload: AppointmentPayload =
-                    serde_json::from_value(record.payload.clone()).map_err(corrupt)?;
-                self.sync_appointment_payload(&target, payload)
-                    .await
-                    .map(|_| ())
-            }
-        }
-    }
-
     /// Claims the record (pending), does `work` with the CRM id synced before, and records the
     /// outcome. An identical resend of a synced record answers `unchanged` without a CRM call.
     /// A record whose last attempt may have written to the CRM unheard (`unknown`, or `pending`
@@ -753,7 +701,7 @@ impl App {
                     status: Outcome::Unchanged,
                 });
             }
-            if record.status == SyncStatus::Pending && now - record.updated_at < lease {
+            if record.in_progress(now, lease) {
                 return Err(Failure {
                     error: Error::SyncInProgress,
                     sync_id: Some(record.sync_id.clone()),
@@ -770,9 +718,9 @@ impl App {
             }
         }
         // An attempt that died mid-call (stale pending) is as unknown as one that lost its answer.
-        let reconcile = existing.as_ref().is_some_and(|r| {
-            r.crm_id.is_none() && matches!(r.status, SyncStatus::Unknown | SyncStatus::Pending)
-        });
+        let reconcile = existing
+            .as_ref()
+            .is_some_and(SyncRecord::may_have_written_unheard);
         let claimed = SyncRecord {
             sync_id: existing
                 .as_ref()
@@ -791,6 +739,9 @@ impl App {
             created_at: existing.as_ref().map_or(now, |r| r.created_at),
             updated_at: now,
             version: existing.as_ref().map_or(0, |r| r.version) + 1,
+            batch_id: existing.as_ref().and_then(|r| r.batch_id.clone()),
+            queued: false,
+            expires_at: None,
         };
         let sync_id = Some(claimed.sync_id.clone());
         if self
@@ -820,6 +771,11 @@ impl App {
                 finished.status = SyncStatus::Synced;
                 finished.crm_id = Some(upserted.crm_id.clone());
                 finished.last_error = None;
+                finished.expires_at = self
+                    .config
+                    .synced_retention
+                    .and_then(|keep| chrono::Duration::from_std(keep).ok())
+                    .map(|keep| finished.updated_at + keep);
             }
             Err(error) => {
                 if matches!(error, Error::CrmAuth(_)) {
@@ -971,6 +927,7 @@ pub fn platforms() -> Value {
         "defaultCountry",
         "defaultAppointmentMinutes",
         "fieldMappings",
+        "rateBudget",
     ];
     let with = |extra: &[&'static str]| -> Vec<&'static str> {
         extra.iter().chain(common.iter()).copied().collect()
