@@ -20,14 +20,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub fn http_client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
-        // The process's one TLS crypto provider; a second install (another client first) is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_crypto_provider();
         reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("crm-sync/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("the TLS backend initialises")
     })
+}
+
+/// Installs the process's one TLS crypto provider (ring); a second install is a no-op. Test
+/// code that needs a client with other settings (no redirects) calls it before building one.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// The AWS SDK's HTTP client: its requests sent with `http_client()`. The SDK keeps its own

@@ -238,6 +238,7 @@ impl Fixture {
             "decision".into(),
             if allow { "allow" } else { "deny" }.into(),
         ));
+        crm_sync::transport::install_crypto_provider();
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()

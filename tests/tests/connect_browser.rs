@@ -272,7 +272,7 @@ async fn a_person_connects_five_crms_in_a_browser_and_every_refusal_ends_in_a_cl
     let env = Env::from_env();
     let mut browser = Browser::start(&env.driver).await;
     let api = Api {
-        http: reqwest::Client::new(),
+        http: crm_sync::transport::http_client().clone(),
         env,
     };
     let crm = |name: &str| api.env.crm[name].clone();
@@ -434,6 +434,7 @@ async fn a_person_connects_five_crms_in_a_browser_and_every_refusal_ends_in_a_cl
     let consent_url = url::Url::parse(&browser.url().await).unwrap();
     let mut decision: Vec<(String, String)> = consent_url.query_pairs().into_owned().collect();
     decision.push(("decision".into(), "allow".into()));
+    crm_sync::transport::install_crypto_provider();
     let no_redirects = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
