@@ -6,5 +6,6 @@
 pub mod conformance;
 pub mod contract;
 pub mod emulator;
+pub mod gateway;
 pub mod harness;
 pub mod store_suite;
