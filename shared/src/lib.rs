@@ -1,7 +1,8 @@
 //! crm-sync: push customers, leads and appointments from a voice-AI booking assistant into CRMs.
 //!
 //! The domain (`domain`), the ports and their implementations (`store`, `crm`), the operations
-//! (`sync`) and the HTTP edge every Lambda function shares (`http`).
+//! (`sync`) and what they read from a request (`requests`), and the HTTP edge every Lambda
+//! function shares (`http`).
 
 pub mod config;
 pub mod connection;
@@ -10,6 +11,7 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod idempotency;
+pub mod requests;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
