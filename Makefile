@@ -13,7 +13,7 @@ lint: ## Formatting, clippy and the SAM template
 	cfn-lint infra/template.yaml
 	SAM_CLI_TELEMETRY=0 sam validate --lint --region us-east-1
 
-FUNCTIONS := platforms test-connection sync-customer sync-appointment sync-lead get-customer replay-failed
+FUNCTIONS := platforms test-connection sync-customer sync-appointment sync-lead get-customer sync-batch sync-records scheduled-sync
 
 build: ## Release builds of every function for Lambda (arm64), one cargo invocation
 	cargo lambda build --release --arm64 $(addprefix -p ,$(FUNCTIONS))
@@ -42,8 +42,12 @@ build-SyncLeadFunction:
 	$(call bootstrap,sync-lead)
 build-GetCustomerFunction:
 	$(call bootstrap,get-customer)
-build-ReplayFailedFunction:
-	$(call bootstrap,replay-failed)
+build-SyncBatchFunction:
+	$(call bootstrap,sync-batch)
+build-SyncRecordsFunction:
+	$(call bootstrap,sync-records)
+build-ScheduledSyncFunction:
+	$(call bootstrap,scheduled-sync)
 
 fmt:
 	cargo fmt --all

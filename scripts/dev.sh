@@ -26,4 +26,6 @@ export CRM_SYNC_DATA_DIR="$data_dir"
 export CRM_SYNC_API_KEY="${CRM_SYNC_API_KEY:-local-dev-key}"
 export RUST_LOG="${RUST_LOG:-info}"
 echo "API: http://127.0.0.1:9000/lambda-url/<function>/ with header x-api-key: $CRM_SYNC_API_KEY"
+echo "One pass of the scheduled sync (what sync-batch queued, failed work):"
+echo "  cargo lambda invoke -A 127.0.0.1 -P 9000 scheduled-sync --data-example eventbridge-schedule"
 cargo lambda watch -A 127.0.0.1 -P 9000

@@ -97,11 +97,9 @@ enum RecordsCommand {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
-    /// Sync failed (and abandoned pending) records again now.
-    Replay {
-        #[arg(long, default_value_t = 200)]
-        limit: usize,
-    },
+    /// Run what the scheduled sync would run now: queued, failed (transient), unknown and
+    /// abandoned pending records, oldest first.
+    Replay,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -209,8 +207,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
-        Command::Records(RecordsCommand::Replay { limit }) => {
-            let summary = app.replay_failed(limit).await.map_err(describe)?;
+        Command::Records(RecordsCommand::Replay) => {
+            let summary = app.replay_failed().await.map_err(describe)?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&summary).unwrap_or_default()

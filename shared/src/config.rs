@@ -35,6 +35,21 @@ pub struct Config {
     /// How long a warm container serves a connection from memory before reading Secrets Manager
     /// again (`0`: every request reads it). A CRM's 401/403 drops it sooner.
     pub connection_cache_ttl: Duration,
+    /// Whether CRM requests take tokens from their account's shared rate budget
+    /// (`CRM_SYNC_RATE_BUDGETS=off` turns budgets off).
+    pub rate_budgets: bool,
+    /// The longest a live request queues for a token of its account's budget; a longer wait
+    /// answers 429 at once, with the wait as `Retry-After`.
+    pub live_wait: Duration,
+    /// The longest batch work waits for tokens above the live reserve before giving up for now.
+    pub batch_wait: Duration,
+    /// How long a synced record is kept before the table's TTL removes it (`None`: kept).
+    pub synced_retention: Option<Duration>,
+    /// Records of one connection the scheduled sync runs at once (other people's records only:
+    /// one person's records run in order).
+    pub drain_concurrency: usize,
+    /// The scheduled sync starts no record with less than this left before its deadline.
+    pub drain_reserve: Duration,
 }
 
 pub const LOCAL_DEV_API_KEY: &str = "local-dev-key";
@@ -85,6 +100,18 @@ impl Config {
                 "CRM_SYNC_CONNECTION_CACHE_SECONDS",
                 300,
             ))),
+            rate_budgets: !matches!(
+                get("CRM_SYNC_RATE_BUDGETS").as_deref().map(str::trim),
+                Some("off" | "false" | "0")
+            ),
+            live_wait: millis("CRM_SYNC_LIVE_WAIT_MS", 3_000),
+            batch_wait: millis("CRM_SYNC_BATCH_WAIT_MS", 60_000),
+            synced_retention: match number("CRM_SYNC_SYNCED_RETENTION_DAYS", 365) {
+                0 => None,
+                days => Some(Duration::from_secs(86_400 * u64::from(days))),
+            },
+            drain_concurrency: number("CRM_SYNC_DRAIN_CONCURRENCY", 4).max(1) as usize,
+            drain_reserve: millis("CRM_SYNC_DRAIN_RESERVE_MS", 30_000),
         }
     }
 }

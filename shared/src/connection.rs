@@ -184,6 +184,19 @@ impl Connection {
             })
     }
 
+    /// The setting `name`, or the same value where the earlier service kept it: a setting or a
+    /// credential under one of `aliases` (Pipedrive's `credentials.companyDomain`, Freshsales'
+    /// `domain`).
+    pub fn setting_or_alias(&self, name: &str, aliases: &[&str]) -> Option<&str> {
+        self.settings.extra_str(name).or_else(|| {
+            aliases.iter().find_map(|alias| {
+                self.settings
+                    .extra_str(alias)
+                    .or_else(|| self.credentials.get(*alias).map(SecretString::expose))
+            })
+        })
+    }
+
     /// The credential `name`, or the first of `aliases` the earlier service used for it.
     pub fn credential_or_alias(&self, name: &str, aliases: &[&str]) -> Result<&SecretString> {
         aliases

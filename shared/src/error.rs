@@ -38,6 +38,10 @@ pub enum Error {
     CrmRejected { message: String },
     #[error("the CRM is rate limiting this connection")]
     RateLimited { retry_after: Option<Duration> },
+    /// crm-sync's shared budget of the CRM account's requests has no token within the wait
+    /// this request may take (`budget`): answered like the CRM's own 429, before asking it.
+    #[error("the CRM account's request budget is spent for now; retry in {} s", retry_after.as_secs_f64().ceil().max(1.0))]
+    BudgetExhausted { retry_after: Duration },
     /// The CRM answered 5xx, timed out or could not be reached.
     #[error("the CRM is unavailable: {0}")]
     CrmUnavailable(String),
@@ -51,6 +55,12 @@ pub enum Error {
         "this Idempotency-Key was used with another request body; use a new key for a new request"
     )]
     IdempotencyKeyReused,
+    /// The `batchId` was used before, for this connection, with another request body.
+    #[error("this batchId was used with another request body; use a new batchId for a new batch")]
+    BatchIdReused,
+    /// The request body is over the operation's limit.
+    #[error("the request body is over {limit_bytes} bytes; send fewer items per request")]
+    PayloadTooLarge { limit_bytes: usize },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -76,11 +86,12 @@ impl Error {
             Error::CrmAuth(_) => "crm_auth_failed",
             Error::CrmDuplicate { .. } => "crm_duplicate",
             Error::CrmRejected { .. } => "crm_rejected",
-            Error::RateLimited { .. } => "rate_limited",
+            Error::RateLimited { .. } | Error::BudgetExhausted { .. } => "rate_limited",
             Error::CrmUnavailable(_) => "crm_unavailable",
             Error::Store(_) => "store_unavailable",
             Error::MethodNotAllowed(_) => "method_not_allowed",
-            Error::IdempotencyKeyReused => "idempotency_key_reused",
+            Error::IdempotencyKeyReused | Error::BatchIdReused => "idempotency_key_reused",
+            Error::PayloadTooLarge { .. } => "payload_too_large",
         }
     }
 
@@ -93,9 +104,10 @@ impl Error {
             Error::ConnectionNotFound(_) | Error::NotFound(_) => 404,
             Error::MethodNotAllowed(_) => 405,
             Error::Ambiguous { .. } | Error::SyncInProgress | Error::CrmDuplicate { .. } => 409,
-            Error::CrmRejected { .. } | Error::IdempotencyKeyReused => 422,
+            Error::PayloadTooLarge { .. } => 413,
+            Error::CrmRejected { .. } | Error::IdempotencyKeyReused | Error::BatchIdReused => 422,
             Error::ConnectionInvalid { .. } => 424,
-            Error::RateLimited { .. } => 429,
+            Error::RateLimited { .. } | Error::BudgetExhausted { .. } => 429,
             Error::CrmAuth(_) => 502,
             Error::CrmUnavailable(_) | Error::Store(_) => 503,
         }
@@ -107,6 +119,8 @@ impl Error {
             Error::Validation { field, .. } => Some(field),
             Error::ConnectionNotFound(_) => Some("connectionId"),
             Error::IdempotencyKeyReused => Some("Idempotency-Key"),
+            Error::BatchIdReused => Some("batchId"),
+            Error::PayloadTooLarge { .. } => Some("body"),
             _ => None,
         }
     }
@@ -117,6 +131,7 @@ impl Error {
             self,
             Error::SyncInProgress
                 | Error::RateLimited { .. }
+                | Error::BudgetExhausted { .. }
                 | Error::CrmUnavailable(_)
                 | Error::Store(_)
         )
@@ -125,6 +140,7 @@ impl Error {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Error::RateLimited { retry_after } => *retry_after,
+            Error::BudgetExhausted { retry_after } => Some(*retry_after),
             // The sync holding the record usually finishes within a second or two.
             Error::SyncInProgress => Some(Duration::from_secs(1)),
             _ => None,

@@ -9,9 +9,10 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tracing::Instrument;
 
+use crate::config::Config;
 use crate::domain::{Customer, Lead};
 use crate::error::Error;
-use crate::sync::{App, AppointmentPayload, Failure, Prepared};
+use crate::sync::{App, AppointmentPayload, BatchRequest, Failure, Prepared};
 
 /// The operations of the API, one per function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +23,9 @@ pub enum Operation {
     SyncAppointment,
     SyncLead,
     GetCustomer,
+    SyncBatch,
+    SyncRecords,
+    ReplaySyncRecords,
 }
 
 impl Operation {
@@ -33,23 +37,53 @@ impl Operation {
             Operation::SyncAppointment => "sync-appointment",
             Operation::SyncLead => "sync-lead",
             Operation::GetCustomer => "get-customer",
+            Operation::SyncBatch => "sync-batch",
+            Operation::SyncRecords => "sync-records",
+            Operation::ReplaySyncRecords => "sync-records/replay",
         }
     }
 
-    /// The operations that write to a CRM, and so take an `Idempotency-Key`.
+    /// The operations that write sync work, and so take an `Idempotency-Key`.
     pub fn is_sync(self) -> bool {
+        matches!(
+            self,
+            Operation::SyncCustomer
+                | Operation::SyncAppointment
+                | Operation::SyncLead
+                | Operation::SyncBatch
+        )
+    }
+
+    /// The single sync endpoints, which answer `Prefer: respond-async` with 202 `queued`.
+    fn may_respond_async(self) -> bool {
         matches!(
             self,
             Operation::SyncCustomer | Operation::SyncAppointment | Operation::SyncLead
         )
     }
 
-    fn method(self) -> Method {
+    pub fn method(self) -> Method {
         match self {
-            Operation::Platforms | Operation::GetCustomer => Method::GET,
+            Operation::Platforms | Operation::GetCustomer | Operation::SyncRecords => Method::GET,
             _ => Method::POST,
         }
     }
+}
+
+/// Handles a request for a function that serves several operations, one per method
+/// (`sync-records`: GET reads, POST replays). A method none of them takes answers 405.
+pub async fn handle_by_method(
+    app: &App,
+    operations: &[Operation],
+    request: Request,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let operation = operations
+        .iter()
+        .copied()
+        .find(|op| op.method() == request.method())
+        .or_else(|| operations.first().copied())
+        .unwrap_or(Operation::Platforms);
+    handle(app, operation, request).await
 }
 
 /// Handles one API request. Never fails: every error becomes a JSON error response.
@@ -72,9 +106,11 @@ enum PreparedSync {
     Customer(Prepared<Customer>),
     Lead(Prepared<Lead>),
     Appointment(Prepared<AppointmentPayload>),
+    Batch(Prepared<BatchRequest>),
 }
 
 async fn respond(app: &App, operation: Operation, request: &Request) -> Response<Body> {
+    let to_json = |v: &dyn erased::Json| v.to_value();
     match operation {
         Operation::Platforms => json_response(StatusCode::OK, &crate::sync::platforms()),
         Operation::GetCustomer => {
@@ -83,7 +119,15 @@ async fn respond(app: &App, operation: Operation, request: &Request) -> Response
         }
         Operation::TestConnection => {
             let verdict = async { app.test_connection(&body_json(request)?).await }.await;
-            answer(verdict.map(|v| (StatusCode::OK, erased::Json::to_value(&v))))
+            answer(verdict.map(|v| (StatusCode::OK, to_json(&v))))
+        }
+        Operation::SyncRecords => {
+            let records = app.sync_records(&query_object(request)).await;
+            answer(records.map(|r| (StatusCode::OK, to_json(&r))))
+        }
+        Operation::ReplaySyncRecords => {
+            let replayed = async { app.replay_records(&body_json(request)?).await }.await;
+            answer(replayed.map(|r| (StatusCode::OK, to_json(&r))))
         }
         Operation::SyncCustomer => {
             respond_sync(app, operation, request, async |body| {
@@ -102,6 +146,16 @@ async fn respond(app: &App, operation: Operation, request: &Request) -> Response
                 app.prepare_appointment(body)
                     .await
                     .map(PreparedSync::Appointment)
+            })
+            .await
+        }
+        Operation::SyncBatch => {
+            let limit_bytes = crate::sync::MAX_BATCH_BYTES;
+            if request.body().len() > limit_bytes {
+                return failed(Error::PayloadTooLarge { limit_bytes }.into());
+            }
+            respond_sync(app, operation, request, async |body| {
+                app.prepare_batch(body).await.map(PreparedSync::Batch)
             })
             .await
         }
@@ -126,7 +180,7 @@ async fn respond_sync(
     match prepared.await {
         Err(error) => failed(error.into()),
         Ok((Some(key), prepared)) => respond_once(app, operation, request, key, prepared).await,
-        Ok((None, prepared)) => answer(run(app, prepared).await),
+        Ok((None, prepared)) => answer_sync(operation, request, run(app, prepared).await),
     }
 }
 
@@ -135,13 +189,29 @@ async fn run(app: &App, prepared: PreparedSync) -> Result<(StatusCode, Value), F
     let synced = |v: &dyn erased::Json| {
         let mut body = v.to_value();
         body["success"] = json!(true);
-        (StatusCode::OK, body)
+        body
     };
     Ok(match prepared {
-        PreparedSync::Customer(p) => synced(&app.run_customer(p).await?),
-        PreparedSync::Lead(p) => synced(&app.run_lead(p).await?),
-        PreparedSync::Appointment(p) => synced(&app.run_appointment(p).await?),
+        PreparedSync::Customer(p) => (StatusCode::OK, synced(&app.run_customer(p).await?)),
+        PreparedSync::Lead(p) => (StatusCode::OK, synced(&app.run_lead(p).await?)),
+        PreparedSync::Appointment(p) => (StatusCode::OK, synced(&app.run_appointment(p).await?)),
+        PreparedSync::Batch(p) => (StatusCode::ACCEPTED, synced(&app.run_batch(p).await?)),
     })
+}
+
+/// A sync's answer; a single sync the CRM could not take now is 202 `queued` instead of an
+/// error when the caller prefers that (`Prefer: respond-async`).
+fn answer_sync(
+    operation: Operation,
+    request: &Request,
+    result: Result<(StatusCode, Value), Failure>,
+) -> Response<Body> {
+    match result {
+        Err(failure) if operation.may_respond_async() && prefers_async(request) => {
+            queued_response(&failure).unwrap_or_else(|| failed(failure))
+        }
+        result => answer(result),
+    }
 }
 
 fn answer(result: Result<(StatusCode, Value), impl Into<Failure>>) -> Response<Body> {
@@ -192,7 +262,7 @@ async fn respond_once(
             response
         }
         Ok(Claim::Run(claimed)) => {
-            let response = answer(run(app, prepared).await);
+            let response = answer_sync(operation, request, run(app, prepared).await);
             let body: Value =
                 serde_json::from_slice(response.body().as_ref()).unwrap_or(Value::Null);
             idempotency::finish(
@@ -209,10 +279,64 @@ async fn respond_once(
 
 /// The method and the API key, checked once per request before anything else.
 fn admit(app: &App, operation: Operation, request: &Request) -> Result<(), Error> {
+    admit_with(&app.config, operation, request)
+}
+
+fn admit_with(config: &Config, operation: Operation, request: &Request) -> Result<(), Error> {
     if request.method() != operation.method() && request.method() != Method::OPTIONS {
         return Err(Error::MethodNotAllowed(request.method().to_string()));
     }
-    check_api_key(app, request)
+    check_api_key(config, request)
+}
+
+/// `GET platforms` on its own: it needs the configuration (the API key) and nothing of `App`,
+/// so its function's binary carries no store, AWS or CRM client code.
+pub async fn handle_platforms(
+    config: &Config,
+    request: Request,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let span = tracing::info_span!("request", operation = Operation::Platforms.name());
+    let _entered = span.enter();
+    Ok(match admit_with(config, Operation::Platforms, &request) {
+        Ok(()) => json_response(StatusCode::OK, &crate::sync::platforms()),
+        Err(error) => error_response(&error.into()),
+    })
+}
+
+/// Whether the request asks for an asynchronous answer (RFC 7240 `Prefer: respond-async`).
+fn prefers_async(request: &Request) -> bool {
+    request
+        .headers()
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .any(|preference| preference.trim().eq_ignore_ascii_case("respond-async"))
+}
+
+/// 202 `queued` for a sync the CRM could not take now (unavailable, or rate limited past the
+/// live wait) when the caller prefers that to an error: the work is recorded, and the
+/// scheduled sync finishes it. Other failures are answered as errors.
+fn queued_response(failure: &Failure) -> Option<Response<Body>> {
+    let sync_id = failure.sync_id.as_ref()?;
+    if !matches!(
+        failure.error,
+        Error::CrmUnavailable(_) | Error::RateLimited { .. }
+    ) {
+        return None;
+    }
+    let body = json!({
+        "success": true,
+        "status": "queued",
+        "syncId": sync_id,
+        "reason": {"code": failure.error.code(), "message": failure.error.to_string()},
+    });
+    let mut response = json_response(StatusCode::ACCEPTED, &body);
+    response.headers_mut().insert(
+        "preference-applied",
+        HeaderValue::from_static("respond-async"),
+    );
+    Some(response)
 }
 
 mod erased {
@@ -228,8 +352,8 @@ mod erased {
 }
 
 /// Compares in constant time, so response timing does not reveal how much of a key was right.
-fn check_api_key(app: &App, request: &Request) -> Result<(), Error> {
-    let Some(expected) = &app.config.api_key else {
+fn check_api_key(config: &Config, request: &Request) -> Result<(), Error> {
+    let Some(expected) = &config.api_key else {
         return Ok(());
     };
     let given = request

@@ -1,12 +1,13 @@
 //! The HTTP side of API Gateway in front of the functions, for tests that call crm-sync over
-//! HTTP: every handler served at `/lambda-url/<function>` (the paths `make dev` serves), each
+//! HTTP: every handler served at `/lambda-url/<function>` and below it (the paths `make dev`
+//! serves; `sync-records` serves a GET and a POST `replay` sub-path, one per method), each
 //! request handed over as API Gateway (REST API, Lambda proxy integration, payload 1.0) and the
 //! Lambda runtime deliver it. The proxy event's JSON is built (headers and multiValueHeaders,
 //! decoded query parameters, requestContext, the body, base64 with `isBase64Encoded` when it is
 //! not UTF-8) and read by lambda_http's own event parsing. A function that fails or panics
 //! answers 502, as API Gateway does.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::Router;
@@ -18,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use base64::Engine;
 use crm_sync::App;
-use crm_sync::http::{Operation, handle};
+use crm_sync::http::{Operation, handle_by_method};
 use serde_json::{Value, json};
 
 /// API Gateway's payload limit; a larger body is refused before any function sees it.
@@ -28,15 +29,17 @@ const MAX_BODY: usize = 10 * 1024 * 1024;
 const STAGE: &str = "dev";
 const BASE_PATH: &str = "/api/v1/integrations/crm";
 
-/// Every function's handler at `/lambda-url/<function>` (and with a trailing `/`).
+/// Every function's handler at `/lambda-url/<function>`, with a trailing `/`, and below it.
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/lambda-url/{function}", any(invoke))
         .route("/lambda-url/{function}/", any(invoke))
+        .route("/lambda-url/{function}/{*rest}", any(invoke))
         .with_state(app)
 }
 
-fn operation(name: &str) -> Option<Operation> {
+/// The operations a function serves (`sync-records` serves two, one per method).
+pub fn operations(function: &str) -> Vec<Operation> {
     [
         Operation::Platforms,
         Operation::TestConnection,
@@ -44,24 +47,34 @@ fn operation(name: &str) -> Option<Operation> {
         Operation::SyncAppointment,
         Operation::SyncLead,
         Operation::GetCustomer,
+        Operation::SyncBatch,
+        Operation::SyncRecords,
+        Operation::ReplaySyncRecords,
     ]
     .into_iter()
-    .find(|op| op.name() == name)
+    .filter(|op| op.name().split('/').next() == Some(function))
+    .collect()
 }
 
 async fn invoke(
     State(app): State<Arc<App>>,
-    Path(function): Path<String>,
+    Path(params): Path<HashMap<String, String>>,
     request: Request,
 ) -> Response {
-    let Some(operation) = operation(&function) else {
+    let function = params.get("function").map(String::as_str).unwrap_or("");
+    let operations = operations(function);
+    if operations.is_empty() {
         return (StatusCode::NOT_FOUND, "no such function").into_response();
+    }
+    let resource = match params.get("rest").filter(|rest| !rest.is_empty()) {
+        Some(rest) => format!("{BASE_PATH}/{function}/{rest}"),
+        None => format!("{BASE_PATH}/{function}"),
     };
     let (parts, body) = request.into_parts();
     let Ok(bytes) = to_bytes(body, MAX_BODY).await else {
         return gateway_error(StatusCode::PAYLOAD_TOO_LARGE, "Request Too Long");
     };
-    let event = proxy_event(operation, &parts, &bytes);
+    let event = proxy_event(&resource, &parts, &bytes);
     // What the runtime does with the invocation payload before the handler runs.
     let request = match lambda_http::request::from_str(&event.to_string()) {
         Ok(request) => request,
@@ -72,7 +85,7 @@ async fn invoke(
     };
     // Its own task, so a panic is a failed invocation (502), not a dropped connection.
     let invocation = tokio::spawn(async move {
-        let Ok(response) = handle(&app, operation, request).await;
+        let Ok(response) = handle_by_method(&app, &operations, request).await;
         lambda_http::IntoResponse::into_response(response).await
     });
     match invocation.await {
@@ -84,9 +97,9 @@ async fn invoke(
     }
 }
 
-/// API Gateway's REST API proxy event (payload 1.0) for one request.
-pub fn proxy_event(operation: Operation, parts: &Parts, body: &[u8]) -> Value {
-    let resource = format!("{BASE_PATH}/{}", operation.name());
+/// API Gateway's REST API proxy event (payload 1.0) for one request to `resource` (the path
+/// below the stage: the resources have no path parameters, so it is the resource too).
+pub fn proxy_event(resource: &str, parts: &Parts, body: &[u8]) -> Value {
     let mut headers = BTreeMap::<String, String>::new();
     let mut multi_headers = BTreeMap::<String, Vec<String>>::new();
     for (name, value) in &parts.headers {

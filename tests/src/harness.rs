@@ -123,10 +123,7 @@ pub struct ApiAnswer {
 
 /// The method an operation is served on.
 pub fn operation_method(operation: Operation) -> Method {
-    match operation {
-        Operation::Platforms | Operation::GetCustomer => Method::GET,
-        _ => Method::POST,
-    }
+    operation.method()
 }
 
 /// Calls the function for `operation` and checks its response (and a successful request)
@@ -191,8 +188,7 @@ pub fn aws_endpoint() -> String {
 /// An SDK configuration pointed at moto with dummy credentials.
 pub async fn aws_sdk_config() -> aws_config::SdkConfig {
     let endpoint = aws_endpoint();
-    // SAFETY-free: the SDK reads these through its normal provider chain.
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
+    crm_sync::store::aws::sdk_config_loader()
         .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(

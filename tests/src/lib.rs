@@ -3,6 +3,7 @@
 // Emulator handlers return the CRM's error response as their `Err`: large, but never hot.
 #![allow(clippy::result_large_err)]
 
+pub mod budget_suite;
 pub mod conformance;
 pub mod contract;
 pub mod emulator;

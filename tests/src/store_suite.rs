@@ -11,10 +11,10 @@ use chrono::{Duration, Utc};
 use crm_sync::connection::{ConnectionId, SecretString};
 use crm_sync::domain::CrmType;
 use crm_sync::error::Error;
-use crm_sync::store::aws::STATUS_INDEX;
+use crm_sync::store::aws::{BATCH_INDEX, CONNECTION_INDEX, STATUS_INDEX, SYNC_ID_INDEX};
 use crm_sync::store::{
-    ConnectionStore, EntityKind, RecordedError, SyncRecord, SyncRecordStore, SyncStatus,
-    WriteOutcome,
+    ConnectionStore, EntityKind, RecordQuery, RecordedError, SyncRecord, SyncRecordStore,
+    SyncStatus, WriteOutcome,
 };
 use serde_json::json;
 
@@ -37,6 +37,9 @@ pub fn sample_record(source_key: &str, status: SyncStatus) -> SyncRecord {
         created_at: now,
         updated_at: now,
         version: 1,
+        batch_id: None,
+        queued: false,
+        expires_at: None,
     }
 }
 
@@ -138,6 +141,9 @@ pub async fn records_round_trip_with_conditional_writes(store: &dyn SyncRecordSt
     record.status = SyncStatus::Synced;
     record.crm_id = Some("9001".into());
     record.last_error = None;
+    record.batch_id = Some("batch-7".into());
+    let expires = chrono::DateTime::from_timestamp(Utc::now().timestamp() + 86_400, 0).unwrap();
+    record.expires_at = Some(expires);
     assert_eq!(
         store.put(&record, Some(2)).await.unwrap(),
         WriteOutcome::Written
@@ -145,6 +151,13 @@ pub async fn records_round_trip_with_conditional_writes(store: &dyn SyncRecordSt
     let read = store.get(&record.key()).await.unwrap().unwrap();
     assert_eq!(read.crm_id.as_deref(), Some("9001"));
     assert_eq!(read.last_error, None);
+    assert_eq!(read.batch_id.as_deref(), Some("batch-7"));
+    assert_eq!(
+        read.expires_at,
+        Some(expires),
+        "the TTL attribute, in seconds"
+    );
+    assert!(!read.queued);
 }
 
 pub async fn racing_creates_have_exactly_one_winner(store: Arc<dyn SyncRecordStore>) {
@@ -208,7 +221,8 @@ pub async fn records_list_by_status_oldest_first(store: &dyn SyncRecordStore) {
     );
 }
 
-/// Creates the sync-record table as `infra/template.yaml` defines it (key `pk`, GSI on status).
+/// Creates the sync-record table as `infra/template.yaml` defines it: key `pk`, GSIs on status,
+/// sync id, connection and batch.
 pub async fn create_records_table(client: &aws_sdk_dynamodb::Client, name: &str) {
     let attribute = |name: &str| {
         AttributeDefinition::builder()
@@ -224,30 +238,155 @@ pub async fn create_records_table(client: &aws_sdk_dynamodb::Client, name: &str)
             .build()
             .unwrap()
     };
-    client
+    let index = |name: &str, hash: &str, range: Option<&str>, projection: ProjectionType| {
+        let mut index = GlobalSecondaryIndex::builder()
+            .index_name(name)
+            .key_schema(key(hash, KeyType::Hash))
+            .projection(Projection::builder().projection_type(projection).build());
+        if let Some(range) = range {
+            index = index.key_schema(key(range, KeyType::Range));
+        }
+        index.build().unwrap()
+    };
+    let mut table = client
         .create_table()
         .table_name(name)
         .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(attribute("pk"))
-        .attribute_definitions(attribute("status"))
-        .attribute_definitions(attribute("updatedAt"))
         .key_schema(key("pk", KeyType::Hash))
-        .global_secondary_indexes(
-            GlobalSecondaryIndex::builder()
-                .index_name(STATUS_INDEX)
-                .key_schema(key("status", KeyType::Hash))
-                .key_schema(key("updatedAt", KeyType::Range))
-                .projection(
-                    Projection::builder()
-                        .projection_type(ProjectionType::All)
-                        .build(),
-                )
-                .build()
-                .unwrap(),
-        )
-        .send()
+        .global_secondary_indexes(index(
+            STATUS_INDEX,
+            "status",
+            Some("updatedAt"),
+            ProjectionType::All,
+        ))
+        .global_secondary_indexes(index(
+            SYNC_ID_INDEX,
+            "syncId",
+            None,
+            ProjectionType::KeysOnly,
+        ))
+        .global_secondary_indexes(index(
+            CONNECTION_INDEX,
+            "connectionId",
+            Some("listKey"),
+            ProjectionType::All,
+        ))
+        .global_secondary_indexes(index(
+            BATCH_INDEX,
+            "batchKey",
+            Some("listKey"),
+            ProjectionType::All,
+        ));
+    for name in [
+        "pk",
+        "status",
+        "updatedAt",
+        "syncId",
+        "connectionId",
+        "listKey",
+        "batchKey",
+    ] {
+        table = table.attribute_definitions(attribute(name));
+    }
+    table.send().await.expect("table created on moto");
+}
+
+/// Listing one connection's records: by status, by batch, paged with a cursor, counted; and a
+/// record found by its sync id. Other connections' records never show.
+pub async fn records_are_listed_by_connection_status_and_batch(store: &dyn SyncRecordStore) {
+    let base = Utc::now() - Duration::minutes(10);
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let status = if i % 3 == 0 {
+            SyncStatus::Failed
+        } else {
+            SyncStatus::Pending
+        };
+        let mut record = sample_record(&format!("email:page{i}@example.com"), status);
+        record.connection_id = if i == 6 {
+            "other".into()
+        } else {
+            "paged".into()
+        };
+        record.updated_at = base + Duration::seconds(i);
+        record.batch_id = (i < 4).then(|| "batch-1".to_string());
+        record.queued = status == SyncStatus::Pending;
+        store.put(&record, None).await.unwrap();
+        ids.push(record.sync_id.clone());
+    }
+    let query = |status: Option<SyncStatus>, batch: Option<&str>| RecordQuery {
+        connection_id: "paged".into(),
+        status,
+        batch_id: batch.map(str::to_string),
+    };
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list_records(&query(None, None), cursor.as_deref(), 2)
+            .await
+            .unwrap();
+        assert!(page.records.len() <= 2);
+        seen.extend(page.records.iter().map(|r| r.sync_id.clone()));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    // Failed (0, 3) before pending (1, 2, 4, 5), each oldest first.
+    let expected: Vec<String> = [0, 3, 1, 2, 4, 5].iter().map(|i| ids[*i].clone()).collect();
+    assert_eq!(seen, expected);
+
+    let failed = store
+        .list_records(&query(Some(SyncStatus::Failed), None), None, 10)
         .await
-        .expect("table created on moto");
+        .unwrap();
+    assert_eq!(
+        failed
+            .records
+            .iter()
+            .map(|r| &r.sync_id)
+            .collect::<Vec<_>>(),
+        vec![&ids[0], &ids[3]]
+    );
+    let batch = store
+        .list_records(&query(Some(SyncStatus::Pending), Some("batch-1")), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        batch.records.iter().map(|r| &r.sync_id).collect::<Vec<_>>(),
+        vec![&ids[1], &ids[2]]
+    );
+    assert!(batch.records.iter().all(|r| r.queued));
+    assert_eq!(
+        store
+            .count_records(&query(None, Some("batch-1")))
+            .await
+            .unwrap(),
+        4
+    );
+    assert_eq!(
+        store
+            .count_records(&query(Some(SyncStatus::Failed), Some("batch-1")))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(store.count_records(&query(None, None)).await.unwrap(), 6);
+
+    let found = store
+        .find_by_sync_id(&ids[6])
+        .await
+        .unwrap()
+        .expect("found");
+    assert_eq!(found.connection_id, "other");
+    assert_eq!(found.batch_id, None);
+    assert_eq!(store.find_by_sync_id("no-such-id").await.unwrap(), None);
+    let refused = store
+        .list_records(&query(None, None), Some("not-a-cursor"), 2)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.field(), Some("cursor"));
 }
 
 pub async fn leases_are_exclusive_until_released_or_expired(store: &dyn SyncRecordStore) {

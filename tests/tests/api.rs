@@ -20,13 +20,16 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "hubspot-e2e-secret-token-7d41";
 
-const ALL: [Operation; 6] = [
+const ALL: [Operation; 9] = [
     Operation::Platforms,
     Operation::TestConnection,
     Operation::SyncCustomer,
     Operation::SyncAppointment,
     Operation::SyncLead,
     Operation::GetCustomer,
+    Operation::SyncBatch,
+    Operation::SyncRecords,
+    Operation::ReplaySyncRecords,
 ];
 
 struct Api {
@@ -101,7 +104,7 @@ fn field(answer: &ApiAnswer) -> &str {
 }
 
 #[tokio::test]
-async fn the_spec_documents_exactly_the_six_operations() {
+async fn the_spec_documents_exactly_the_served_operations() {
     let spec = OpenApi::crm_sync();
     let mut documented = spec.paths();
     documented.sort();
@@ -699,4 +702,70 @@ async fn the_customer_may_sit_inside_the_appointment_and_a_cancel_answers_cancel
     let refused = api.post(Operation::SyncAppointment, bad).await;
     assert_eq!(refused.status, 400, "{}", refused.body);
     assert_eq!(refused.body["error"]["field"], "appointment.customer.phone");
+}
+
+#[tokio::test]
+async fn a_leads_notes_and_source_become_one_note_on_the_lead_and_a_resend_adds_none() {
+    let api = Api::start().await;
+    let lead = |notes: &str| {
+        json!({"connectionId": "demo", "lead": {"firstName": "Sam", "email": "sam@example.com",
+            "notes": notes, "source": "Phone call"}})
+    };
+    let answer = api.post(Operation::SyncLead, lead("Wants a quote")).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let lead_id = answer.body["crmId"].as_str().unwrap().to_string();
+    let note_on_lead = |state: &crm_sync_tests::emulator::hubspot::HubSpotState| {
+        state
+            .all("notes")
+            .into_iter()
+            .filter(|n| n.associated("leads").contains(&lead_id))
+            .map(|n| n.prop("hs_note_body").unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+    };
+    {
+        let state = api.hubspot.state.lock().unwrap();
+        assert_eq!(
+            note_on_lead(&state),
+            vec!["Wants a quote\n\nSource: Phone call".to_string()]
+        );
+        let contact = answer.body["contact"]["crmId"].as_str().unwrap();
+        assert!(
+            state.all("notes")[0]
+                .associated("contacts")
+                .contains(&contact.to_string())
+        );
+    }
+    // The same lead again, and again with a field changed but the same notes: no second note.
+    api.post(Operation::SyncLead, lead("Wants a quote")).await;
+    let mut renamed = lead("Wants a quote");
+    renamed["lead"]["lastName"] = json!("Lee");
+    assert_eq!(api.post(Operation::SyncLead, renamed).await.status, 200);
+    assert_eq!(note_on_lead(&api.hubspot.state.lock().unwrap()).len(), 1);
+    // New notes are a new note.
+    api.post(Operation::SyncLead, lead("Also asked about boilers"))
+        .await;
+    assert_eq!(note_on_lead(&api.hubspot.state.lock().unwrap()).len(), 2);
+}
+
+#[tokio::test]
+async fn the_platforms_function_answers_from_the_configuration_alone_as_the_api_does() {
+    let api = Api::start().await;
+    let config = &api.app.config;
+    let standalone = |request| async move {
+        read_response(
+            crm_sync::http::handle_platforms(config, request)
+                .await
+                .unwrap(),
+        )
+    };
+    let (status, body) = standalone(get_request(Some(TEST_API_KEY), &[])).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, api.get(Operation::Platforms, &[]).await.body);
+    let (status, body) = standalone(get_request(Some("not-the-key"), &[])).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (401, &json!("unauthorized"))
+    );
+    let (status, _) = standalone(api_request(Method::POST, Some(TEST_API_KEY), None)).await;
+    assert_eq!(status, 405);
 }

@@ -135,6 +135,8 @@ async fn a_body_that_is_not_utf8_reaches_the_function_base64_encoded_and_is_answ
         "sync-appointment",
         "sync-lead",
         "test-connection",
+        "sync-batch",
+        "sync-records/replay",
     ] {
         let response = client
             .post(url(operation))
@@ -163,6 +165,22 @@ async fn a_body_that_is_not_utf8_reaches_the_function_base64_encoded_and_is_answ
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
+    // A function serving two operations picks by method, at its own path and below it.
+    let records = client
+        .get(format!("{}?syncId=no-such-sync", url("sync-records")))
+        .header("x-api-key", TEST_API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(records.status().as_u16(), 405);
+    let replay = client
+        .post(url("sync-records/replay"))
+        .header("x-api-key", TEST_API_KEY)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status().as_u16(), 400);
     server.abort();
 }
 
@@ -175,13 +193,17 @@ fn the_gateway_event_carries_a_non_utf8_body_base64_encoded() {
         .body(())
         .unwrap()
         .into_parts();
-    let event = gateway::proxy_event(Operation::SyncCustomer, &parts, &[0xff, 0x00]);
+    let event = gateway::proxy_event(
+        "/api/v1/integrations/crm/sync-customer",
+        &parts,
+        &[0xff, 0x00],
+    );
     assert_eq!(event["isBase64Encoded"], true);
     assert_eq!(event["body"], "/wA=");
     assert_eq!(event["queryStringParameters"]["x"], "a@b");
     let request = lambda_http::request::from_str(&event.to_string()).unwrap();
     assert_eq!(request.body().as_ref(), &[0xff, 0x00]);
-    let text = gateway::proxy_event(Operation::SyncCustomer, &parts, b"{}");
+    let text = gateway::proxy_event("/api/v1/integrations/crm/sync-customer", &parts, b"{}");
     assert_eq!(
         (text["isBase64Encoded"].clone(), text["body"].clone()),
         (json!(false), json!("{}"))

@@ -1,6 +1,13 @@
 //! AWS calls per operation on the production wiring (`App::on_aws`: Secrets Manager behind the
-//! container's connection cache, DynamoDB), counted by an SDK interceptor against moto. The
-//! README's table of calls per operation comes from these tests.
+//! container's connection cache, DynamoDB for records and the accounts' rate budgets), counted
+//! by an SDK interceptor against moto. The README's table of calls per operation comes from
+//! these tests.
+//!
+//! A rate-budget lease is one conditional `UpdateItem`: a request that finds no lease of its
+//! account in the container claims one (with the search lane's token too, when it is a search),
+//! and the next requests within the lease's life (one second for HubSpot Starter) spend it. So
+//! a new contact found by email is exactly one `UpdateItem` (its search claims both lanes at
+//! once, the create spends the general lease), and a request right after another may make none.
 
 use std::sync::{Arc, Mutex};
 
@@ -55,6 +62,17 @@ impl AwsCalls {
         let mut calls = std::mem::take(&mut *self.0.lock().unwrap());
         calls.sort();
         calls
+    }
+
+    /// The calls since the last `take`, sorted, with the rate budget's `UpdateItem`s counted
+    /// apart (records are written with `PutItem`).
+    fn take_with_budget(&self) -> (Vec<String>, usize) {
+        let calls = self.take();
+        let budget = calls.iter().filter(|c| *c == "UpdateItem").count();
+        (
+            calls.into_iter().filter(|c| c != "UpdateItem").collect(),
+            budget,
+        )
     }
 }
 
@@ -153,9 +171,12 @@ async fn a_warm_new_sync_is_one_read_and_two_conditional_writes_and_a_resend_one
         "{body}"
     );
     assert_eq!(
-        setup.calls.take(),
-        calls(&["GetSecretValue", "GetItem", "PutItem", "PutItem"]),
-        "a cold container reads its connection once"
+        setup.calls.take_with_budget(),
+        (
+            calls(&["GetSecretValue", "GetItem", "PutItem", "PutItem"]),
+            1
+        ),
+        "a cold container reads its connection once, and claims one rate-budget lease"
     );
 
     let (_, body) = call(
@@ -166,9 +187,10 @@ async fn a_warm_new_sync_is_one_read_and_two_conditional_writes_and_a_resend_one
     .await;
     assert_eq!(body["status"], "created");
     assert_eq!(
-        setup.calls.take(),
-        calls(&["GetItem", "PutItem", "PutItem"]),
-        "a warm sync reads its connection from memory"
+        setup.calls.take_with_budget(),
+        (calls(&["GetItem", "PutItem", "PutItem"]), 1),
+        "a warm sync reads its connection from memory; its search claims a search token (and \
+         a general lease if the last one expired) in one write"
     );
 
     let (_, body) = call(
@@ -184,10 +206,54 @@ async fn a_warm_new_sync_is_one_read_and_two_conditional_writes_and_a_resend_one
         "appointment": {"externalId": "bk-calls-1", "start": "2025-07-01T10:00:00Z"}});
     let (_, body) = call(&setup.app, Operation::SyncAppointment, Some(appointment)).await;
     assert_eq!(body["status"], "created", "{body}");
+    let (without_budget, budget) = setup.calls.take_with_budget();
     assert_eq!(
-        setup.calls.take(),
+        without_budget,
         calls(&["GetItem", "PutItem", "PutItem", "GetItem"]),
         "a new appointment: its record claimed and finished, the unchanged contact's record read"
+    );
+    assert!(
+        budget <= 1,
+        "its one CRM call spends the warm lease or claims one: {budget} UpdateItem"
+    );
+}
+
+#[tokio::test]
+async fn a_lease_claimed_by_one_sync_serves_the_next_requests_of_the_container() {
+    let setup = setup().await;
+    let mut connection = setup
+        .elsewhere
+        .get(&ConnectionId::parse("demo").unwrap())
+        .await
+        .unwrap();
+    connection.id = None;
+    // A daily window: the lease lives a minute, longer than this test. (The emulated portal
+    // is as large, else its ten-secondly headers would lower the bucket, one more write.)
+    setup.hubspot.state.lock().unwrap().lift_rate_limits();
+    connection.settings.extra.insert(
+        "rateBudget".into(),
+        json!({"requests": 250_000, "windowSeconds": 86_400}),
+    );
+    setup
+        .elsewhere
+        .put(&ConnectionId::parse("demo").unwrap(), &connection)
+        .await
+        .unwrap();
+    let customer = json!({"connectionId": "demo", "customer": {"email": "lease@example.com"}});
+    call(&setup.app, Operation::SyncCustomer, Some(customer)).await;
+    assert_eq!(
+        setup.calls.take_with_budget().1,
+        1,
+        "search + create: one lease"
+    );
+    let appointment = json!({"connectionId": "demo", "customer": {"email": "lease@example.com"},
+        "appointment": {"externalId": "bk-lease-1", "start": "2025-07-01T10:00:00Z"}});
+    let (_, body) = call(&setup.app, Operation::SyncAppointment, Some(appointment)).await;
+    assert_eq!(body["status"], "created", "{body}");
+    assert_eq!(
+        setup.calls.take_with_budget().1,
+        0,
+        "the meeting's create spends the lease the contact's sync claimed"
     );
 }
 

@@ -318,3 +318,27 @@ async fn a_spent_hourly_limit_is_429_with_the_wait_the_crm_gave() {
     assert!((3500..=3600).contains(&wait), "{wait}");
     assert!(api.freshsales.state.lock().unwrap().contacts.is_empty());
 }
+
+#[tokio::test]
+async fn a_leads_notes_and_source_become_a_note_on_its_contact_once() {
+    let api = Api::start().await;
+    let body = json!({"connectionId": "demo", "lead": {"firstName": "Sam", "email": "sam@example.com",
+        "notes": "Wants a quote", "source": "Phone call"}});
+    let answer = api.post(Operation::SyncLead, body.clone()).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let mut changed = body.clone();
+    changed["lead"]["lastName"] = json!("Lee");
+    assert_eq!(api.post(Operation::SyncLead, changed).await.status, 200);
+    let state = api.freshsales.state.lock().unwrap();
+    let id: u64 = answer.body["crmId"].as_str().unwrap().parse().unwrap();
+    let notes: Vec<_> = state
+        .notes
+        .values()
+        .filter(|n| n.fields.get("targetable_id").and_then(|v| v.as_u64()) == Some(id))
+        .map(|n| n.text("description").unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        notes,
+        vec!["Wants a quote\n\nSource: Phone call".to_string()]
+    );
+}

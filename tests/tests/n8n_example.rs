@@ -138,3 +138,34 @@ fn the_credential_template_is_a_header_auth_credential_without_a_real_key() {
         "REPLACE-WITH-YOUR-CRM-SYNC-API-KEY"
     );
 }
+
+/// The scheduled batch workflow: a Schedule Trigger, then the bookings built into sync-batch
+/// bodies of at most 500 items with a batch id per run, posted with the header credential.
+#[test]
+fn the_scheduled_batch_workflow_posts_batches_of_at_most_500_with_a_batch_id() {
+    let workflow = example("scheduled-bookings-batch-to-crm.json");
+    let credential = &example("crm-sync-credential.json")[0];
+    let trigger = node(&workflow, "n8n-nodes-base.scheduleTrigger");
+    assert!(trigger["parameters"]["rule"]["interval"].is_array());
+    let http = node(&workflow, "n8n-nodes-base.httpRequest");
+    assert_eq!(http["parameters"]["method"], "POST");
+    assert!(
+        http["parameters"]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/api/v1/integrations/crm/sync-batch")
+    );
+    assert_eq!(http["parameters"]["genericAuthType"], "httpHeaderAuth");
+    assert_eq!(
+        http["credentials"]["httpHeaderAuth"]["id"],
+        credential["id"]
+    );
+    let build = by_name(&workflow, &Value::from("Build batches"));
+    let code = build["parameters"]["jsCode"].as_str().unwrap();
+    assert!(
+        code.contains("500") && code.contains("batchId") && code.contains("type: 'appointment'")
+    );
+    assert_eq!(next(&workflow, &build["name"], 0)["name"], http["name"]);
+    let first = next(&workflow, &trigger["name"], 0);
+    assert_eq!(next(&workflow, &first["name"], 0)["name"], build["name"]);
+}

@@ -101,6 +101,8 @@ fn context(
         http: CrmHttp::new(&test_config(crm_sync::config::StoreKind::Local, &dir)),
         connections,
         records,
+        // Token refreshes are what these tests count; token endpoints take no budget anyway.
+        budgets: crm_sync::budget::Budgets::off(),
     }
 }
 

@@ -340,3 +340,59 @@ async fn a_refused_token_is_502_and_no_token_shows_in_answers_records_or_logs() 
         }
     }
 }
+
+#[tokio::test]
+async fn a_leads_notes_and_source_become_a_note_on_the_lead_once() {
+    let api = Api::start().await;
+    let body = json!({"connectionId": "pd", "lead": {"firstName": "Sam", "email": "sam@example.com",
+        "notes": "Wants a quote <today>", "source": "Phone call"}});
+    let answer = api.post(Operation::SyncLead, body.clone()).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let mut changed = body.clone();
+    changed["lead"]["lastName"] = json!("Lee");
+    assert_eq!(api.post(Operation::SyncLead, changed).await.status, 200);
+    let state = api.pipedrive.state.lock().unwrap();
+    let lead_id = answer.body["crmId"].as_str().unwrap();
+    let notes: Vec<_> = state
+        .notes
+        .iter()
+        .filter(|n| n.lead_id.as_deref() == Some(lead_id))
+        .map(|n| n.content.clone())
+        .collect();
+    assert_eq!(
+        notes,
+        vec!["<p>Wants a quote &lt;today&gt;</p><p>Source: Phone call</p>".to_string()]
+    );
+}
+
+#[tokio::test]
+async fn an_address_pipedrive_cannot_hold_is_listed_and_a_change_only_to_it_is_unchanged() {
+    let api = Api::start().await;
+    let body = |city: &str| {
+        json!({"connectionId": "pd", "customer": {"firstName": "Ann", "email": "ann@example.com",
+            "city": city, "zipCode": "02110"}})
+    };
+    let first = api.post(Operation::SyncCustomer, body("Boston")).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.body["status"], "created");
+    let fields: Vec<&str> = first.body["notStored"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["customer.city", "customer.zipCode"]);
+    assert!(
+        first.body["notStored"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("fieldMappings.contact.city")
+    );
+    let moved = api.post(Operation::SyncCustomer, body("Cambridge")).await;
+    assert_eq!(moved.status, 200, "{}", moved.body);
+    assert_eq!(
+        moved.body["status"], "unchanged",
+        "only the city changed, and Pipedrive keeps it nowhere"
+    );
+    assert_eq!(moved.body["notStored"], first.body["notStored"]);
+}

@@ -11,6 +11,7 @@ use crm_sync::store::ConnectionStore;
 use crm_sync::store::aws::{DynamoDbSyncRecordStore, SecretsManagerConnectionStore};
 use crm_sync::store::cached::CachedConnectionStore;
 use crm_sync::store::local::{LocalConnectionStore, LocalSyncRecordStore};
+use crm_sync::store::memory::MemorySyncRecordStore;
 use crm_sync_tests::harness::{TempDir, aws_stores, connection};
 use crm_sync_tests::store_suite::*;
 
@@ -64,6 +65,17 @@ async fn local_records_list_by_status_oldest_first() {
 #[tokio::test]
 async fn dynamodb_records_list_by_status_oldest_first() {
     records_list_by_status_oldest_first(&dynamodb_store().await).await;
+}
+
+#[tokio::test]
+async fn local_records_are_listed_by_connection_status_and_batch() {
+    let dir = TempDir::new("stores");
+    records_are_listed_by_connection_status_and_batch(&LocalSyncRecordStore::new(dir.path())).await;
+}
+
+#[tokio::test]
+async fn dynamodb_records_are_listed_by_connection_status_and_batch() {
+    records_are_listed_by_connection_status_and_batch(&dynamodb_store().await).await;
 }
 
 #[tokio::test]
@@ -174,4 +186,29 @@ async fn local_cache_serves_from_memory_until_stale_refreshed_or_invalidated() {
 async fn secrets_manager_cache_serves_from_memory_until_stale_refreshed_or_invalidated() {
     cache_serves_from_memory_until_stale_refreshed_or_invalidated(Arc::new(secrets_store().await))
         .await;
+}
+
+#[tokio::test]
+async fn memory_records_round_trip_with_conditional_writes() {
+    records_round_trip_with_conditional_writes(&MemorySyncRecordStore::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_racing_creates_have_exactly_one_winner() {
+    racing_creates_have_exactly_one_winner(Arc::new(MemorySyncRecordStore::default())).await;
+}
+
+#[tokio::test]
+async fn memory_records_list_by_status_oldest_first() {
+    records_list_by_status_oldest_first(&MemorySyncRecordStore::default()).await;
+}
+
+#[tokio::test]
+async fn memory_records_are_listed_by_connection_status_and_batch() {
+    records_are_listed_by_connection_status_and_batch(&MemorySyncRecordStore::default()).await;
+}
+
+#[tokio::test]
+async fn memory_leases_are_exclusive_until_released_or_expired() {
+    leases_are_exclusive_until_released_or_expired(&MemorySyncRecordStore::default()).await;
 }

@@ -199,7 +199,7 @@ async fn an_instance_rate_limit_is_passed_on_with_its_wait() {
     assert_eq!(status, 429, "{limited}");
     assert_eq!(limited["error"]["code"], "rate_limited");
     api.sugar.state.lock().unwrap().rate_limit = None;
-    let summary = api.app.replay_failed(10).await.unwrap();
+    let summary = api.app.replay_failed().await.unwrap();
     assert_eq!(summary.synced, 1, "{summary:?}");
 }
 

@@ -119,11 +119,13 @@ fn allowed_actions(role: &Value) -> Vec<(String, String)> {
                     .collect(),
                 other => panic!("unexpected Action {other}"),
             };
+            // A condition is part of what the statement allows.
+            let mut resource = serde_json::to_string(&statement["Resource"]).unwrap();
+            if !statement["Condition"].is_null() {
+                resource.push_str(&format!(" if {}", statement["Condition"]));
+            }
             for action in actions {
-                out.push((
-                    action,
-                    serde_json::to_string(&statement["Resource"]).unwrap(),
-                ));
+                out.push((action, resource.clone()));
             }
         }
     }
@@ -131,7 +133,7 @@ fn allowed_actions(role: &Value) -> Vec<(String, String)> {
 }
 
 #[test]
-fn every_api_method_requires_the_api_key_and_the_six_routes_exist() {
+fn every_api_method_requires_the_api_key_and_every_route_exists() {
     let template = template();
     let api = &template["Resources"]["CrmSyncApi"];
     assert_eq!(api["Properties"]["Auth"]["ApiKeyRequired"], true);
@@ -162,6 +164,9 @@ fn every_api_method_requires_the_api_key_and_the_six_routes_exist() {
         "POST /api/v1/integrations/crm/sync-appointment",
         "POST /api/v1/integrations/crm/sync-lead",
         "GET /api/v1/integrations/crm/get-customer",
+        "POST /api/v1/integrations/crm/sync-batch",
+        "GET /api/v1/integrations/crm/sync-records",
+        "POST /api/v1/integrations/crm/sync-records/replay",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -181,6 +186,10 @@ fn each_function_gets_the_least_iam_its_operation_needs() {
         let has = |action: &str| actions.iter().any(|(a, _)| a == action);
         for (action, resource) in &actions {
             assert!(!action.contains('*'), "{name}: wildcard action {action}");
+            assert!(
+                action != "dynamodb:Scan",
+                "{name}: records are read by key and index, never scanned"
+            );
             if action.starts_with("secretsmanager:") {
                 assert!(
                     resource.contains("secret:crm-sync/connections/*"),
@@ -196,12 +205,58 @@ fn each_function_gets_the_least_iam_its_operation_needs() {
             ),
             "get-customer" => {
                 assert!(has("secretsmanager:GetSecretValue"));
+                assert!(!has("dynamodb:Query"), "get-customer cannot list records");
+                // It updates rate budgets, and nothing else (records are written with PutItem).
+                let updates: Vec<_> = actions
+                    .iter()
+                    .filter(|(a, _)| a == "dynamodb:UpdateItem")
+                    .collect();
+                assert!(!updates.is_empty(), "get-customer takes from rate budgets");
+                for (_, allowed) in updates {
+                    assert!(
+                        allowed.contains("dynamodb:LeadingKeys") && allowed.contains("budget#*"),
+                        "get-customer may update budget items only: {allowed}"
+                    );
+                }
+            }
+            "scheduled-sync" => {
+                assert!(has("dynamodb:Query") && has("dynamodb:PutItem"));
                 assert!(
-                    !has("dynamodb:UpdateItem") && !has("dynamodb:Query"),
-                    "get-customer cannot write records"
+                    has("secretsmanager:PutSecretValue"),
+                    "refreshed tokens are stored"
+                );
+                let queried: Vec<&String> = actions
+                    .iter()
+                    .filter(|(a, _)| a == "dynamodb:Query")
+                    .map(|(_, r)| r)
+                    .collect();
+                assert!(
+                    queried.iter().all(|r| r.contains("/index/status-index")),
+                    "the drain reads the status index only: {queried:?}"
                 );
             }
-            "replay-failed" => assert!(has("dynamodb:Query") && has("dynamodb:PutItem")),
+            "sync-batch" => {
+                assert!(has("secretsmanager:GetSecretValue") && has("dynamodb:PutItem"));
+                assert!(
+                    !has("secretsmanager:PutSecretValue") && !has("dynamodb:Query"),
+                    "sync-batch calls no CRM and lists nothing"
+                );
+            }
+            "sync-records" => {
+                assert!(
+                    !actions
+                        .iter()
+                        .any(|(a, _)| a.starts_with("secretsmanager:")),
+                    "sync-records reads no connection"
+                );
+                for (action, resource) in &actions {
+                    if action == "dynamodb:Query" {
+                        assert!(resource.contains("/index/"), "{resource}");
+                        assert!(!resource.contains("status-index"), "{resource}");
+                    }
+                }
+                assert!(has("dynamodb:GetItem") && has("dynamodb:PutItem"));
+            }
             "sync-customer" | "sync-appointment" | "sync-lead" | "test-connection" => {
                 assert!(
                     has("secretsmanager:GetSecretValue")
@@ -235,10 +290,22 @@ fn functions_get_the_environment_the_code_reads() {
     assert_eq!(config.store, crm_sync::config::StoreKind::Aws);
     assert_eq!(config.api_key, None, "deployed, API Gateway checks the key");
     let table = &template["Resources"]["SyncRecordsTable"]["Properties"];
+    let indexes: Vec<&str> = table["GlobalSecondaryIndexes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["IndexName"].as_str().unwrap())
+        .collect();
+    use crm_sync::store::aws::{BATCH_INDEX, CONNECTION_INDEX, STATUS_INDEX, SYNC_ID_INDEX};
     assert_eq!(
-        table["GlobalSecondaryIndexes"][0]["IndexName"],
-        crm_sync::store::aws::STATUS_INDEX
+        indexes,
+        [STATUS_INDEX, SYNC_ID_INDEX, CONNECTION_INDEX, BATCH_INDEX]
     );
+    assert_eq!(
+        table["TimeToLiveSpecification"]["AttributeName"],
+        "expiresAt"
+    );
+    assert_eq!(table["TimeToLiveSpecification"]["Enabled"], true);
     assert_eq!(table["BillingMode"], "PAY_PER_REQUEST");
     assert_eq!(
         table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"],

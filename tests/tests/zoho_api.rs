@@ -103,7 +103,8 @@ async fn customer_lead_appointment_and_lookup_sync_end_to_end_on_one_token() {
         .post(
             Operation::SyncLead,
             json!({"connectionId": "demo", "lead": {"firstName": "Sam",
-            "email": "sam@example.com", "phone": "+14155550177", "notes": "Wants a quote"}}),
+            "email": "sam@example.com", "phone": "+14155550177", "notes": "Wants a quote",
+            "source": "Phone call"}}),
         )
         .await;
     assert_eq!(status, 200, "{lead}");
@@ -112,7 +113,11 @@ async fn customer_lead_appointment_and_lookup_sync_end_to_end_on_one_token() {
     let leads = api.records("Leads");
     assert_eq!(leads.len(), 1);
     assert_eq!(leads[0].text("Company"), Some("Walk-in"));
-    assert_eq!(leads[0].text("Description"), Some("Wants a quote"));
+    // Lead_Source is a picklist: the source is kept in words beside the notes.
+    assert_eq!(
+        leads[0].text("Description"),
+        Some("Wants a quote\n\nSource: Phone call")
+    );
     assert_eq!(
         leads[0].text("Last_Name"),
         Some("sam@example.com"),
@@ -145,7 +150,11 @@ async fn customer_lead_appointment_and_lookup_sync_end_to_end_on_one_token() {
         events[0].fields["Participants"][0]["participant"],
         json!(contacts[0].id)
     );
-    assert_eq!(events[0].text("Description"), Some("First visit"));
+    // Zoho keeps the instant; the zone it was booked in is kept in words.
+    assert_eq!(
+        events[0].text("Description"),
+        Some("First visit\n\nBooked for 2025-11-02 09:00 PST (America/Los_Angeles)")
+    );
     assert_eq!(events[0].text("Venue"), Some("Room 2"));
     let (_, again) = api.post(Operation::SyncAppointment, appointment).await;
     assert_eq!(again["appointment"]["status"], "unchanged");

@@ -1,14 +1,14 @@
-//! `platforms`: the Lambda function behind the API's platforms endpoint.
+//! `platforms`: the Lambda function behind the API's platforms endpoint. It answers from the
+//! configuration alone (no stores, no AWS or CRM clients), so its binary carries none of them.
 
-use crm_sync::http::{Operation, handle};
 use lambda_http::{Error, run, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     crm_sync::telemetry::init();
-    let app = crm_sync::App::from_env().await;
+    let config = crm_sync::config::Config::from_env();
     run(service_fn(|request| {
-        handle(&app, Operation::Platforms, request)
+        crm_sync::http::handle_platforms(&config, request)
     }))
     .await
 }

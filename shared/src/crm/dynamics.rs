@@ -34,8 +34,8 @@ use super::http::{CrmHttp, CrmResponse, Idempotency, status_error};
 use super::oauth::{AccessGrant, OAuthProvider, OAuthSession, TokenGrant};
 use super::{
     AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, StampedRecord,
-    customer_fields, has_phone, last_name_stand_in, map_properties, not_someone_else,
-    property_name, same_email, stamp_field, stamp_warning, text,
+    appointment_description, customer_fields, has_phone, last_name_stand_in, lead_description,
+    map_properties, not_someone_else, property_name, same_email, stamp_field, stamp_warning, text,
 };
 use crate::connection::{Connection, ConnectionSettings};
 use crate::domain::{Appointment, AppointmentStatus, CrmType, Customer, E164Phone, Lead};
@@ -372,7 +372,8 @@ impl DynamicsAdapter {
             fields.extend(last_name_stand_in(&lead.person).map(|s| ("lastName", s)));
         }
         fields.extend(lead.company.clone().map(|c| ("company", c)));
-        fields.extend(lead.notes.clone().map(|n| ("notes", n)));
+        // The source goes into the description unless it has a field (mapped) of its own.
+        fields.extend(lead_description(lead, LEAD_FIELDS, &self.settings).map(|n| ("notes", n)));
         fields.extend(lead.source.clone().map(|s| ("source", s)));
         let mut record = self.person_record("lead", LEAD_FIELDS, fields);
         record.insert("subject".into(), lead.title().into());
@@ -385,7 +386,8 @@ impl DynamicsAdapter {
         contact_id: &str,
     ) -> Map<String, Value> {
         let mut fields = vec![("title", appointment.title.clone())];
-        fields.extend(appointment.notes.clone().map(|n| ("notes", n)));
+        // The zone it was booked in, in words: the CRM keeps the instant only.
+        fields.push(("notes", appointment_description(appointment)));
         fields.extend(appointment.location.clone().map(|l| ("location", l)));
         let mut record = map_properties("appointment", &fields, APPOINTMENT_FIELDS, &self.settings);
         record.insert(

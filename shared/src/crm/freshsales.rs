@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 use super::http::{CrmHttp, CrmResponse, Idempotency, status_error};
 use super::{
     AccountInfo, ContactLookup, CrmAdapter, CrmContact, StampedRecord, customer_fields,
-    encode_path_segment, map_properties, property_name, stamp_field, stamp_warning,
+    encode_path_segment, lead_note, map_properties, property_name, stamp_field, stamp_warning,
 };
 use crate::connection::{Connection, ConnectionSettings};
 use crate::domain::{Appointment, AppointmentStatus, CrmType, Customer, E164Phone, Email, Lead};
@@ -66,7 +66,7 @@ impl FreshsalesAdapter {
         };
         let base_url = match (
             connection.settings.base_url.as_deref(),
-            connection.settings.extra_str("bundleAlias"),
+            connection.setting_or_alias("bundleAlias", &["domain"]),
         ) {
             (Some(url), _) => url.trim_end_matches('/').to_string(),
             (None, Some(alias)) => bundle_url(alias).ok_or_else(|| {
@@ -303,7 +303,8 @@ impl FreshsalesAdapter {
     }
 
     /// The person's attributes plus the lead's own (source, notes: where the connection maps
-    /// them) and the company as the contact's primary sales account.
+    /// them, else in a note, see `note_lead`) and the company as the contact's primary sales
+    /// account.
     async fn lead_attributes(&self, lead: &Lead) -> Result<Map<String, Value>> {
         let mut attributes = self.contact_attributes(&lead.person);
         let mut fields: Vec<(&'static str, String)> = Vec::new();
@@ -630,6 +631,45 @@ impl CrmAdapter for FreshsalesAdapter {
         entity_id(&response, "appointment")
     }
 
+    /// A note (`POST /notes`) on the lead's contact, unless the contact has one with this text
+    /// (`include=notes`): after a lost answer, the retry finds it.
+    async fn note_lead(&self, lead_id: &str, _contact_id: Option<&str>, lead: &Lead) -> Result<()> {
+        let Some(note) = lead_note(lead, &[], &self.settings) else {
+            return Ok(());
+        };
+        let path = format!("/contacts/{}", path_segment(lead_id)?);
+        let response = self
+            .call(
+                Method::GET,
+                &path,
+                &[("include", "notes")],
+                None,
+                Idempotency::Idempotent,
+            )
+            .await?;
+        let noted = response.body["notes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n["description"].as_str().map(str::trim) == Some(note.trim()));
+        if noted {
+            return Ok(());
+        }
+        let id: u64 = lead_id
+            .parse()
+            .map_err(|_| Error::validation("lead", "is not a Freshworks contact id"))?;
+        let body = json!({"note": {"description": note, "targetable_type": "Contact", "targetable_id": id}});
+        self.call(
+            Method::POST,
+            "/notes",
+            &[],
+            Some(&body),
+            Idempotency::NotIdempotent,
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Contacts (and leads, which are contacts) by `GET /lookup` on the stamp field; an
     /// appointment among the contact's own (`GET /contacts/{id}?include=appointments`).
     async fn find_stamped(&self, stamp: &str, record: StampedRecord<'_>) -> Result<Option<String>> {
@@ -907,6 +947,21 @@ fn freshsales_error(response: &CrmResponse) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_earlier_services_domain_names_the_bundle() {
+        let connection = Connection {
+            id: None,
+            crm_type: CrmType::Freshsales,
+            credentials: [("apiKey", "k3y"), ("domain", "acme")]
+                .map(|(k, v)| (k.to_string(), crate::connection::SecretString::new(v)))
+                .into(),
+            settings: ConnectionSettings::default(),
+        };
+        let http = CrmHttp::new(&crate::config::Config::from_lookup(|_| None));
+        let adapter = FreshsalesAdapter::new(&connection, http).unwrap();
+        assert_eq!(adapter.base_url, "https://acme.myfreshworks.com/crm/sales");
+    }
 
     #[test]
     fn a_bundle_alias_becomes_the_api_root() {

@@ -3,13 +3,13 @@
 
 use std::cell::Cell;
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{Client, RequestBuilder};
 use serde_json::Value;
 
+use crate::budget::RateBudget;
 use crate::config::Config;
 use crate::error::{Error, Result};
 
@@ -50,14 +50,16 @@ pub struct RetryPolicy {
 /// backoff. A wait longer than the policy's `max_wait` is not waited for.
 pub type RateLimitWait = fn(&HeaderMap) -> Option<Duration>;
 
-/// One reqwest client (connection pool) for the life of a Lambda container, built on the first
-/// CRM call: an operation that calls no CRM (`platforms`) never loads TLS roots. Clones share it.
+/// CRM calls with their retry policy and timeout, over the process's one HTTP client
+/// (`transport::http_client`, built on first use: an operation that calls out to nobody,
+/// `platforms`, never builds it). A clone given a connection's `RateBudget` takes a token from
+/// it before every request.
 #[derive(Debug, Clone)]
 pub struct CrmHttp {
-    client: Arc<OnceLock<Client>>,
     policy: RetryPolicy,
     timeout: Duration,
     rate_limit_wait: RateLimitWait,
+    budget: Option<RateBudget>,
 }
 
 /// A CRM's answer, body already read.
@@ -123,10 +125,26 @@ impl CrmHttp {
 
     pub fn with_policy(timeout: Duration, policy: RetryPolicy) -> Self {
         CrmHttp {
-            client: Arc::default(),
             policy,
             timeout,
             rate_limit_wait: retry_after,
+            budget: None,
+        }
+    }
+
+    /// The same client, taking every request's tokens from `budget` (the connection's account)
+    /// and correcting it from the CRM's answers.
+    pub fn with_budget(mut self, budget: Option<RateBudget>) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// The same client without a budget: for calls the CRM's API limit does not count (OAuth
+    /// token endpoints).
+    pub fn without_budget(&self) -> Self {
+        CrmHttp {
+            budget: None,
+            ..self.clone()
         }
     }
 
@@ -138,14 +156,7 @@ impl CrmHttp {
     }
 
     fn client(&self) -> &Client {
-        self.client.get_or_init(|| {
-            Client::builder()
-                .timeout(self.timeout)
-                .connect_timeout(self.timeout.min(Duration::from_secs(3)))
-                .user_agent(concat!("crm-sync/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .expect("the TLS backend initialises")
-        })
+        crate::transport::http_client()
     }
 
     /// Sends the request `build` makes, again if the CRM is rate limiting (within the policy's
@@ -159,7 +170,13 @@ impl CrmHttp {
         let mut attempt = 1;
         loop {
             let last = attempt >= self.policy.attempts;
-            let wait = match build(self.client()).send().await {
+            let (client, request) = build(self.client()).timeout(self.timeout).build_split();
+            let request = request.map_err(|e| Error::CrmUnavailable(self.describe(&e)))?;
+            let url = request.url().clone();
+            if let Some(budget) = &self.budget {
+                budget.acquire(&url).await?;
+            }
+            let wait = match client.execute(request).await {
                 Err(e) => {
                     // A refused connection sent nothing, so it is always safe to try again.
                     let retryable = e.is_connect()
@@ -186,6 +203,9 @@ impl CrmHttp {
                     };
                     if (500..=599).contains(&status) {
                         note_unanswered_write(idempotency);
+                    }
+                    if let Some(budget) = &self.budget {
+                        budget.observe(&url, status, &headers, &text).await;
                     }
                     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
                     let response = CrmResponse {

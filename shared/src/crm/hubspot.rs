@@ -9,8 +9,8 @@ use serde_json::{Map, Value, json};
 
 use super::http::{CrmHttp, CrmResponse, Idempotency, status_error};
 use super::{
-    AccountInfo, ContactLookup, CrmAdapter, CrmContact, StampedRecord, customer_fields,
-    encode_path_segment, map_properties, property_name, stamp_field,
+    AccountInfo, ContactLookup, CrmAdapter, CrmContact, StampedRecord, booked_line,
+    customer_fields, encode_path_segment, lead_note, map_properties, property_name, stamp_field,
 };
 use crate::connection::{Connection, ConnectionSettings, SecretString};
 use crate::domain::{Appointment, AppointmentStatus, CrmType, Customer, Lead};
@@ -20,6 +20,7 @@ pub const DEFAULT_BASE_URL: &str = "https://api.hubapi.com";
 /// HUBSPOT_DEFINED association type ids (directional).
 pub const MEETING_TO_CONTACT: u32 = 200;
 pub const LEAD_TO_PRIMARY_CONTACT: u32 = 578;
+pub const NOTE_TO_CONTACT: u32 = 202;
 
 /// Our customer field -> HubSpot contact property.
 const CONTACT_PROPERTIES: &[(&str, &str)] = &[
@@ -180,6 +181,47 @@ impl HubSpotAdapter {
         object_id(&response)
     }
 
+    /// The contact's note whose text is `note`, if it has one.
+    async fn contact_note_with(&self, contact_id: &str, note: &str) -> Result<Option<String>> {
+        let path = format!(
+            "/crm/v4/objects/contacts/{}/associations/notes",
+            path_segment(contact_id)?
+        );
+        let response = self
+            .call(Method::GET, &path, None, Idempotency::Idempotent)
+            .await?;
+        let inputs: Vec<Value> = response.body["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| match &r["toObjectId"] {
+                Value::Number(n) => Some(n.to_string()),
+                Value::String(s) => Some(s.clone()),
+                _ => None,
+            })
+            .map(|id| json!({ "id": id }))
+            .collect();
+        if inputs.is_empty() {
+            return Ok(None);
+        }
+        let body = json!({"properties": ["hs_note_body"], "inputs": inputs});
+        let response = self
+            .call(
+                Method::POST,
+                "/crm/v3/objects/notes/batch/read",
+                Some(&body),
+                Idempotency::Idempotent,
+            )
+            .await?;
+        Ok(response.body["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["properties"]["hs_note_body"].as_str().map(str::trim) == Some(note.trim()))
+            .and_then(|n| n["id"].as_str())
+            .map(str::to_string))
+    }
+
     async fn update(
         &self,
         object_type: &str,
@@ -223,13 +265,10 @@ impl HubSpotAdapter {
             props.insert("hs_meeting_location".into(), location.clone().into());
         }
         // HubSpot shows times in the viewer's zone; the zone it was booked in is kept for people.
-        let booked = format!(
-            "Booked for {} {} ({})",
-            appointment.start_local().format("%Y-%m-%d %H:%M"),
-            appointment.start_local().format("%Z"),
-            appointment.timezone.name()
+        props.insert(
+            "hs_internal_meeting_notes".into(),
+            booked_line(appointment).into(),
         );
-        props.insert("hs_internal_meeting_notes".into(), booked.into());
         props
     }
 
@@ -237,7 +276,7 @@ impl HubSpotAdapter {
         let mut fields: Vec<(&'static str, String)> = vec![("title", lead.title())];
         fields.extend(lead.source.clone().map(|s| ("source", s)));
         fields.extend(lead.notes.clone().map(|n| ("notes", n)));
-        // Only the name has a standard property; source and notes go where the connection maps them.
+        // Only the name has a standard property; unmapped source and notes become a note.
         map_properties(
             "lead",
             &fields,
@@ -392,6 +431,45 @@ impl CrmAdapter for HubSpotAdapter {
     ) -> Result<()> {
         self.update("leads", crm_id, self.lead_properties(lead))
             .await
+    }
+
+    /// A note (the notes object) on the lead's contact, associated with the lead by HubSpot's
+    /// default note-to-lead association. A note with the same text on the contact is reused:
+    /// after a lost answer, the retry associates it instead of writing it twice.
+    async fn note_lead(&self, lead_id: &str, contact_id: Option<&str>, lead: &Lead) -> Result<()> {
+        let (Some(note), Some(contact_id)) = (lead_note(lead, &[], &self.settings), contact_id)
+        else {
+            return Ok(());
+        };
+        let note_id = match self.contact_note_with(contact_id, &note).await? {
+            Some(id) => id,
+            None => {
+                let body = json!({
+                    "properties": {
+                        "hs_note_body": note,
+                        "hs_timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    },
+                    "associations": [association(contact_id, NOTE_TO_CONTACT)],
+                });
+                let response = self
+                    .call(
+                        Method::POST,
+                        "/crm/v3/objects/notes",
+                        Some(&body),
+                        Idempotency::NotIdempotent,
+                    )
+                    .await?;
+                object_id(&response)?
+            }
+        };
+        let path = format!(
+            "/crm/v4/objects/notes/{}/associations/default/leads/{}",
+            path_segment(&note_id)?,
+            path_segment(lead_id)?
+        );
+        self.call(Method::PUT, &path, None, Idempotency::Idempotent)
+            .await
+            .map(|_| ())
     }
 
     async fn create_appointment(

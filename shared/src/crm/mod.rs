@@ -130,6 +130,22 @@ pub trait CrmAdapter: Send + Sync {
     /// The record created with `stamp`, if the CRM holds one: after a create whose answer was
     /// lost, the next attempt adopts it instead of creating another.
     async fn find_stamped(&self, stamp: &str, record: StampedRecord<'_>) -> Result<Option<String>>;
+    /// Why this CRM keeps our `field` of `entity` (`contact`, `lead`, `appointment`) nowhere with
+    /// this connection's settings; `None` when it is stored (a standard or mapped field).
+    fn not_stored_reason(&self, _entity: &str, _field: &str) -> Option<String> {
+        None
+    }
+    /// Puts what the lead's fields cannot hold (`lead_note`: its notes and source) on the lead
+    /// as a note of the CRM's own, unless the lead already has a note with this text. CRMs whose
+    /// lead has a description field write it there instead (`lead_description`) and keep this.
+    async fn note_lead(
+        &self,
+        _lead_id: &str,
+        _contact_id: Option<&str>,
+        _lead: &Lead,
+    ) -> Result<()> {
+        Ok(())
+    }
     /// Moves, renames or cancels an existing appointment (`NotFound` if it was deleted). CRMs
     /// that keep the stamp in a text the update rewrites (a note) write it again.
     async fn update_appointment(
@@ -141,17 +157,24 @@ pub trait CrmAdapter: Send + Sync {
     ) -> Result<()>;
 }
 
-/// What adapters share, built once per cold start: the HTTP client, and the stores an OAuth
-/// adapter writes refreshed tokens to (connections) and takes its refresh lease from (records).
+/// What adapters share, built once per cold start: the HTTP client, the stores an OAuth
+/// adapter writes refreshed tokens to (connections) and takes its refresh lease from (records),
+/// and the CRM accounts' rate budgets.
 #[derive(Clone)]
 pub struct AdapterContext {
     pub http: CrmHttp,
     pub connections: Arc<dyn ConnectionStore>,
     pub records: Arc<dyn SyncRecordStore>,
+    pub budgets: crate::budget::Budgets,
 }
 
-/// Builds the adapter a connection names.
+/// Builds the adapter a connection names; its requests take from the account's rate budget.
 pub fn adapter_for(connection: &Connection, ctx: &AdapterContext) -> Result<Box<dyn CrmAdapter>> {
+    let budget = ctx.budgets.for_connection(connection)?;
+    let ctx = &AdapterContext {
+        http: ctx.http.clone().with_budget(budget),
+        ..ctx.clone()
+    };
     match connection.crm_type {
         CrmType::Hubspot => Ok(Box::new(hubspot::HubSpotAdapter::new(
             connection,
@@ -203,11 +226,14 @@ pub async fn upsert_contact(
         None => find_matching_contact(adapter, customer, default_country).await?,
     };
     let adopted = adopted.is_some();
+    let stored = |field: &str| adapter.not_stored_reason("contact", field).is_none();
     match existing {
-        Some(contact) if contact_matches(&contact, customer, default_country) => Ok(Upserted {
-            crm_id: contact.crm_id,
-            outcome: adopted_or(adopted, Outcome::Unchanged),
-        }),
+        Some(contact) if contact_matches(&contact, customer, default_country, stored) => {
+            Ok(Upserted {
+                crm_id: contact.crm_id,
+                outcome: adopted_or(adopted, Outcome::Unchanged),
+            })
+        }
         Some(contact) => {
             adapter.update_contact(&contact.crm_id, customer).await?;
             Ok(Upserted {
@@ -320,14 +346,21 @@ pub(crate) fn has_phone(contact: &CrmContact, phone: &E164Phone, default_country
         .any(|raw| E164Phone::parse(raw, default_country).is_ok_and(|p| &p == phone))
 }
 
-/// Whether the CRM already holds every value we would send (fields we lack are not compared).
-fn contact_matches(contact: &CrmContact, customer: &Customer, default_country: &str) -> bool {
-    let same = |ours: &Option<String>, theirs: &Option<String>| match ours {
+/// Whether the CRM already holds every value we would send (fields we lack, and fields the CRM
+/// keeps nowhere, are not compared: a change only to those stores nothing).
+fn contact_matches(
+    contact: &CrmContact,
+    customer: &Customer,
+    default_country: &str,
+    stored: impl Fn(&str) -> bool,
+) -> bool {
+    let same = |field: &str, ours: &Option<String>, theirs: &Option<String>| match ours {
         None => true,
+        Some(_) if !stored(field) => true,
         Some(v) => theirs.as_deref().map(str::trim) == Some(v.as_str()),
     };
-    same(&customer.first_name, &contact.first_name)
-        && same(&customer.last_name, &contact.last_name)
+    same("firstName", &customer.first_name, &contact.first_name)
+        && same("lastName", &customer.last_name, &contact.last_name)
         && customer
             .email
             .as_ref()
@@ -336,11 +369,11 @@ fn contact_matches(contact: &CrmContact, customer: &Customer, default_country: &
             .phone
             .as_ref()
             .is_none_or(|p| has_phone(contact, p, default_country))
-        && same(&customer.address, &contact.address)
-        && same(&customer.city, &contact.city)
-        && same(&customer.state, &contact.state)
-        && same(&customer.zip_code, &contact.zip_code)
-        && same(&customer.country, &contact.country)
+        && same("address", &customer.address, &contact.address)
+        && same("city", &customer.city, &contact.city)
+        && same("state", &customer.state, &contact.state)
+        && same("zipCode", &customer.zip_code, &contact.zip_code)
+        && same("country", &customer.country, &contact.country)
 }
 
 /// Updates the lead we synced before, or one the CRM already has for this person, or creates one.
@@ -358,6 +391,20 @@ pub async fn upsert_lead(
         }
         _ => None,
     };
+    let upserted = write_lead(adapter, lead, plan, contact_id, adopted).await?;
+    adapter
+        .note_lead(&upserted.crm_id, contact_id, lead)
+        .await?;
+    Ok(upserted)
+}
+
+async fn write_lead(
+    adapter: &dyn CrmAdapter,
+    lead: &Lead,
+    plan: &WritePlan,
+    contact_id: Option<&str>,
+    adopted: Option<String>,
+) -> Result<Upserted> {
     if let Some(id) = plan.known_id.as_deref().or(adopted.as_deref()) {
         match adapter.update_lead(id, lead, contact_id).await {
             Ok(()) => {
@@ -382,6 +429,35 @@ pub async fn upsert_lead(
         crm_id,
         outcome: Outcome::Created,
     })
+}
+
+/// One of our fields the CRM keeps nowhere, as the sync answers list it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NotStored {
+    /// The request field, e.g. `customer.city`.
+    pub field: String,
+    pub reason: String,
+}
+
+/// The fields present in `fields` (ours, as `customer_fields` names them) that the CRM keeps
+/// nowhere for `entity`, named from the request's `prefix` (`customer`, `lead`).
+pub fn not_stored(
+    adapter: &dyn CrmAdapter,
+    entity: &str,
+    prefix: &str,
+    fields: &[(&'static str, String)],
+) -> Vec<NotStored> {
+    fields
+        .iter()
+        .filter_map(|(field, _)| {
+            adapter
+                .not_stored_reason(entity, field)
+                .map(|reason| NotStored {
+                    field: format!("{prefix}.{field}"),
+                    reason,
+                })
+        })
+        .collect()
 }
 
 /// Updates the appointment we synced before (a reschedule or cancel), or creates it.
@@ -524,4 +600,68 @@ pub fn property_name<'a>(
         .get(entity)
         .and_then(|m| m.get(ours).map(String::as_str))
         .or_else(|| defaults.iter().find(|(o, _)| *o == ours).map(|(_, c)| *c))
+}
+
+/// `Source: …` when neither the CRM's `defaults` nor the connection's mappings give the lead's
+/// source a field of its own.
+fn source_line(
+    lead: &Lead,
+    defaults: &[(&'static str, &'static str)],
+    settings: &ConnectionSettings,
+) -> Option<String> {
+    let source = lead.source.as_deref()?;
+    match property_name("lead", "source", defaults, settings) {
+        Some(_) => None,
+        None => Some(format!("Source: {source}")),
+    }
+}
+
+fn paragraphs(parts: [Option<String>; 2]) -> Option<String> {
+    let parts: Vec<String> = parts.into_iter().flatten().collect();
+    (!parts.is_empty()).then(|| parts.join("\n\n"))
+}
+
+/// The lead's description for CRMs that hold one: its notes, then its source where the source
+/// has no field of its own.
+pub fn lead_description(
+    lead: &Lead,
+    defaults: &[(&'static str, &'static str)],
+    settings: &ConnectionSettings,
+) -> Option<String> {
+    paragraphs([lead.notes.clone(), source_line(lead, defaults, settings)])
+}
+
+/// The note text for CRMs whose lead has no description: the notes and the source, each where
+/// no field (default or mapped) takes it. `None` when the fields took everything.
+pub fn lead_note(
+    lead: &Lead,
+    defaults: &[(&'static str, &'static str)],
+    settings: &ConnectionSettings,
+) -> Option<String> {
+    let notes = match property_name("lead", "notes", defaults, settings) {
+        Some(_) => None,
+        None => lead.notes.clone(),
+    };
+    paragraphs([notes, source_line(lead, defaults, settings)])
+}
+
+/// `Booked for 2025-07-01 10:00 PDT (America/Los_Angeles)`: CRMs show times in each viewer's
+/// zone, so the zone the caller booked in is kept in words for people.
+pub fn booked_line(appointment: &Appointment) -> String {
+    let start = appointment.start_local();
+    format!(
+        "Booked for {} {} ({})",
+        start.format("%Y-%m-%d %H:%M"),
+        start.format("%Z"),
+        appointment.timezone.name()
+    )
+}
+
+/// The meeting's description for CRMs whose meeting has no time zone field: its notes, then
+/// `booked_line`.
+pub fn appointment_description(appointment: &Appointment) -> String {
+    match &appointment.notes {
+        Some(notes) => format!("{notes}\n\n{}", booked_line(appointment)),
+        None => booked_line(appointment),
+    }
 }

@@ -249,6 +249,8 @@ impl OAuthSession {
         let response = self
             .ctx
             .http
+            // Token endpoints are not the CRM's API: its limit does not count them.
+            .without_budget()
             .send(Idempotency::NotIdempotent, |client| {
                 client.post(&url).form(form)
             })
@@ -279,6 +281,7 @@ impl OAuthSession {
             let response = self
                 .ctx
                 .http
+                .without_budget()
                 .send(Idempotency::NotIdempotent, |client| {
                     client.post(&url).json(&body)
                 })
@@ -298,6 +301,8 @@ impl OAuthSession {
         let response = self
             .ctx
             .http
+            // Token endpoints are not the CRM's API: its limit does not count them.
+            .without_budget()
             .send(Idempotency::NotIdempotent, |client| {
                 client.post(&url).json(&body)
             })

@@ -21,8 +21,8 @@ use serde_json::{Map, Value, json};
 
 use super::http::{CrmHttp, CrmResponse, Idempotency, retry_after, status_error};
 use super::{
-    AccountInfo, ContactLookup, CrmAdapter, CrmContact, StampedRecord, customer_fields,
-    map_properties, property_name,
+    AccountInfo, ContactLookup, CrmAdapter, CrmContact, StampedRecord, booked_line,
+    customer_fields, lead_note, map_properties, property_name,
 };
 use crate::connection::{Connection, ConnectionSettings};
 use crate::domain::{Appointment, AppointmentStatus, CrmType, Customer, E164Phone, Lead};
@@ -58,7 +58,8 @@ impl PipedriveAdapter {
         };
         let base_url = match &connection.settings.base_url {
             Some(url) => url.trim_end_matches('/').to_string(),
-            None => company_url(connection.settings.extra_str("companyDomain")).map_err(invalid)?,
+            None => company_url(connection.setting_or_alias("companyDomain", &["companyDomain"]))
+                .map_err(invalid)?,
         };
         let mut token = HeaderValue::from_str(connection.credential("apiToken")?.expose())
             .map_err(|_| invalid("credential 'apiToken' holds characters a token cannot".into()))?;
@@ -422,6 +423,54 @@ impl CrmAdapter for PipedriveAdapter {
         self.update(&path, &body).await
     }
 
+    /// Pipedrive persons have no address fields: ours are stored only where the connection maps
+    /// them to person custom fields.
+    fn not_stored_reason(&self, entity: &str, field: &str) -> Option<String> {
+        let address = ["address", "city", "state", "zipCode", "country"];
+        (entity == "contact"
+            && address.contains(&field)
+            && property_name("contact", field, &[], &self.settings).is_none())
+        .then(|| {
+            format!(
+                "Pipedrive persons have no address fields; map fieldMappings.contact.{field} to a person custom field to store it"
+            )
+        })
+    }
+
+    /// A note (notes API, `lead_id`) on the lead, unless one with this content is there: after
+    /// a lost answer, the retry finds it.
+    async fn note_lead(&self, lead_id: &str, _contact_id: Option<&str>, lead: &Lead) -> Result<()> {
+        let Some(note) = lead_note(lead, &[], &self.settings) else {
+            return Ok(());
+        };
+        let lead_id = self::lead_id(lead_id)?;
+        let content: String = note
+            .split("\n\n")
+            .map(|p| format!("<p>{}</p>", html_escape(p)))
+            .collect();
+        // One page of the lead's notes: a voice lead has a few, not a hundred.
+        let query = [("lead_id", lead_id), ("limit", "100")];
+        let response = self
+            .call(
+                Method::GET,
+                "/api/v1/notes",
+                &query,
+                None,
+                Idempotency::Idempotent,
+            )
+            .await?;
+        let noted = response.body["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n["content"].as_str() == Some(content.as_str()));
+        if noted {
+            return Ok(());
+        }
+        let body = json!({ "content": content, "lead_id": lead_id });
+        self.create("/api/v1/notes", &body).await.map(|_| ())
+    }
+
     /// Activities hold no custom fields, so the stamp is the note's last line.
     async fn create_appointment(
         &self,
@@ -605,18 +654,11 @@ fn stamp_line(stamp: &str) -> String {
 }
 
 fn activity_note(appointment: &Appointment) -> String {
-    let start = appointment.start_local();
-    let booked = format!(
-        "Booked for {} {} ({})",
-        start.format("%Y-%m-%d %H:%M"),
-        start.format("%Z"),
-        appointment.timezone.name()
-    );
     appointment
         .notes
         .iter()
         .map(|n| html_escape(n))
-        .chain([booked])
+        .chain([booked_line(appointment)])
         .map(|p| format!("<p>{p}</p>"))
         .collect()
 }
@@ -724,6 +766,23 @@ mod tests {
             adapter(settings("acme")).base_url,
             "https://acme.pipedrive.com"
         );
+    }
+
+    #[test]
+    fn the_earlier_services_credentials_with_the_company_domain_work_as_they_are() {
+        let connection = Connection {
+            id: None,
+            crm_type: CrmType::Pipedrive,
+            credentials: [("apiToken", "t0ken"), ("companyDomain", "acme")]
+                .map(|(k, v)| (k.to_string(), crate::connection::SecretString::new(v)))
+                .into(),
+            settings: ConnectionSettings::default(),
+        };
+        let adapter = PipedriveAdapter::new(
+            &connection,
+            CrmHttp::new(&crate::config::Config::from_lookup(|_| None)),
+        );
+        assert_eq!(adapter.unwrap().base_url, "https://acme.pipedrive.com");
     }
 
     #[test]

@@ -16,7 +16,8 @@ use super::http::{CrmHttp, CrmResponse, Idempotency, status_error};
 use super::oauth::{AccessGrant, OAuthProvider, OAuthSession, TokenGrant};
 use super::{
     AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, StampedRecord,
-    customer_fields, map_properties, property_name, stamp_field, stamp_warning, text,
+    appointment_description, customer_fields, map_properties, property_name, stamp_field,
+    stamp_warning, text,
 };
 use crate::connection::{Connection, ConnectionSettings};
 use crate::domain::{Appointment, AppointmentStatus, CrmType, Customer, E164Phone, Lead};
@@ -351,19 +352,9 @@ impl SalesforceAdapter {
             appointment.title.clone()
         };
         // Salesforce shows times in each viewer's zone; the zone it was booked in is kept for people.
-        let booked = format!(
-            "Booked for {} {} ({})",
-            appointment.start_local().format("%Y-%m-%d %H:%M"),
-            appointment.start_local().format("%Z"),
-            appointment.timezone.name()
-        );
-        let description = match &appointment.notes {
-            Some(notes) => format!("{notes}\n\n{booked}"),
-            None => booked,
-        };
         let mut fields = vec![
             ("title", subject.chars().take(SUBJECT_MAX_CHARS).collect()),
-            ("notes", description),
+            ("notes", appointment_description(appointment)),
         ];
         fields.extend(appointment.location.clone().map(|l| ("location", l)));
         let mut record = map_properties("appointment", &fields, EVENT_FIELDS, &self.settings);

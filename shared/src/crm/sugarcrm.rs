@@ -23,8 +23,8 @@ use super::http::{CrmHttp, CrmResponse, Idempotency, status_error};
 use super::oauth::{AccessGrant, OAuthProvider, OAuthSession, TokenGrant};
 use super::{
     AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, StampedRecord,
-    customer_fields, has_phone, last_name_stand_in, map_properties, not_someone_else,
-    property_name, same_email, stamp_field, stamp_warning, text,
+    appointment_description, customer_fields, has_phone, last_name_stand_in, lead_description,
+    map_properties, not_someone_else, property_name, same_email, stamp_field, stamp_warning, text,
 };
 use crate::connection::{Connection, ConnectionSettings};
 use crate::domain::{Appointment, AppointmentStatus, CrmType, Customer, E164Phone, Lead};
@@ -368,10 +368,11 @@ impl SugarCrmAdapter {
         record
     }
 
-    fn lead_fields(lead: &Lead) -> Vec<(&'static str, String)> {
+    fn lead_fields(&self, lead: &Lead) -> Vec<(&'static str, String)> {
         let mut fields = customer_fields(&lead.person);
         fields.extend(lead.company.clone().map(|c| ("company", c)));
-        fields.extend(lead.notes.clone().map(|n| ("notes", n)));
+        // The source goes into the description unless it has a field (mapped) of its own.
+        fields.extend(lead_description(lead, LEAD_FIELDS, &self.settings).map(|n| ("notes", n)));
         fields.extend(lead.source.clone().map(|s| ("source", s)));
         fields
     }
@@ -388,7 +389,8 @@ impl SugarCrmAdapter {
     /// computes `date_end` from them), linked to the contact as parent and as invitee.
     fn meeting_record(&self, appointment: &Appointment, contact_id: &str) -> Map<String, Value> {
         let mut fields = vec![("title", appointment.title.clone())];
-        fields.extend(appointment.notes.clone().map(|n| ("notes", n)));
+        // The zone it was booked in, in words: the CRM keeps the instant only.
+        fields.push(("notes", appointment_description(appointment)));
         fields.extend(appointment.location.clone().map(|l| ("location", l)));
         let mut record = map_properties("appointment", &fields, MEETING_FIELDS, &self.settings);
         let minutes = appointment.window.duration_minutes();
@@ -550,7 +552,7 @@ impl CrmAdapter for SugarCrmAdapter {
         let record = self.person_record(
             "lead",
             LEAD_FIELDS,
-            Self::lead_fields(lead),
+            self.lead_fields(lead),
             &lead.person,
             true,
             &[],
@@ -571,7 +573,7 @@ impl CrmAdapter for SugarCrmAdapter {
         let record = self.person_record(
             "lead",
             LEAD_FIELDS,
-            Self::lead_fields(lead),
+            self.lead_fields(lead),
             &lead.person,
             false,
             &existing,

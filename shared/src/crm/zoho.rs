@@ -20,8 +20,8 @@ use super::http::{CrmHttp, CrmResponse, Idempotency, status_error};
 use super::oauth::{AccessGrant, OAuthProvider, OAuthSession, TokenGrant};
 use super::{
     AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, StampedRecord,
-    customer_fields, has_phone, map_properties, not_someone_else, property_name, same_email,
-    stamp_field, stamp_warning, text,
+    appointment_description, customer_fields, has_phone, lead_description, map_properties,
+    not_someone_else, property_name, same_email, stamp_field, stamp_warning, text,
 };
 use crate::connection::{Connection, ConnectionSettings};
 use crate::domain::{Appointment, AppointmentStatus, CrmType, Customer, Lead};
@@ -408,7 +408,8 @@ impl ZohoAdapter {
                 .map(str::to_string)
         });
         fields.extend(company.map(|c| ("company", c)));
-        fields.extend(lead.notes.clone().map(|n| ("notes", n)));
+        // The source goes into the description unless it has a field (mapped) of its own.
+        fields.extend(lead_description(lead, LEAD_FIELDS, &self.settings).map(|n| ("notes", n)));
         fields.extend(lead.source.clone().map(|s| ("source", s)));
         self.person_record("lead", LEAD_FIELDS, fields, &lead.person, creating)
     }
@@ -424,7 +425,8 @@ impl ZohoAdapter {
             appointment.title.clone()
         };
         let mut fields = vec![("title", title)];
-        fields.extend(appointment.notes.clone().map(|n| ("notes", n)));
+        // The zone it was booked in, in words: the CRM keeps the instant only.
+        fields.push(("notes", appointment_description(appointment)));
         fields.extend(appointment.location.clone().map(|l| ("location", l)));
         let mut record = map_properties("appointment", &fields, EVENT_FIELDS, &self.settings);
         record.insert(

@@ -10,14 +10,21 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 
 use super::{
-    ConnectionStore, IdempotentRequest, RecordKey, RecordedError, SyncRecord, SyncRecordStore,
-    SyncStatus, WriteOutcome, idempotency_key, lease_key,
+    ConnectionStore, IdempotentRequest, RecordKey, RecordPage, RecordQuery, RecordedError,
+    SyncRecord, SyncRecordStore, SyncStatus, WriteOutcome, decode_cursor, encode_cursor,
+    idempotency_key, lease_key,
 };
 use crate::connection::{Connection, ConnectionId};
 use crate::error::{Error, Result};
 
 /// The GSI that lists records by status, oldest update first.
 pub const STATUS_INDEX: &str = "status-index";
+/// The GSI that finds a record by its `syncId` (keys only; the item is then read by key).
+pub const SYNC_ID_INDEX: &str = "sync-id-index";
+/// The GSI that lists one connection's records by `listKey` (status, then oldest update first).
+pub const CONNECTION_INDEX: &str = "connection-index";
+/// The GSI that lists one batch's records (`batchKey` = connection and batch id) by `listKey`.
+pub const BATCH_INDEX: &str = "batch-index";
 
 fn sdk_error<E: std::error::Error + 'static, R: std::fmt::Debug>(
     service: &str,
@@ -38,19 +45,31 @@ pub struct LazySdkConfig(Arc<tokio::sync::OnceCell<SdkConfig>>);
 
 impl LazySdkConfig {
     async fn get(&self) -> &SdkConfig {
-        self.0.get_or_init(aws_config::load_from_env).await
+        self.0.get_or_init(load_sdk_config).await
     }
 }
 
+/// The SDK configuration from the environment (region, credentials: on Lambda, the function's
+/// role), sending through the process's one HTTP client.
+pub async fn load_sdk_config() -> SdkConfig {
+    sdk_config_loader().load().await
+}
+
+/// The SDK's default loader, with the process's one HTTP client.
+pub fn sdk_config_loader() -> aws_config::ConfigLoader {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(crate::transport::aws_http_client())
+}
+
 /// A client given ready-made (tests), or built from the shared SDK configuration on first use.
-struct LazyClient<C> {
+pub(crate) struct LazyClient<C> {
     client: tokio::sync::OnceCell<C>,
     sdk: LazySdkConfig,
     build: fn(&SdkConfig) -> C,
 }
 
 impl<C> LazyClient<C> {
-    fn ready(client: C, build: fn(&SdkConfig) -> C) -> Self {
+    pub(crate) fn ready(client: C, build: fn(&SdkConfig) -> C) -> Self {
         LazyClient {
             client: tokio::sync::OnceCell::new_with(Some(client)),
             sdk: LazySdkConfig::default(),
@@ -64,7 +83,7 @@ impl<C> LazyClient<C> {
             build,
         }
     }
-    async fn get(&self) -> &C {
+    pub(crate) async fn get(&self) -> &C {
         self.client
             .get_or_init(|| async { (self.build)(self.sdk.get().await) })
             .await
@@ -222,26 +241,30 @@ impl ConnectionStore for SecretsManagerConnectionStore {
 
 /// One item per record, keyed by `pk` = the record key.
 pub struct DynamoDbSyncRecordStore {
-    client: LazyClient<aws_sdk_dynamodb::Client>,
+    client: Arc<LazyClient<aws_sdk_dynamodb::Client>>,
     table: String,
 }
 
 impl DynamoDbSyncRecordStore {
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
         DynamoDbSyncRecordStore {
-            client: LazyClient::ready(client, aws_sdk_dynamodb::Client::new),
+            client: Arc::new(LazyClient::ready(client, aws_sdk_dynamodb::Client::new)),
             table: table.into(),
         }
     }
     /// A store whose client is built from `sdk` by its first call.
     pub fn lazy(sdk: LazySdkConfig, table: impl Into<String>) -> Self {
         DynamoDbSyncRecordStore {
-            client: LazyClient::on_first_use(sdk, aws_sdk_dynamodb::Client::new),
+            client: Arc::new(LazyClient::on_first_use(sdk, aws_sdk_dynamodb::Client::new)),
             table: table.into(),
         }
     }
     pub fn table(&self) -> &str {
         &self.table
+    }
+    /// The accounts' rate budgets, in the same table through the same client.
+    pub fn budget_store(&self) -> super::budget_dynamodb::DynamoDbBudgetStore {
+        super::budget_dynamodb::DynamoDbBudgetStore::shared(self.client.clone(), &self.table)
     }
 }
 
@@ -298,8 +321,23 @@ fn to_item(record: &SyncRecord) -> Result<HashMap<String, AttributeValue>> {
         ("updatedAt".into(), s(timestamp(record.updated_at))),
         ("version".into(), n(record.version)),
     ]);
+    item.insert("listKey".into(), s(record.list_key()));
     if let Some(crm_id) = &record.crm_id {
         item.insert("crmId".into(), s(crm_id));
+    }
+    if let Some(batch_id) = &record.batch_id {
+        item.insert("batchId".into(), s(batch_id));
+        item.insert(
+            "batchKey".into(),
+            s(batch_key(&record.connection_id, batch_id)),
+        );
+    }
+    if record.queued {
+        item.insert("queued".into(), AttributeValue::Bool(true));
+    }
+    if let Some(expires_at) = record.expires_at {
+        // The table's TTL attribute (epoch seconds).
+        item.insert("expiresAt".into(), n(expires_at.timestamp()));
     }
     if let Some(error) = &record.last_error {
         let json = serde_json::to_string(error).map_err(|e| Error::Store(e.to_string()))?;
@@ -348,7 +386,41 @@ fn from_item(item: &HashMap<String, AttributeValue>) -> Result<SyncRecord> {
         created_at: time("createdAt")?,
         updated_at: time("updatedAt")?,
         version: number("version")?,
+        batch_id: text("batchId").ok(),
+        queued: item
+            .get("queued")
+            .and_then(|v| v.as_bool().ok())
+            .copied()
+            .unwrap_or(false),
+        expires_at: number("expiresAt")
+            .ok()
+            .and_then(|t| DateTime::from_timestamp(t as i64, 0)),
     })
+}
+
+fn batch_key(connection_id: &str, batch_id: &str) -> String {
+    format!("{connection_id}#{batch_id}")
+}
+
+/// The index, its hash key and the key condition that read `query`.
+fn listing(query: &RecordQuery) -> (&'static str, &'static str, String, String) {
+    let (index, hash_name, hash) = match &query.batch_id {
+        Some(batch) => (
+            BATCH_INDEX,
+            "batchKey",
+            batch_key(&query.connection_id, batch),
+        ),
+        None => (
+            CONNECTION_INDEX,
+            "connectionId",
+            query.connection_id.clone(),
+        ),
+    };
+    let condition = match query.status {
+        Some(_) => "#hash = :hash AND begins_with(listKey, :status)",
+        None => "#hash = :hash",
+    };
+    (index, hash_name, hash, condition.to_string())
 }
 
 #[async_trait]
@@ -409,6 +481,127 @@ impl SyncRecordStore for DynamoDbSyncRecordStore {
             start_key = out.last_evaluated_key().cloned();
             if start_key.is_none() || records.len() >= limit {
                 return Ok(records);
+            }
+        }
+    }
+
+    async fn find_by_sync_id(&self, sync_id: &str) -> Result<Option<SyncRecord>> {
+        let out = self
+            .client
+            .get()
+            .await
+            .query()
+            .table_name(&self.table)
+            .index_name(SYNC_ID_INDEX)
+            .key_condition_expression("syncId = :id")
+            .expression_attribute_values(":id", s(sync_id))
+            .send()
+            .await
+            .map_err(|e| sdk_error("DynamoDB", e))?;
+        let Some(pk) = out
+            .items()
+            .first()
+            .and_then(|item| item.get("pk"))
+            .and_then(|v| v.as_s().ok())
+        else {
+            return Ok(None);
+        };
+        // The index holds keys only; the item itself is read consistently.
+        let out = self
+            .client
+            .get()
+            .await
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error("DynamoDB", e))?;
+        out.item().map(from_item).transpose()
+    }
+
+    async fn list_records(
+        &self,
+        query: &RecordQuery,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<RecordPage> {
+        let (index, hash_name, hash, condition) = listing(query);
+        let start = match cursor {
+            None => None,
+            Some(cursor) => {
+                let invalid =
+                    || Error::validation("cursor", "is not a cursor this listing handed out");
+                let position = decode_cursor(cursor)?;
+                let key: HashMap<String, AttributeValue> = position
+                    .as_object()
+                    .ok_or_else(invalid)?
+                    .iter()
+                    .map(|(k, v)| v.as_str().map(|v| (k.clone(), s(v))).ok_or_else(invalid))
+                    .collect::<Result<_>>()?;
+                // A cursor of another listing would start this one somewhere meaningless.
+                if key.get(hash_name).and_then(|v| v.as_s().ok()) != Some(&hash) {
+                    return Err(invalid());
+                }
+                Some(key)
+            }
+        };
+        let mut request = self
+            .client
+            .get()
+            .await
+            .query()
+            .table_name(&self.table)
+            .index_name(index)
+            .key_condition_expression(condition)
+            .expression_attribute_names("#hash", hash_name)
+            .expression_attribute_values(":hash", s(hash))
+            .scan_index_forward(true)
+            .limit(limit.clamp(1, 1000) as i32)
+            .set_exclusive_start_key(start);
+        if let Some(status) = query.status {
+            request =
+                request.expression_attribute_values(":status", s(format!("{}#", status.as_str())));
+        }
+        let out = request.send().await.map_err(|e| sdk_error("DynamoDB", e))?;
+        let records = out.items().iter().map(from_item).collect::<Result<_>>()?;
+        let next = out.last_evaluated_key().map(|key| {
+            let position: serde_json::Map<String, serde_json::Value> = key
+                .iter()
+                .filter_map(|(k, v)| v.as_s().ok().map(|v| (k.clone(), v.clone().into())))
+                .collect();
+            encode_cursor(&serde_json::Value::Object(position))
+        });
+        Ok(RecordPage { records, next })
+    }
+
+    async fn count_records(&self, query: &RecordQuery) -> Result<usize> {
+        let (index, hash_name, hash, condition) = listing(query);
+        let mut count = 0;
+        let mut start_key = None;
+        loop {
+            let mut request = self
+                .client
+                .get()
+                .await
+                .query()
+                .table_name(&self.table)
+                .index_name(index)
+                .key_condition_expression(&condition)
+                .expression_attribute_names("#hash", hash_name)
+                .expression_attribute_values(":hash", s(&hash))
+                .select(aws_sdk_dynamodb::types::Select::Count)
+                .set_exclusive_start_key(start_key);
+            if let Some(status) = query.status {
+                request = request
+                    .expression_attribute_values(":status", s(format!("{}#", status.as_str())));
+            }
+            let out = request.send().await.map_err(|e| sdk_error("DynamoDB", e))?;
+            count += out.count() as usize;
+            start_key = out.last_evaluated_key().cloned();
+            if start_key.is_none() {
+                return Ok(count);
             }
         }
     }

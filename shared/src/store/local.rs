@@ -10,24 +10,25 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 use super::{
-    ConnectionStore, IdempotentRequest, RecordKey, SyncRecord, SyncRecordStore, SyncStatus,
-    WriteOutcome, idempotency_key, lease_key, sha256_hex,
+    ConnectionStore, IdempotentRequest, RecordKey, RecordPage, RecordQuery, SyncRecord,
+    SyncRecordStore, SyncStatus, WriteOutcome, decode_cursor, encode_cursor, idempotency_key,
+    lease_key, sha256_hex,
 };
 use crate::connection::{Connection, ConnectionId};
 use crate::error::{Error, Result};
 
-fn io_error(context: &str, e: std::io::Error) -> Error {
+pub(super) fn io_error(context: &str, e: std::io::Error) -> Error {
     Error::Store(format!("{context}: {e}"))
 }
 
-fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+pub(super) fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4()));
     fs::write(&tmp, contents).map_err(|e| io_error("writing a local store file", e))?;
     fs::rename(&tmp, path).map_err(|e| io_error("replacing a local store file", e))
 }
 
 /// Runs `f` under an exclusive lock on `dir/.lock`, off the async runtime's threads.
-async fn with_dir_lock<T: Send + 'static>(
+pub(super) async fn with_dir_lock<T: Send + 'static>(
     dir: PathBuf,
     f: impl FnOnce(&Path) -> Result<T> + Send + 'static,
 ) -> Result<T> {
@@ -124,6 +125,62 @@ impl LocalSyncRecordStore {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         LocalSyncRecordStore { dir: dir.into() }
     }
+
+    /// Every record `keep` accepts, read from disk in no particular order (the local run holds
+    /// few enough for that; DynamoDB reads them by index). With `status`, files that do not
+    /// hold its `"status": "…"` line are skipped unparsed.
+    async fn all_records(
+        &self,
+        status: Option<SyncStatus>,
+        keep: impl Fn(&SyncRecord) -> bool + Send + 'static,
+    ) -> Result<Vec<SyncRecord>> {
+        let marker = status.map(|s| format!("\"status\": \"{}\"", s.as_str()));
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(io_error("listing sync records", e)),
+            };
+            let mut records = Vec::new();
+            for entry in entries.filter_map(|e| e.ok()) {
+                let path = entry.path();
+                if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                    continue;
+                }
+                let bytes = match fs::read(&path) {
+                    Ok(bytes) => bytes,
+                    // Replaced by a rename while listing: read by the next listing.
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_error("reading a sync record", e)),
+                };
+                // Records are written pretty-printed (`put`), one `"status": "…"` line each.
+                if let Some(marker) = &marker
+                    && !std::str::from_utf8(&bytes).is_ok_and(|text| text.contains(marker.as_str()))
+                {
+                    continue;
+                }
+                let record: SyncRecord = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::Store(format!("unreadable sync record {}: {e}", path.display()))
+                })?;
+                if keep(&record) {
+                    records.push(record);
+                }
+            }
+            Ok(records)
+        })
+        .await
+        .map_err(|e| Error::Store(format!("local store task failed: {e}")))?
+    }
+}
+
+fn matches(record: &SyncRecord, query: &RecordQuery) -> bool {
+    record.connection_id == query.connection_id
+        && query.status.is_none_or(|s| record.status == s)
+        && query
+            .batch_id
+            .as_ref()
+            .is_none_or(|b| record.batch_id.as_ref() == Some(b))
 }
 
 fn read_record(path: &Path) -> Result<Option<SyncRecord>> {
@@ -165,29 +222,67 @@ impl SyncRecordStore for LocalSyncRecordStore {
     }
 
     async fn list_by_status(&self, status: SyncStatus, limit: usize) -> Result<Vec<SyncRecord>> {
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || {
-            let entries = match fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-                Err(e) => return Err(io_error("listing sync records", e)),
-            };
-            let mut records = Vec::new();
-            for entry in entries.filter_map(|e| e.ok()) {
-                let path = entry.path();
-                if path.extension().and_then(|e| e.to_str()) != Some("json") {
-                    continue;
-                }
-                if let Some(record) = read_record(&path)?.filter(|r| r.status == status) {
-                    records.push(record);
-                }
-            }
-            records.sort_by_key(|r| r.updated_at);
-            records.truncate(limit);
-            Ok(records)
+        let mut records = self
+            .all_records(Some(status), move |r| r.status == status)
+            .await?;
+        records.sort_by_key(|r| r.updated_at);
+        records.truncate(limit);
+        Ok(records)
+    }
+
+    async fn find_by_sync_id(&self, sync_id: &str) -> Result<Option<SyncRecord>> {
+        let sync_id = sync_id.to_string();
+        let found = self
+            .all_records(None, move |r| r.sync_id == sync_id)
+            .await?;
+        Ok(found.into_iter().next())
+    }
+
+    async fn list_records(
+        &self,
+        query: &RecordQuery,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<RecordPage> {
+        let after = match cursor {
+            Some(cursor) => Some(
+                decode_cursor(cursor)?
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| {
+                        Error::validation("cursor", "is not a cursor this listing handed out")
+                    })?,
+            ),
+            None => None,
+        };
+        let query = query.clone();
+        let mut records = self
+            .all_records(query.status, move |r| matches(r, &query))
+            .await?;
+        records.sort_by_cached_key(SyncRecord::list_key);
+        let mut page: Vec<SyncRecord> = records
+            .into_iter()
+            .filter(|r| after.as_ref().is_none_or(|after| r.list_key() > *after))
+            .take(limit + 1)
+            .collect();
+        let next = (page.len() > limit).then(|| {
+            page.truncate(limit);
+            encode_cursor(&serde_json::Value::String(
+                page.last().map(SyncRecord::list_key).unwrap_or_default(),
+            ))
+        });
+        Ok(RecordPage {
+            records: page,
+            next,
         })
-        .await
-        .map_err(|e| Error::Store(format!("local store task failed: {e}")))?
+    }
+
+    async fn count_records(&self, query: &RecordQuery) -> Result<usize> {
+        let query = query.clone();
+        let records = self
+            .all_records(query.status, move |r| matches(r, &query))
+            .await?;
+        Ok(records.len())
     }
 
     async fn try_acquire_lease(

@@ -1,8 +1,13 @@
-//! Ports for connections and sync records, with AWS and local-file implementations side by side.
+//! Ports for connections, sync records and rate budgets, with AWS, local-file and in-memory
+//! implementations side by side.
 
 pub mod aws;
+pub mod budget;
+pub mod budget_dynamodb;
+pub mod budget_local;
 pub mod cached;
 pub mod local;
+pub mod memory;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -31,7 +36,7 @@ pub trait ConnectionStore: Send + Sync {
     fn invalidate(&self, _id: &ConnectionId) {}
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EntityKind {
     Customer,
@@ -121,6 +126,16 @@ pub struct SyncRecord {
     pub updated_at: DateTime<Utc>,
     /// Bumped on every write; writes are conditional on it, so racing writers cannot both win.
     pub version: u64,
+    /// The `sync-batch` that last queued this record, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<String>,
+    /// Pending because it waits for the scheduled sync (a batch item, a replay), not because a
+    /// sync holds it: no lease applies, and no earlier attempt can have written unheard.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub queued: bool,
+    /// When the table's TTL may remove the record (synced records only; work left never expires).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 impl SyncRecord {
@@ -135,6 +150,72 @@ impl SyncRecord {
             .strip_prefix("external:")
             .unwrap_or(&self.sync_id)
     }
+
+    /// Held by a running sync: pending, not queued, and claimed less than `lease` ago.
+    pub fn in_progress(&self, now: DateTime<Utc>, lease: chrono::Duration) -> bool {
+        self.status == SyncStatus::Pending && !self.queued && now - self.updated_at < lease
+    }
+
+    /// An earlier attempt may have created the CRM record without our hearing of it: it lost
+    /// its answer (`unknown`) or died holding the record (claimed `pending`).
+    pub fn may_have_written_unheard(&self) -> bool {
+        self.crm_id.is_none()
+            && match self.status {
+                SyncStatus::Unknown => true,
+                SyncStatus::Pending => !self.queued,
+                SyncStatus::Synced | SyncStatus::Failed => false,
+            }
+    }
+
+    /// Where the record sorts in a listing: by status, then least recently updated first.
+    pub fn list_key(&self) -> String {
+        format!(
+            "{}#{}#{}",
+            self.status.as_str(),
+            self.updated_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            self.sync_id
+        )
+    }
+}
+
+/// Which records a listing reads: one connection's, optionally of one status and one batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordQuery {
+    pub connection_id: String,
+    pub status: Option<SyncStatus>,
+    pub batch_id: Option<String>,
+}
+
+/// One page of a listing, in `SyncRecord::list_key` order; `next` continues it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordPage {
+    pub records: Vec<SyncRecord>,
+    /// An opaque cursor for the next page, `None` on the last.
+    pub next: Option<String>,
+}
+
+/// A cursor as callers hand it back: hex of the store's own position, so it survives a URL.
+pub fn encode_cursor(position: &serde_json::Value) -> String {
+    position
+        .to_string()
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The position `encode_cursor` made, or a validation error on `cursor`.
+pub fn decode_cursor(cursor: &str) -> Result<serde_json::Value> {
+    let invalid = || Error::validation("cursor", "is not a cursor this listing handed out");
+    if !cursor.len().is_multiple_of(2) || !cursor.is_ascii() {
+        return Err(invalid());
+    }
+    let bytes = (0..cursor.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&cursor[i..i + 2], 16))
+        .collect::<std::result::Result<Vec<u8>, _>>()
+        .map_err(|_| invalid())?;
+    serde_json::from_slice(&bytes).map_err(|_| invalid())
 }
 
 /// The identity of a sync record: connection, entity kind and source key.
@@ -206,6 +287,17 @@ pub trait SyncRecordStore: Send + Sync {
     -> Result<WriteOutcome>;
     /// Records in `status`, least recently updated first.
     async fn list_by_status(&self, status: SyncStatus, limit: usize) -> Result<Vec<SyncRecord>>;
+    /// The record a `syncId` names.
+    async fn find_by_sync_id(&self, sync_id: &str) -> Result<Option<SyncRecord>>;
+    /// Up to `limit` records of `query` after `cursor` (a `RecordPage::next`).
+    async fn list_records(
+        &self,
+        query: &RecordQuery,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<RecordPage>;
+    /// How many records `query` holds.
+    async fn count_records(&self, query: &RecordQuery) -> Result<usize>;
     /// Takes the lease `name` for `ttl` unless another owner holds it unexpired. Leases make work
     /// single-flight across concurrent functions (OAuth token refresh).
     async fn try_acquire_lease(

@@ -265,8 +265,8 @@ fn cases() -> Vec<Case> {
             ),
         },
         Case {
-            name: "replay-failed (nothing due)",
-            binary: "replay-failed",
+            name: "scheduled-sync (nothing due)",
+            binary: "scheduled-sync",
             first: Box::new(|_| json!({"source": "aws.events", "detail": {}})),
             warm: json!({"source": "aws.events", "detail": {}}),
         },

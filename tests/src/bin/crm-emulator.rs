@@ -1,9 +1,11 @@
 //! Runs the CRM emulators as a local server for `make dev`:
 //! `crm-emulator [--hubspot ADDR] [--token TOKEN] [--salesforce ADDR] [--pipedrive ADDR]
 //! [--zoho ADDR] [--freshsales ADDR] [--freshsales-key KEY] [--dynamics ADDR] [--sugarcrm ADDR]
-//! [--state DIR]`.
+//! [--state DIR] [--unlimited]`.
 //! With `--state`, what the emulated CRMs hold is loaded at start and saved at shutdown, so the
-//! local run's records and the emulated CRMs stay in step across restarts.
+//! local run's records and the emulated CRMs stay in step across restarts. The CRMs' documented
+//! rate limits are enforced unless `--unlimited` lifts the short ones (HubSpot's, Pipedrive's,
+//! Freshsales'), for benchmarks of crm-sync itself.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -184,6 +186,16 @@ async fn main() -> Result<(), Failure> {
         sugarcrm.state.lock().unwrap().restore(s)
     })?;
     println!("SugarCRM emulator listening on {}", sugarcrm.base_url());
+
+    if args.iter().any(|a| a == "--unlimited") {
+        hubspot.state.lock().unwrap().lift_rate_limits();
+        pipedrive.state.lock().unwrap().lift_rate_limits();
+        let mut freshsales = freshsales.state.lock().unwrap();
+        freshsales.budget =
+            crm_sync_tests::emulator::RequestBudget::new(u32::MAX, chrono::Duration::hours(1));
+        freshsales.per_minute.lift();
+        println!("rate limits lifted");
+    }
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -137,8 +137,9 @@ impl EmulatedCrm for FreshsalesUnderTest {
     }
 
     fn lift_request_budget(&self) {
-        self.emulator.state.lock().unwrap().budget =
-            crate::emulator::RequestBudget::new(1_000_000, chrono::Duration::hours(1));
+        let mut state = self.emulator.state.lock().unwrap();
+        state.budget = crate::emulator::RequestBudget::new(1_000_000, chrono::Duration::hours(1));
+        state.per_minute.lift();
     }
 
     fn custom_contact_field(&self) -> &'static str {

@@ -50,6 +50,10 @@ impl EmulatedCrm for HubSpotUnderTest {
         &self.emulator.server.control
     }
 
+    fn lift_request_budget(&self) {
+        self.emulator.state.lock().unwrap().lift_rate_limits();
+    }
+
     fn contacts(&self) -> Vec<EmulatedContact> {
         let state = self.emulator.state.lock().unwrap();
         state

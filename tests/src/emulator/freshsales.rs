@@ -25,10 +25,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{IdSequence, RequestBudget, RunningEmulator, serve};
+use super::{IdSequence, RequestBudget, RunningEmulator, SlidingWindow, serve};
 
 /// Requests per hour per account on the Blossom/Garden plans.
 pub const HOURLY_LIMIT: u32 = 1000;
+/// Paid plans' per-minute cap (support.freshsales.io article 50000010026).
+pub const PER_MINUTE_LIMIT: u32 = 400;
 
 const CONTACT_TEXT: &[&str] = &[
     "first_name",
@@ -118,10 +120,14 @@ pub struct FreshsalesState {
     pub contacts: BTreeMap<u64, Record>,
     pub sales_accounts: BTreeMap<u64, Record>,
     pub appointments: BTreeMap<u64, Record>,
+    /// Notes on contacts (`targetable_type`/`targetable_id`).
+    pub notes: BTreeMap<u64, Record>,
     pub lifecycle_stages: Vec<LifecycleStage>,
     /// Outcomes an admin defined for the appointment activity type: `(id, name)`.
     pub appointment_outcomes: Vec<(u64, String)>,
     pub budget: RequestBudget,
+    /// Paid plans' cap of 400 requests per minute, beside the hourly budget.
+    pub per_minute: SlidingWindow,
     /// The custom fields the account admin created (`cf_…`); a lookup on another is refused.
     pub custom_fields: BTreeSet<String>,
 }
@@ -154,9 +160,11 @@ impl FreshsalesState {
             contacts: BTreeMap::new(),
             sales_accounts: BTreeMap::new(),
             appointments: BTreeMap::new(),
+            notes: BTreeMap::new(),
             lifecycle_stages,
             appointment_outcomes,
             budget: RequestBudget::new(HOURLY_LIMIT, chrono::Duration::hours(1)),
+            per_minute: SlidingWindow::new(PER_MINUTE_LIMIT, std::time::Duration::from_secs(60)),
             custom_fields: ["cf_booking_city", "cf_crm_sync_id"]
                 .iter()
                 .map(|f| f.to_string())
@@ -167,7 +175,7 @@ impl FreshsalesState {
     /// Everything the CRM holds, for saving between runs of the local emulator.
     pub fn snapshot(&self) -> Value {
         json!({"lastId": self.ids.last(), "contacts": self.contacts, "salesAccounts": self.sales_accounts,
-               "appointments": self.appointments, "lifecycleStages": self.lifecycle_stages,
+               "appointments": self.appointments, "notes": self.notes, "lifecycleStages": self.lifecycle_stages,
                "appointmentOutcomes": self.appointment_outcomes})
     }
 
@@ -177,6 +185,9 @@ impl FreshsalesState {
         self.contacts = serde_json::from_value(read("contacts"))?;
         self.sales_accounts = serde_json::from_value(read("salesAccounts"))?;
         self.appointments = serde_json::from_value(read("appointments"))?;
+        if snapshot.get("notes").is_some() {
+            self.notes = serde_json::from_value(read("notes"))?;
+        }
         self.lifecycle_stages = serde_json::from_value(read("lifecycleStages"))?;
         self.appointment_outcomes = serde_json::from_value(read("appointmentOutcomes"))?;
         self.ids = IdSequence::starting_at(snapshot["lastId"].as_u64().unwrap_or(16_000_000_000));
@@ -238,6 +249,7 @@ impl FreshsalesState {
             Kind::Contact => &self.contacts,
             Kind::SalesAccount => &self.sales_accounts,
             Kind::Appointment => &self.appointments,
+            Kind::Note => &self.notes,
         }
     }
 
@@ -246,6 +258,7 @@ impl FreshsalesState {
             Kind::Contact => &mut self.contacts,
             Kind::SalesAccount => &mut self.sales_accounts,
             Kind::Appointment => &mut self.appointments,
+            Kind::Note => &mut self.notes,
         }
     }
 
@@ -268,6 +281,7 @@ enum Kind {
     Contact,
     SalesAccount,
     Appointment,
+    Note,
 }
 
 impl Kind {
@@ -276,6 +290,7 @@ impl Kind {
             Kind::Contact => "contact",
             Kind::SalesAccount => "sales_account",
             Kind::Appointment => "appointment",
+            Kind::Note => "note",
         }
     }
 }
@@ -368,7 +383,8 @@ fn authorised(
         )
             .into_response();
     }
-    if let Err(wait) = state.budget.take() {
+    let minute = state.per_minute.take().map_err(|w| w.as_secs().max(1));
+    if let Err(wait) = state.budget.take().and(minute) {
         let mut response = (
             StatusCode::TOO_MANY_REQUESTS,
             Json(error_body(StatusCode::TOO_MANY_REQUESTS)),
@@ -393,6 +409,7 @@ pub fn routes(state: SharedState) -> Router {
         .route("/api/filtered_search/{entity}", post(filtered_search))
         .route("/api/sales_accounts/upsert", post(upsert_sales_account))
         .route("/api/appointments", post(create_appointment))
+        .route("/api/notes", post(create_note))
         .route(
             "/api/appointments/{id}",
             get(get_appointment).put(update_appointment),
@@ -623,17 +640,21 @@ fn contact_answer(
     );
     let mut answer = json!({ "contact": json });
     // Side-loaded like Freshsales' other includes: the records beside the contact.
-    if include(query, "appointments") {
-        let theirs: Vec<Value> = state
-            .appointments
+    let targeting = |records: &BTreeMap<u64, Record>| -> Vec<Value> {
+        records
             .values()
             .filter(|a| {
                 a.fields.get("targetable_type").and_then(Value::as_str) == Some("Contact")
                     && a.fields.get("targetable_id").and_then(id_of) == Some(id)
             })
             .map(record_json)
-            .collect();
-        answer["appointments"] = theirs.into();
+            .collect()
+    };
+    if include(query, "appointments") {
+        answer["appointments"] = targeting(&state.appointments).into();
+    }
+    if include(query, "notes") {
+        answer["notes"] = targeting(&state.notes).into();
     }
     Ok((status, Json(answer)).into_response())
 }
@@ -1093,5 +1114,40 @@ async fn update_appointment(
         appointment.fields = fields;
         appointment.updated_at = Utc::now();
         appointment_answer(s, id)
+    })
+}
+
+/// `POST /notes`: a note's `description` on a record (`targetable_type`, `targetable_id`).
+async fn create_note(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    authorised(&state, &headers, |s| {
+        let (_, input) = entity(&bytes, "note")?;
+        if input
+            .get("description")
+            .and_then(Value::as_str)
+            .is_none_or(|d| d.trim().is_empty())
+        {
+            return Err(bad_request("description can't be blank"));
+        }
+        let target = input.get("targetable_id").and_then(id_of);
+        match input.get("targetable_type").and_then(Value::as_str) {
+            Some("Contact") => {
+                let known = target.is_some_and(|id| s.contacts.contains_key(&id));
+                if !known {
+                    return Err(bad_request("targetable_id is not a contact"));
+                }
+            }
+            _ => {
+                return Err(bad_request(
+                    "targetable_type must be Contact, SalesAccount or Deal",
+                ));
+            }
+        }
+        let id = s.insert(Kind::Note, input);
+        let note = record_json(&s.notes[&id]);
+        Ok((StatusCode::CREATED, Json(json!({ "note": note }))).into_response())
     })
 }

@@ -4,14 +4,16 @@
 //! Behaviour follows developers.hubspot.com: search filterGroups (OR of ANDed filters), 409
 //! CONFLICT "Contact already exists. Existing ID: N", OBJECT_NOT_FOUND, VALIDATION_ERROR,
 //! `hs_searchable_calculated_phone_number` as the national number's digits, meeting->contact
-//! association 200 and lead->primary contact 578.
+//! association 200 and lead->primary contact 578. The account's rolling limits are enforced:
+//! 100 requests per 10 seconds (Free/Starter) and 4 searches per second.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -19,10 +21,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{IdSequence, RunningEmulator, serve};
+use super::{IdSequence, RunningEmulator, SlidingWindow, serve};
 
-const OBJECT_TYPES: [&str; 3] = ["contacts", "meetings", "leads"];
+const OBJECT_TYPES: [&str; 4] = ["contacts", "meetings", "leads", "notes"];
 pub const DAILY_LIMIT: u64 = 250_000;
+/// Free and Starter accounts: 100 requests per rolling 10 seconds (crm-api-notes §2.8).
+pub const TEN_SECONDLY_LIMIT: u32 = 100;
+/// The CRM search API's own limit, per second (crm-api-notes §2.8).
+pub const SEARCH_PER_SECOND: u32 = 4;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Association {
@@ -66,6 +72,10 @@ pub struct HubSpotState {
     /// Custom properties the account admin created with unique values, as (object type, name):
     /// readable through the properties API and usable as `idProperty`.
     pub unique_properties: BTreeSet<(String, String)>,
+    /// Every request of the account, in any rolling 10 seconds.
+    pub ten_secondly: SlidingWindow,
+    /// Search requests, in any rolling second.
+    pub search_secondly: SlidingWindow,
 }
 
 /// The property crm-sync stamps its key into, created once by the admin on these objects.
@@ -86,7 +96,21 @@ impl HubSpotState {
                 .iter()
                 .map(|t| (t.to_string(), STAMP_PROPERTY.to_string()))
                 .collect(),
+            ten_secondly: SlidingWindow::new(
+                TEN_SECONDLY_LIMIT,
+                std::time::Duration::from_secs(10),
+            ),
+            search_secondly: SlidingWindow::new(
+                SEARCH_PER_SECOND,
+                std::time::Duration::from_secs(1),
+            ),
         }
+    }
+
+    /// No rolling limits (tests whose volume is not about rate limits).
+    pub fn lift_rate_limits(&mut self) {
+        self.ten_secondly.lift();
+        self.search_secondly.lift();
     }
 
     /// Everything the CRM holds, for saving between runs of the local emulator.
@@ -221,10 +245,71 @@ fn authorised(
         "x-hubspot-ratelimit-daily-remaining",
         HeaderValue::from(remaining),
     );
-    headers.insert("x-hubspot-ratelimit-secondly", HeaderValue::from(19u64));
+    response
+}
+
+/// HubSpot's rolling limits, before the routes: the search API's per-second limit, then the
+/// account's ten-secondly one. A refusal is HubSpot's 429; every answer carries the interval's
+/// `X-HubSpot-RateLimit-Max`, `-Remaining` and `-Interval-Milliseconds`.
+async fn rate_limits(State(state): State<SharedState>, request: Request, next: Next) -> Response {
+    let search = request
+        .uri()
+        .path()
+        .trim_end_matches('/')
+        .ends_with("/search");
+    let refused = {
+        let mut state = state.lock().unwrap();
+        let search_refused = if search {
+            state
+                .search_secondly
+                .take()
+                .err()
+                .map(|wait| (wait, "SECONDLY"))
+        } else {
+            None
+        };
+        search_refused.or_else(|| {
+            state
+                .ten_secondly
+                .take()
+                .err()
+                .map(|wait| (wait, "TEN_SECONDLY_ROLLING"))
+        })
+    };
+    let mut response = match refused {
+        Some((wait, policy)) => {
+            let mut body = error_body(StatusCode::TOO_MANY_REQUESTS);
+            body["policyName"] = json!(policy);
+            if policy == "SECONDLY" {
+                body["message"] = json!("You have reached your secondly limit.");
+            }
+            let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+            response.headers_mut().insert(
+                "retry-after",
+                HeaderValue::from(wait.as_secs_f64().ceil().max(1.0) as u64),
+            );
+            response
+        }
+        None => next.run(request).await,
+    };
+    let (max, remaining, interval) = {
+        let mut state = state.lock().unwrap();
+        let window = &mut state.ten_secondly;
+        (
+            window.limit,
+            window.remaining(),
+            window.window.as_millis() as u64,
+        )
+    };
+    let headers = response.headers_mut();
+    headers.insert("x-hubspot-ratelimit-max", HeaderValue::from(max));
     headers.insert(
-        "x-hubspot-ratelimit-secondly-remaining",
-        HeaderValue::from(18u64),
+        "x-hubspot-ratelimit-remaining",
+        HeaderValue::from(remaining),
+    );
+    headers.insert(
+        "x-hubspot-ratelimit-interval-milliseconds",
+        HeaderValue::from(interval),
     );
     response
 }
@@ -239,6 +324,19 @@ pub fn routes(state: SharedState) -> Router {
             get(get_object).patch(update_object),
         )
         .route("/crm/v3/properties/{object_type}/{name}", get(get_property))
+        .route("/crm/v3/objects/{object_type}/batch/read", post(batch_read))
+        .route(
+            "/crm/v4/objects/{from_type}/{from_id}/associations/{to_type}",
+            get(list_associations),
+        )
+        .route(
+            "/crm/v4/objects/{from_type}/{from_id}/associations/default/{to_type}/{to_id}",
+            axum::routing::put(associate_default),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limits,
+        ))
         .with_state(state)
 }
 
@@ -474,7 +572,7 @@ fn associations_of(state: &HubSpotState, body: &Value) -> Result<Vec<Association
                 .and_then(Value::as_u64)
                 .unwrap_or(0);
             let to_type = match type_id {
-                200 | 578 => "contacts",
+                200 | 202 | 578 => "contacts",
                 _ => {
                     return Err(error(
                         StatusCode::BAD_REQUEST,
@@ -533,6 +631,13 @@ async fn create_object(
                     StatusCode::BAD_REQUEST,
                     "A contact needs at least one of email, firstname or lastname",
                     "VALIDATION_ERROR",
+                );
+            }
+            "notes" if props.get("hs_timestamp").is_none_or(String::is_empty) => {
+                return invalid_property(
+                    "hs_timestamp",
+                    "hs_timestamp is required",
+                    "REQUIRED_FIELD",
                 );
             }
             "meetings" if props.get("hs_timestamp").is_none_or(String::is_empty) => {
@@ -814,17 +919,23 @@ async fn search_objects(
                     .map(str::to_string)
                     .collect()
             });
-        let mut matched = Vec::new();
-        for object in s.objects[&object_type].values() {
-            let mut any = groups.is_empty();
-            for group in &groups {
-                let filters = group
+        // Read once, not once per object: a search over thousands of objects holds the state.
+        let groups: Vec<Vec<Value>> = groups
+            .iter()
+            .map(|group| {
+                group
                     .get("filters")
                     .and_then(Value::as_array)
                     .cloned()
-                    .unwrap_or_default();
+                    .unwrap_or_default()
+            })
+            .collect();
+        let mut matched = Vec::new();
+        for object in s.objects[&object_type].values() {
+            let mut any = groups.is_empty();
+            for filters in &groups {
                 let mut all = true;
-                for filter in &filters {
+                for filter in filters {
                     match filter_matches(object, filter) {
                         Ok(true) => {}
                         Ok(false) => all = false,
@@ -851,5 +962,121 @@ async fn search_objects(
             response["paging"] = json!({"next": {"after": (after + limit).to_string()}});
         }
         Json(response).into_response()
+    })
+}
+
+/// Whether `object` (of `object_type`) and `other_type`/`other_id` are associated, in either
+/// direction: HubSpot associations are two-way, this emulator stores them on the writer's side.
+fn linked(
+    s: &HubSpotState,
+    object_type: &str,
+    object: &HsObject,
+    other_type: &str,
+    other_id: &str,
+) -> bool {
+    object
+        .associated(other_type)
+        .iter()
+        .any(|id| id == other_id)
+        || s.objects[other_type]
+            .get(other_id)
+            .is_some_and(|o| o.associated(object_type).iter().any(|id| id == &object.id))
+}
+
+/// `GET /crm/v4/objects/{fromType}/{fromId}/associations/{toType}`.
+async fn list_associations(
+    State(state): State<SharedState>,
+    Path((from_type, from_id, to_type)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    authorised(&state, &headers, |s| {
+        for t in [&from_type, &to_type] {
+            if let Err(r) = known_type(t) {
+                return r;
+            }
+        }
+        let results: Vec<Value> = s.objects[&to_type]
+            .values()
+            .filter(|o| linked(s, &to_type, o, &from_type, &from_id))
+            .map(|o| {
+                json!({"toObjectId": o.id.parse::<u64>().unwrap_or_default(),
+                       "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": 0, "label": null}]})
+            })
+            .collect();
+        Json(json!({ "results": results })).into_response()
+    })
+}
+
+/// `PUT /crm/v4/objects/{fromType}/{fromId}/associations/default/{toType}/{toId}`: the default
+/// (unlabelled) association; putting it again changes nothing.
+async fn associate_default(
+    State(state): State<SharedState>,
+    Path((from_type, from_id, to_type, to_id)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    authorised(&state, &headers, |s| {
+        for t in [&from_type, &to_type] {
+            if let Err(r) = known_type(t) {
+                return r;
+            }
+        }
+        if !s.objects[&to_type].contains_key(&to_id) {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("{to_type} {to_id} does not exist"),
+                "OBJECT_NOT_FOUND",
+            );
+        }
+        let Some(from) = s
+            .objects
+            .get_mut(&from_type)
+            .and_then(|m| m.get_mut(&from_id))
+        else {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("{from_type} {from_id} does not exist"),
+                "OBJECT_NOT_FOUND",
+            );
+        };
+        if !from.associated(&to_type).contains(&to_id) {
+            from.associations.push(Association {
+                to_type: to_type.clone(),
+                to_id: to_id.clone(),
+                type_id: 0,
+            });
+        }
+        Json(json!({"status": "COMPLETE", "results": [{"fromObjectTypeId": from_type, "fromObjectId": from_id,
+            "toObjectTypeId": to_type, "toObjectId": to_id, "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": 0}]}]}))
+            .into_response()
+    })
+}
+
+/// `POST /crm/v3/objects/{objectType}/batch/read`: `inputs` by id, with `properties`.
+async fn batch_read(
+    State(state): State<SharedState>,
+    Path(object_type): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    authorised(&state, &headers, |s| {
+        if let Err(r) = known_type(&object_type) {
+            return r;
+        }
+        let wanted: Option<Vec<String>> = body["properties"].as_array().map(|names| {
+            names
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        });
+        let results: Vec<Value> = body["inputs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|input| input["id"].as_str())
+            .filter_map(|id| s.objects[&object_type].get(id))
+            .map(|o| object_json(o, wanted.as_deref()))
+            .collect();
+        Json(json!({"status": "COMPLETE", "results": results})).into_response()
     })
 }

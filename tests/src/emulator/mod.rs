@@ -96,6 +96,28 @@ pub struct RecordedRequest {
     pub status: Option<u16>,
     /// The JSON body answered, or `Value::Null`.
     pub response: Value,
+    /// The answer was a fault injected by the test (or drawn by chaos), not the CRM's own.
+    pub injected: bool,
+}
+
+impl RecordedRequest {
+    /// The CRM refused it for a rate limit: 429, or Salesforce's 403 `REQUEST_LIMIT_EXCEEDED`.
+    pub fn rate_limited(&self) -> bool {
+        self.status == Some(429)
+            || (self.status == Some(403)
+                && self.response.to_string().contains("REQUEST_LIMIT_EXCEEDED"))
+    }
+}
+
+/// Requests and rate-limit refusals an emulator counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallCounts {
+    pub requests: usize,
+    /// Refused by the emulated CRM's own rate limits.
+    pub rate_limited: usize,
+    /// Refusals the test injected (faults, chaos).
+    pub injected_rate_limited: usize,
 }
 
 /// Faults drawn at random for writes (POST, PUT, PATCH that are not searches or token calls):
@@ -140,6 +162,22 @@ impl Control {
     }
     pub fn request_count(&self) -> usize {
         self.inner.lock().unwrap().requests.len()
+    }
+    /// Requests so far, and how many were refused for a rate limit by the CRM or by the test.
+    pub fn counts(&self) -> CallCounts {
+        let state = self.inner.lock().unwrap();
+        let limited = |injected: bool| {
+            state
+                .requests
+                .iter()
+                .filter(|r| r.injected == injected && r.rate_limited())
+                .count()
+        };
+        CallCounts {
+            requests: state.requests.len(),
+            rate_limited: limited(false),
+            injected_rate_limited: limited(true),
+        }
     }
 
     /// Notes what request `index` was answered, and hands the answer on unchanged.
@@ -231,6 +269,7 @@ async fn fault_layer(State(layer): State<Layer>, request: Request, next: Next) -
             body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
             status: None,
             response: Value::Null,
+            injected: false,
         });
         state.requests.len() - 1
     };
@@ -247,6 +286,9 @@ async fn fault_layer(State(layer): State<Layer>, request: Request, next: Next) -
             tokio::time::sleep(Duration::from_millis(fault.delay_ms)).await;
         }
         if let Some(status) = fault.status {
+            if let Some(request) = layer.control.inner.lock().unwrap().requests.get_mut(index) {
+                request.injected = true;
+            }
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let mut response = (status, Json((layer.error_body)(status))).into_response();
             if let Some(seconds) = fault.retry_after {
@@ -288,7 +330,13 @@ fn admin_routes(control: Control) -> Router {
         )
         .route(
             "/__emulator/requests/count",
-            get(|State(c): State<Control>| async move { Json(json!({ "count": c.request_count() })) }),
+            get(|State(c): State<Control>| async move {
+                let counts = c.counts();
+                Json(
+                    json!({ "count": counts.requests, "rateLimited": counts.rate_limited,
+                             "injectedRateLimited": counts.injected_rate_limited }),
+                )
+            }),
         )
         .with_state(control)
 }
@@ -366,6 +414,61 @@ impl RequestBudget {
         }
         self.used += 1;
         Ok(self.limit - self.used)
+    }
+}
+
+/// A rolling-window limit, as HubSpot's ten-secondly and Pipedrive's 2-second limits are: at
+/// most `limit` requests in any `window`.
+#[derive(Debug, Clone)]
+pub struct SlidingWindow {
+    pub limit: u32,
+    pub window: std::time::Duration,
+    sent: VecDeque<std::time::Instant>,
+}
+
+impl SlidingWindow {
+    pub fn new(limit: u32, window: std::time::Duration) -> Self {
+        SlidingWindow {
+            limit,
+            window,
+            sent: VecDeque::new(),
+        }
+    }
+
+    /// No limit any more (tests whose volume is not about rate limits).
+    pub fn lift(&mut self) {
+        self.limit = u32::MAX;
+    }
+
+    fn forget_old(&mut self, now: std::time::Instant) {
+        while self
+            .sent
+            .front()
+            .is_some_and(|at| now.duration_since(*at) >= self.window)
+        {
+            self.sent.pop_front();
+        }
+    }
+
+    /// Counts one request: `Ok(requests left in the window)`, or `Err(time until one is free)`.
+    pub fn take(&mut self) -> Result<u32, std::time::Duration> {
+        if self.limit == u32::MAX {
+            return Ok(u32::MAX);
+        }
+        let now = std::time::Instant::now();
+        self.forget_old(now);
+        if self.sent.len() as u64 >= u64::from(self.limit) {
+            let oldest = *self.sent.front().expect("a full window holds requests");
+            return Err(self.window.saturating_sub(now.duration_since(oldest)));
+        }
+        self.sent.push_back(now);
+        Ok(self.limit.saturating_sub(self.sent.len() as u32))
+    }
+
+    /// Requests still allowed in the window now.
+    pub fn remaining(&mut self) -> u32 {
+        self.forget_old(std::time::Instant::now());
+        self.limit.saturating_sub(self.sent.len() as u32)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Pipedrive emulator: persons, person search and meeting activities (API v2), leads and the
-//! current user (API v1), API-token auth, Pipedrive's error bodies, and the daily token budget
-//! with its rate-limit headers.
+//! current user (API v1), API-token auth, Pipedrive's error bodies, the daily token budget and
+//! the 2-second burst limits (Essential: 20 requests, 10 searches) with their rate-limit headers.
 //!
 //! Shapes follow Pipedrive's official OpenAPI specs
 //! (https://developers.pipedrive.com/docs/api/v1/openapi.yaml and
@@ -24,8 +24,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -33,10 +34,14 @@ use chrono::{DateTime, NaiveDate, NaiveTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{IdSequence, RunningEmulator, serve};
+use super::{IdSequence, RunningEmulator, SlidingWindow, serve};
 
 /// The company's daily token budget unless a test sets another.
 pub const DAILY_TOKEN_BUDGET: u64 = 30_000;
+/// Requests per API token in a rolling 2 seconds on the Essential plan, and search requests on
+/// every plan (pipedrive.readme.io/docs/core-api-concepts-rate-limiting).
+pub const BURST_LIMIT: u32 = 20;
+pub const SEARCH_BURST_LIMIT: u32 = 10;
 /// Activity types every company starts with (ActivityType `key_string`s).
 const ACTIVITY_TYPES: [&str; 6] = ["call", "meeting", "task", "deadline", "email", "lunch"];
 const PERSON_FIELDS: [&str; 15] = [
@@ -184,6 +189,17 @@ pub struct Lead {
     pub update_time: DateTime<Utc>,
 }
 
+/// A note (v1 notes API), here only as attached to leads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Note {
+    pub id: u64,
+    /// HTML, as Pipedrive keeps it.
+    pub content: String,
+    pub lead_id: Option<String>,
+    pub person_id: Option<u64>,
+    pub add_time: DateTime<Utc>,
+}
+
 pub struct PipedriveState {
     pub tokens: HashSet<String>,
     pub company_domain: String,
@@ -193,8 +209,15 @@ pub struct PipedriveState {
     pub activities: BTreeMap<u64, Activity>,
     /// Leads in the order they were added (Pipedrive lists them oldest first).
     pub leads: Vec<Lead>,
+    note_ids: IdSequence,
+    /// Notes in the order they were added.
+    pub notes: Vec<Note>,
     pub daily_token_budget: u64,
     pub tokens_used: u64,
+    /// Requests of the API token in any rolling 2 seconds.
+    pub burst: SlidingWindow,
+    /// Search requests in any rolling 2 seconds.
+    pub search_burst: SlidingWindow,
 }
 
 impl PipedriveState {
@@ -207,9 +230,19 @@ impl PipedriveState {
             persons: BTreeMap::new(),
             activities: BTreeMap::new(),
             leads: Vec::new(),
+            note_ids: IdSequence::starting_at(900),
+            notes: Vec::new(),
             daily_token_budget: DAILY_TOKEN_BUDGET,
             tokens_used: 0,
+            burst: SlidingWindow::new(BURST_LIMIT, std::time::Duration::from_secs(2)),
+            search_burst: SlidingWindow::new(SEARCH_BURST_LIMIT, std::time::Duration::from_secs(2)),
         }
+    }
+
+    /// No burst limits (tests whose volume is not about rate limits).
+    pub fn lift_rate_limits(&mut self) {
+        self.burst.lift();
+        self.search_burst.lift();
     }
 
     /// Everything the company holds, for saving between runs of the local emulator.
@@ -217,6 +250,7 @@ impl PipedriveState {
         json!({
             "lastPersonId": self.person_ids.last(), "lastActivityId": self.activity_ids.last(),
             "persons": self.persons, "activities": self.activities, "leads": self.leads,
+            "notes": self.notes, "lastNoteId": self.note_ids.last(),
         })
     }
 
@@ -225,6 +259,10 @@ impl PipedriveState {
         self.persons = serde_json::from_value(snapshot["persons"].clone())?;
         self.activities = serde_json::from_value(snapshot["activities"].clone())?;
         self.leads = serde_json::from_value(snapshot["leads"].clone())?;
+        if !snapshot["notes"].is_null() {
+            self.notes = serde_json::from_value(snapshot["notes"].clone())?;
+        }
+        self.note_ids = IdSequence::starting_at(snapshot["lastNoteId"].as_u64().unwrap_or(900));
         self.person_ids = IdSequence::starting_at(snapshot["lastPersonId"].as_u64().unwrap_or(100));
         self.activity_ids =
             IdSequence::starting_at(snapshot["lastActivityId"].as_u64().unwrap_or(500));
@@ -309,7 +347,55 @@ pub fn routes(state: SharedState) -> Router {
         )
         .route("/api/v1/leads", get(list_leads).post(create_lead))
         .route("/api/v1/leads/{id}", get(get_lead).patch(update_lead))
+        .route("/api/v1/notes", get(list_notes).post(create_note))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            burst_limits,
+        ))
         .with_state(state)
+}
+
+/// Pipedrive's 2-second burst limits, before the routes: search endpoints' own, then the API
+/// token's. A refusal is Pipedrive's 429; every answer carries `x-ratelimit-limit`,
+/// `x-ratelimit-remaining` and `x-ratelimit-reset`.
+async fn burst_limits(State(state): State<SharedState>, request: Request, next: Next) -> Response {
+    let search = request
+        .uri()
+        .path()
+        .trim_end_matches('/')
+        .ends_with("/search");
+    let refused = {
+        let mut state = state.lock().unwrap();
+        let search_refused = if search {
+            state.search_burst.take().err()
+        } else {
+            None
+        };
+        search_refused.or_else(|| state.burst.take().err())
+    };
+    let mut response = match refused {
+        Some(wait) => {
+            let mut response = answer(
+                StatusCode::TOO_MANY_REQUESTS,
+                error_body(StatusCode::TOO_MANY_REQUESTS),
+            );
+            response.headers_mut().insert(
+                "retry-after",
+                HeaderValue::from(wait.as_secs_f64().ceil().max(1.0) as u64),
+            );
+            response
+        }
+        None => next.run(request).await,
+    };
+    let (limit, remaining) = {
+        let mut state = state.lock().unwrap();
+        (state.burst.limit, state.burst.remaining())
+    };
+    let headers = response.headers_mut();
+    headers.insert("x-ratelimit-limit", HeaderValue::from(limit));
+    headers.insert("x-ratelimit-remaining", HeaderValue::from(remaining));
+    headers.insert("x-ratelimit-reset", HeaderValue::from(2u64));
+    response
 }
 
 /// Pipedrive's error body for a status, as injected faults answer.
@@ -410,9 +496,6 @@ fn authorised(
     let remaining = budget - state.tokens_used;
     let mut response = f(&mut state).unwrap_or_else(|refused| refused);
     let headers = response.headers_mut();
-    headers.insert("x-ratelimit-limit", HeaderValue::from(80u64));
-    headers.insert("x-ratelimit-remaining", HeaderValue::from(79u64));
-    headers.insert("x-ratelimit-reset", HeaderValue::from(2u64));
     headers.insert("x-daily-ratelimit-token-limit", HeaderValue::from(budget));
     headers.insert(
         "x-daily-ratelimit-token-remaining",
@@ -972,15 +1055,7 @@ async fn list_activities(
     Query(query): Query<Params>,
 ) -> Response {
     authorised(&state, &headers, &query, 20, |s| {
-        let number = |key: &str| -> Result<Option<u64>, Response> {
-            query
-                .get(key)
-                .map(|v| {
-                    v.parse()
-                        .map_err(|_| invalid(key, "This value should be of type integer."))
-                })
-                .transpose()
-        };
+        let number = |key: &str| integer_param(&query, key);
         let person = number("person_id")?;
         let start = number("cursor")?.unwrap_or(0) as usize;
         let limit = number("limit")?.unwrap_or(100).clamp(1, 500) as usize;
@@ -1177,15 +1252,7 @@ async fn list_leads(
     Query(query): Query<Params>,
 ) -> Response {
     authorised(&state, &headers, &query, 20, |s| {
-        let filter = |key: &str| -> Result<Option<u64>, Response> {
-            query
-                .get(key)
-                .map(|v| {
-                    v.parse()
-                        .map_err(|_| invalid(key, "This value should be of type integer."))
-                })
-                .transpose()
-        };
+        let filter = |key: &str| integer_param(&query, key);
         let (person, organization) = (filter("person_id")?, filter("organization_id")?);
         let start = filter("start")?.unwrap_or(0) as usize;
         let limit = filter("limit")?.unwrap_or(100).clamp(1, 500) as usize;
@@ -1245,4 +1312,103 @@ async fn update_lead(
         s.leads[index] = lead;
         Ok(ok(data))
     })
+}
+
+fn note_json(note: &Note) -> Value {
+    json!({
+        "id": note.id, "content": note.content, "lead_id": note.lead_id,
+        "person_id": note.person_id, "deal_id": null, "org_id": null, "active_flag": true,
+        "add_time": note.add_time.format("%Y-%m-%d %H:%M:%S").to_string(),
+    })
+}
+
+/// `POST /v1/notes`: `content` and at least one of the records it belongs to.
+async fn create_note(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Query(query): Query<Params>,
+    body: Bytes,
+) -> Response {
+    authorised(&state, &headers, &query, 10, |s| {
+        let body = json_object(&body)?;
+        let content = body
+            .get("content")
+            .and_then(Value::as_str)
+            .filter(|c| !c.trim().is_empty())
+            .ok_or_else(|| invalid("content", "This value should not be blank."))?
+            .to_string();
+        let lead_id = body
+            .get("lead_id")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let person_id = body.get("person_id").and_then(Value::as_u64);
+        if lead_id.is_none() && person_id.is_none() {
+            return Err(invalid(
+                "lead_id",
+                "One of deal_id, lead_id, person_id, org_id or project_id is required.",
+            ));
+        }
+        if let Some(lead) = &lead_id
+            && !s.leads.iter().any(|l| &l.id == lead)
+        {
+            return Err(lead_not_found());
+        }
+        let note = Note {
+            id: s.note_ids.next_id().parse().expect("numeric ids"),
+            content,
+            lead_id,
+            person_id,
+            add_time: Utc::now(),
+        };
+        let data = note_json(&note);
+        s.notes.push(note);
+        Ok(answer(
+            StatusCode::CREATED,
+            json!({"success": true, "data": data}),
+        ))
+    })
+}
+
+/// `GET /v1/notes`, filtered by `lead_id` or `person_id`, oldest first, paged by start/limit.
+async fn list_notes(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Query(query): Query<Params>,
+) -> Response {
+    authorised(&state, &headers, &query, 20, |s| {
+        let number = |key: &str| integer_param(&query, key);
+        let person = number("person_id")?;
+        let start = number("start")?.unwrap_or(0) as usize;
+        let limit = number("limit")?.unwrap_or(100).clamp(1, 500) as usize;
+        let lead = query.get("lead_id");
+        let matching: Vec<&Note> = s
+            .notes
+            .iter()
+            .filter(|n| lead.is_none_or(|l| n.lead_id.as_ref() == Some(l)))
+            .filter(|n| person.is_none_or(|p| n.person_id == Some(p)))
+            .collect();
+        let page: Vec<Value> = matching
+            .iter()
+            .skip(start)
+            .take(limit)
+            .map(|n| note_json(n))
+            .collect();
+        let more = start + limit < matching.len();
+        Ok(answer(
+            StatusCode::OK,
+            json!({"success": true, "data": page, "additional_data":
+                {"pagination": {"start": start, "limit": limit, "more_items_in_collection": more}}}),
+        ))
+    })
+}
+
+/// An optional integer query parameter; anything else is Pipedrive's validation error.
+fn integer_param(query: &Params, key: &str) -> Result<Option<u64>, Response> {
+    query
+        .get(key)
+        .map(|v| {
+            v.parse()
+                .map_err(|_| invalid(key, "This value should be of type integer."))
+        })
+        .transpose()
 }

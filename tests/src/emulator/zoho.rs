@@ -11,7 +11,7 @@
 //! no body when nothing matches, emails matched partially and phones in any notation; `Last_Name`
 //! mandatory for people, `Company` for leads (standard layout), `Email` the system duplicate
 //! check of Contacts and Leads; a meeting can be cancelled only when its attendees were invited
-//! and it has not ended.
+//! and it has not ended. The org's daily API credits are enforced (429 `TOO_MANY_REQUESTS`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::oauth::{OAuthTokens, TokenCheck};
-use super::{IdSequence, RunningEmulator, serve};
+use super::{IdSequence, RequestBudget, RunningEmulator, serve};
 
 pub const MODULES: [&str; 3] = ["Contacts", "Leads", "Events"];
 /// The records and users of the emulated org.
@@ -70,6 +70,9 @@ impl ZohoRecord {
     }
 }
 
+/// Standard edition's API credits per rolling 24 hours.
+pub const CREDITS_PER_DAY: u32 = 50_000;
+
 pub struct ZohoState {
     pub tokens: OAuthTokens,
     /// What the token endpoint answers as `api_domain`: this emulator.
@@ -80,6 +83,9 @@ pub struct ZohoState {
     /// How long a written record stays out of search results: Zoho's search index lags behind
     /// writes, answering 204 meanwhile. None by default.
     pub search_index_delay: chrono::Duration,
+    /// The org's API credits per 24 hours (one per call here): Standard edition's 50,000
+    /// (zoho.com/crm/developer/docs/api/v4/api-limits.html).
+    pub credits: RequestBudget,
 }
 
 impl ZohoState {
@@ -93,6 +99,7 @@ impl ZohoState {
                 .map(|m| (m.to_string(), BTreeMap::new()))
                 .collect(),
             search_index_delay: chrono::Duration::zero(),
+            credits: RequestBudget::new(CREDITS_PER_DAY, chrono::Duration::hours(24)),
         }
     }
 
@@ -235,7 +242,21 @@ fn authorised(
         .and_then(|v| v.strip_prefix("Zoho-oauthtoken "));
     let mut state = state.lock().unwrap();
     match token.map(|t| state.tokens.check(t.trim())) {
-        Some(TokenCheck::Valid) => f(&mut state),
+        Some(TokenCheck::Valid) => match state.credits.take() {
+            Ok(_) => f(&mut state),
+            Err(wait) => {
+                let mut response = error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "TOO_MANY_REQUESTS",
+                    "Rate limit exceeded. Please retry after the specified time.",
+                    json!({}),
+                );
+                response
+                    .headers_mut()
+                    .insert("retry-after", axum::http::HeaderValue::from(wait));
+                response
+            }
+        },
         Some(_) => error(
             StatusCode::UNAUTHORIZED,
             "INVALID_TOKEN",

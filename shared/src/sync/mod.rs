@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use crate::config::{Config, StoreKind};
 use crate::connection::{Connection, ConnectionId};
 use crate::crm::{
-    self, AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, CrmHttp, Outcome,
-    Upserted, WritePlan,
+    self, AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, CrmHttp, NotStored,
+    Outcome, Upserted, WritePlan,
 };
 use crate::domain::{
     self, Appointment, CrmType, Customer, E164Phone, Email, Fields, Lead, ValidationDefaults,
@@ -45,6 +45,14 @@ impl From<Error> for Failure {
 
 pub type SyncResult<T> = std::result::Result<T, Failure>;
 
+mod batch;
+mod drain;
+mod records;
+
+pub use batch::{BatchAccepted, BatchRequest, MAX_BATCH_BYTES, MAX_BATCH_ITEMS};
+pub use drain::{DrainSummary, TimeBudget};
+pub use records::{RecordsAnswer, ReplayAnswer};
+
 /// Everything a function needs, built once per cold start.
 pub struct App {
     pub config: Config,
@@ -71,6 +79,9 @@ pub struct SyncResponse {
     pub crm_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub contact: Option<EntitySync>,
+    /// Fields of the request the CRM keeps nowhere (no standard field, none mapped).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_stored: Vec<NotStored>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -81,6 +92,9 @@ pub struct AppointmentSyncResponse {
     pub crm_type: CrmType,
     pub contact: EntitySync,
     pub appointment: EntitySync,
+    /// Fields of the request the CRM keeps nowhere (no standard field, none mapped).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_stored: Vec<NotStored>,
 }
 
 /// A contact in our normalised shape, as `get-customer` answers it: the CRM's record plus its
@@ -114,16 +128,6 @@ pub struct TestConnectionError {
     pub message: String,
 }
 
-/// What a replay run did.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ReplaySummary {
-    pub examined: usize,
-    pub synced: usize,
-    pub failed: usize,
-    pub skipped: usize,
-}
-
 /// The stored form of an appointment sync: all it needs to run again.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -140,6 +144,67 @@ pub struct AppointmentPayload {
 pub struct Prepared<T> {
     target: Target,
     request: T,
+}
+
+impl AppointmentPayload {
+    /// The booking id, else the person and the start: without a booking id, the same person
+    /// at the same start is the same appointment.
+    fn source_key(&self) -> String {
+        match (
+            &self.appointment.external_id,
+            &self.customer,
+            &self.customer_id,
+        ) {
+            (Some(external_id), _, _) => format!("external:{external_id}"),
+            (None, Some(customer), _) => format!(
+                "{}@{}",
+                customer.source_key(),
+                self.appointment.window.start()
+            ),
+            (None, None, id) => format!(
+                "contact:{}@{}",
+                id.as_deref().unwrap_or(""),
+                self.appointment.window.start()
+            ),
+        }
+    }
+}
+
+/// The customer of a `sync-customer` body (or a batch item shaped like one). Every alias given is
+/// checked; the first is used.
+fn parse_customer_request(fields: &Fields<'_>, defaults: &ValidationDefaults) -> Result<Customer> {
+    let mut customers = fields
+        .children(&["customer", "customerData"])?
+        .iter()
+        .map(|customer| domain::parse_customer(customer, defaults))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter();
+    customers
+        .next()
+        .ok_or_else(|| Error::validation(fields.path("customer"), "is required (or customerData)"))
+}
+
+/// The lead of a `sync-lead` body (or a batch item shaped like one). Every alias given is
+/// checked; the first is used.
+fn parse_lead_request(fields: &Fields<'_>, defaults: &ValidationDefaults) -> Result<Lead> {
+    let mut leads = fields
+        .children(&["lead", "leadData"])?
+        .iter()
+        .map(|lead| domain::parse_lead(lead, defaults))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter();
+    leads
+        .next()
+        .ok_or_else(|| Error::validation(fields.path("lead"), "is required (or leadData)"))
+}
+
+/// The appointment and its customer of a `sync-appointment` body (or a batch item shaped like
+/// one).
+fn parse_appointment_request(
+    fields: &Fields<'_>,
+    defaults: &ValidationDefaults,
+) -> Result<AppointmentPayload> {
+    read_appointment_request(fields, defaults)
 }
 
 /// A connection and its adapter, resolved from a request.
@@ -188,7 +253,14 @@ impl App {
             Arc::new(secrets),
             config.connection_cache_ttl,
         );
-        Self::new(config, Arc::new(connections), Arc::new(records))
+        let budgets = Arc::new(records.budget_store());
+        Self::new(config, Arc::new(connections), Arc::new(records)).with_budget_store(budgets)
+    }
+
+    /// The same app with the CRM accounts' rate budgets kept in `store`.
+    pub fn with_budget_store(mut self, store: Arc<dyn crate::store::budget::BudgetStore>) -> Self {
+        self.adapters.budgets = crate::budget::Budgets::from_config(&self.config, store);
+        self
     }
 
     pub fn new(
@@ -200,6 +272,10 @@ impl App {
             http: CrmHttp::new(&config),
             connections: connections.clone(),
             records: records.clone(),
+            budgets: crate::budget::Budgets::from_config(
+                &config,
+                crate::budget::Budgets::default_store(&config),
+            ),
         };
         App {
             config,
@@ -262,16 +338,7 @@ impl App {
     pub async fn prepare_customer(&self, body: &Value) -> Result<Prepared<Customer>> {
         let fields = Fields::new("", body)?;
         self.prepare(&fields, |defaults| {
-            // Every alias given is checked; the first is used.
-            let mut customers = fields
-                .children(&["customer", "customerData"])?
-                .iter()
-                .map(|customer| domain::parse_customer(customer, defaults))
-                .collect::<Result<Vec<_>>>()?
-                .into_iter();
-            customers
-                .next()
-                .ok_or_else(|| Error::validation("customer", "is required (or customerData)"))
+            parse_customer_request(&fields, defaults)
         })
         .await
     }
@@ -288,6 +355,7 @@ impl App {
             crm_type: target.connection.crm_type,
             crm_id: synced.crm_id,
             contact: None,
+            not_stored: not_stored_of(&target, "customer", &customer),
         })
     }
 
@@ -315,7 +383,7 @@ impl App {
     pub async fn prepare_appointment(&self, body: &Value) -> Result<Prepared<AppointmentPayload>> {
         let fields = Fields::new("", body)?;
         self.prepare(&fields, |defaults| {
-            read_appointment_request(&fields, defaults)
+            parse_appointment_request(&fields, defaults)
         })
         .await
     }
@@ -333,24 +401,7 @@ impl App {
         target: &Target,
         payload: AppointmentPayload,
     ) -> SyncResult<AppointmentSyncResponse> {
-        let source_key = match (
-            &payload.appointment.external_id,
-            &payload.customer,
-            &payload.customer_id,
-        ) {
-            (Some(external_id), _, _) => format!("external:{external_id}"),
-            // Without a booking id, the same person at the same start is the same appointment.
-            (None, Some(customer), _) => format!(
-                "{}@{}",
-                customer.source_key(),
-                payload.appointment.window.start()
-            ),
-            (None, None, id) => format!(
-                "contact:{}@{}",
-                id.as_deref().unwrap_or(""),
-                payload.appointment.window.start()
-            ),
-        };
+        let source_key = payload.source_key();
         let stored = serde_json::to_value(&payload).map_err(|e| Error::Store(e.to_string()))?;
         let contact = std::sync::Mutex::new(None::<EntitySync>);
         let appointment = self
@@ -397,6 +448,11 @@ impl App {
             crm_type: target.connection.crm_type,
             contact,
             appointment,
+            not_stored: payload
+                .customer
+                .as_ref()
+                .map(|c| not_stored_of(target, "customer", c))
+                .unwrap_or_default(),
         })
     }
 
@@ -492,18 +548,8 @@ impl App {
 
     pub async fn prepare_lead(&self, body: &Value) -> Result<Prepared<Lead>> {
         let fields = Fields::new("", body)?;
-        self.prepare(&fields, |defaults| {
-            let mut leads = fields
-                .children(&["lead", "leadData"])?
-                .iter()
-                .map(|lead| domain::parse_lead(lead, defaults))
-                .collect::<Result<Vec<_>>>()?
-                .into_iter();
-            leads
-                .next()
-                .ok_or_else(|| Error::validation("lead", "is required (or leadData)"))
-        })
-        .await
+        self.prepare(&fields, |defaults| parse_lead_request(&fields, defaults))
+            .await
     }
 
     pub async fn run_lead(&self, prepared: Prepared<Lead>) -> SyncResult<SyncResponse> {
@@ -551,6 +597,7 @@ impl App {
             crm_type: target.connection.crm_type,
             crm_id: synced.crm_id,
             contact: contact.into_inner().expect("not poisoned"),
+            not_stored: not_stored_of(target, "lead", &lead.person),
         })
     }
 
@@ -672,94 +719,6 @@ impl App {
         chrono::Duration::from_std(self.config.crm_timeout * 2).unwrap_or_default()
     }
 
-    /// Runs unknown, failed and abandoned pending records again, oldest first.
-    pub async fn replay_failed(&self, limit: usize) -> Result<ReplaySummary> {
-        let mut summary = ReplaySummary::default();
-        let stale_before =
-            Utc::now() - chrono::Duration::from_std(self.config.sync_lease).unwrap_or_default();
-        // An unknown outcome that may still land is left for the next run.
-        let settled_before = Utc::now() - self.settle_time();
-        let mut due: Vec<SyncRecord> = self
-            .records
-            .list_by_status(SyncStatus::Unknown, limit)
-            .await?
-            .into_iter()
-            .filter(|r| r.updated_at < settled_before)
-            .collect();
-        due.extend(
-            self.records
-                .list_by_status(SyncStatus::Failed, limit)
-                .await?,
-        );
-        let pending = self
-            .records
-            .list_by_status(SyncStatus::Pending, limit)
-            .await?;
-        due.extend(pending.into_iter().filter(|r| r.updated_at < stale_before));
-        let total = due.len();
-        let started = Instant::now();
-        for (done, record) in due.into_iter().enumerate() {
-            summary.examined += 1;
-            let retryable = record.status == SyncStatus::Unknown
-                || record.last_error.as_ref().is_none_or(|e| e.transient);
-            if !retryable || record.attempts >= self.config.max_sync_attempts {
-                summary.skipped += 1;
-                continue;
-            }
-            match self.replay(&record).await {
-                Ok(()) => summary.synced += 1,
-                Err(failure) => {
-                    summary.failed += 1;
-                    tracing::warn!(sync_id = %record.sync_id, code = failure.error.code(), "replay failed");
-                }
-            }
-            tracing::info!(
-                done = done + 1,
-                total,
-                per_second = (done + 1) as f64 / started.elapsed().as_secs_f64().max(0.001),
-                "replay progress"
-            );
-        }
-        Ok(summary)
-    }
-
-    async fn replay(&self, record: &SyncRecord) -> SyncResult<()> {
-        let connection_id = ConnectionId::parse(&record.connection_id)?;
-        let connection = self.connections.get(&connection_id).await?;
-        let defaults = connection.settings.validation_defaults()?;
-        let adapter = crm::adapter_for(&connection, &self.adapters)?;
-        let target = Target {
-            connection_id,
-            connection,
-            adapter,
-            defaults,
-        };
-        let corrupt = |e: serde_json::Error| {
-            Error::Store(format!(
-                "stored payload of {} is unreadable: {e}",
-                record.sync_id
-            ))
-        };
-        match record.entity {
-            EntityKind::Customer => {
-                let customer: Customer =
-                    serde_json::from_value(record.payload.clone()).map_err(corrupt)?;
-                self.sync_contact(&target, &customer).await.map(|_| ())
-            }
-            EntityKind::Lead => {
-                let lead: Lead = serde_json::from_value(record.payload.clone()).map_err(corrupt)?;
-                self.sync_lead_entity(&target, &lead).await.map(|_| ())
-            }
-            EntityKind::Appointment => {
-                let payload: AppointmentPayload =
-                    serde_json::from_value(record.payload.clone()).map_err(corrupt)?;
-                self.sync_appointment_payload(&target, payload)
-                    .await
-                    .map(|_| ())
-            }
-        }
-    }
-
     /// Claims the record (pending), does `work` with the CRM id synced before, and records the
     /// outcome. An identical resend of a synced record answers `unchanged` without a CRM call.
     /// A record whose last attempt may have written to the CRM unheard (`unknown`, or `pending`
@@ -794,7 +753,7 @@ impl App {
                     status: Outcome::Unchanged,
                 });
             }
-            if record.status == SyncStatus::Pending && now - record.updated_at < lease {
+            if record.in_progress(now, lease) {
                 return Err(Failure {
                     error: Error::SyncInProgress,
                     sync_id: Some(record.sync_id.clone()),
@@ -811,9 +770,9 @@ impl App {
             }
         }
         // An attempt that died mid-call (stale pending) is as unknown as one that lost its answer.
-        let reconcile = existing.as_ref().is_some_and(|r| {
-            r.crm_id.is_none() && matches!(r.status, SyncStatus::Unknown | SyncStatus::Pending)
-        });
+        let reconcile = existing
+            .as_ref()
+            .is_some_and(SyncRecord::may_have_written_unheard);
         let claimed = SyncRecord {
             sync_id: existing
                 .as_ref()
@@ -832,6 +791,9 @@ impl App {
             created_at: existing.as_ref().map_or(now, |r| r.created_at),
             updated_at: now,
             version: existing.as_ref().map_or(0, |r| r.version) + 1,
+            batch_id: existing.as_ref().and_then(|r| r.batch_id.clone()),
+            queued: false,
+            expires_at: None,
         };
         let sync_id = Some(claimed.sync_id.clone());
         if self
@@ -861,6 +823,11 @@ impl App {
                 finished.status = SyncStatus::Synced;
                 finished.crm_id = Some(upserted.crm_id.clone());
                 finished.last_error = None;
+                finished.expires_at = self
+                    .config
+                    .synced_retention
+                    .and_then(|keep| chrono::Duration::from_std(keep).ok())
+                    .map(|keep| finished.updated_at + keep);
             }
             Err(error) => {
                 if matches!(error, Error::CrmAuth(_)) {
@@ -969,6 +936,7 @@ pub fn platforms() -> Value {
         "defaultCountry",
         "defaultAppointmentMinutes",
         "fieldMappings",
+        "rateBudget",
     ];
     let with = |extra: &[&'static str]| -> Vec<&'static str> {
         extra.iter().chain(common.iter()).copied().collect()
@@ -982,4 +950,14 @@ pub fn platforms() -> Value {
         entry(CrmType::Dynamics, "Microsoft Dynamics 365", "oauth2", &["clientId", "clientSecret"], &with(&["environmentUrl", "tenantId", "authorityUrl", "stampField"]), true),
         entry(CrmType::Sugarcrm, "SugarCRM", "oauth2", &["username", "password", "clientId", "clientSecret"], &with(&["instanceUrl", "platform", "stampField"]), true),
     ]})
+}
+
+/// The person's fields in the request that the target's CRM keeps nowhere.
+fn not_stored_of(target: &Target, prefix: &str, person: &Customer) -> Vec<NotStored> {
+    crm::not_stored(
+        target.adapter.as_ref(),
+        "contact",
+        prefix,
+        &crm::customer_fields(person),
+    )
 }
