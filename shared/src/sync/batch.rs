@@ -327,7 +327,7 @@ impl App {
 }
 
 /// A batch id as callers may choose it: 1 to 128 letters, digits and `._:-`.
-fn parse_batch_id(raw: &str) -> Result<String> {
+pub(super) fn parse_batch_id(raw: &str) -> Result<String> {
     let valid = (1..=128).contains(&raw.len())
         && raw
             .chars()
@@ -373,7 +373,12 @@ fn read_batch(fields: &Fields<'_>, body: &Value) -> Result<BatchRequest> {
             ),
         ));
     }
-    let given_id = fields.string(&["batchId"])?;
+    // A batch id is text a caller chose; a number is not one.
+    let given_id = fields
+        .strings(&["batchId"])?
+        .into_iter()
+        .next()
+        .map(|(_, id)| id);
     let batch_id = match &given_id {
         Some(id) => parse_batch_id(id)?,
         None => uuid::Uuid::new_v4().to_string(),
