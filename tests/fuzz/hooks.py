@@ -61,6 +61,8 @@ _PROSE_RULES = [
     ("crmType", " connection, not "),
     # get-customer needs one of customerId, email and phone: parameters cannot say so.
     ("customerId", "give customerId, email or phone"),
+    # sync-records lists a connection's records unless syncId names one.
+    ("connectionId", "or give syncId for one record"),
     # Each CRM has its own shape of record id; one that cannot be one is refused.
     ("customerId", "record id"),
 ]
