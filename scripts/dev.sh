@@ -9,42 +9,9 @@ source scripts/tools.sh
 ensure_tool cargo-lambda cargo-lambda
 
 data_dir="$PWD/.local"
-mkdir -p "$data_dir/connections" "$data_dir/records"
-
-# demo_connection ID JSON: writes the connection once; an edited one is kept across restarts.
-demo_connection() {
-  local file="$data_dir/connections/$1.json"
-  if [ ! -f "$file" ]; then
-    printf '%s\n' "$2" >"$file"
-    echo "created the $1 connection in $file"
-  fi
-}
-demo_settings='"defaultTimezone": "America/New_York", "defaultCountry": "US"'
-demo_connection demo-hubspot "{\"crmType\": \"hubspot\", \"credentials\": {\"accessToken\": \"demo-hubspot-token\"},
-  \"settings\": {\"baseUrl\": \"http://127.0.0.1:4010\", $demo_settings}}"
-demo_connection demo-pipedrive "{\"crmType\": \"pipedrive\", \"credentials\": {\"apiToken\": \"demo-pipedrive-token\"},
-  \"settings\": {\"companyDomain\": \"crm-sync-demo\", \"baseUrl\": \"http://127.0.0.1:4012\", $demo_settings}}"
-demo_connection demo-freshsales "{\"crmType\": \"freshsales\", \"credentials\": {\"apiKey\": \"demo-freshsales-key\"},
-  \"settings\": {\"baseUrl\": \"http://127.0.0.1:4014\", $demo_settings}}"
-# The Salesforce emulator is both the login host and the instance; the first call refreshes the
-# session and writes the access token and instanceUrl back to the connection file.
-demo_connection demo-salesforce "{\"crmType\": \"salesforce\", \"credentials\": {\"clientId\": \"demo-salesforce-client\",
-  \"clientSecret\": \"demo-salesforce-secret\", \"refreshToken\": \"demo-salesforce-refresh-token\"},
-  \"settings\": {\"loginUrl\": \"http://127.0.0.1:4011\", $demo_settings}}"
-# Zoho: the emulator is both the accounts server and the API; the first call fetches an access token
-# and writes it (with its expiry) back to the connection file.
-demo_connection demo-zoho "{\"crmType\": \"zoho\", \"credentials\": {\"clientId\": \"1000.DEMOZOHOCLIENT\",
-  \"clientSecret\": \"demo-zoho-client-secret\", \"refreshToken\": \"1000.demo-zoho-refresh-token\"},
-  \"settings\": {\"accountsUrl\": \"http://127.0.0.1:4013\", \"baseUrl\": \"http://127.0.0.1:4013\",
-  \"defaultLeadCompany\": \"Walk-in\", $demo_settings}}"
-# Dynamics 365: the emulator is both Entra ID's token endpoint and the environment; the first call
-# asks for a token and writes it (with its expiry) back to the connection file.
-demo_connection demo-dynamics "{\"crmType\": \"dynamics\", \"credentials\": {\"clientId\": \"demo-dynamics-client\",
-  \"clientSecret\": \"demo-dynamics-secret\"}, \"settings\": {\"environmentUrl\": \"http://127.0.0.1:4015\",
-  \"tenantId\": \"demo-tenant.onmicrosoft.com\", \"authorityUrl\": \"http://127.0.0.1:4015\", $demo_settings}}"
-# SugarCRM: the first call logs in with the password grant and writes the tokens back.
-demo_connection demo-sugarcrm "{\"crmType\": \"sugarcrm\", \"credentials\": {\"username\": \"demo-sugar-user\",
-  \"password\": \"demo-sugar-password\"}, \"settings\": {\"instanceUrl\": \"http://127.0.0.1:4016\", $demo_settings}}"
+mkdir -p "$data_dir/records"
+demo_connections "$data_dir" 127.0.0.1:4010 127.0.0.1:4011 127.0.0.1:4012 127.0.0.1:4013 127.0.0.1:4014 \
+  127.0.0.1:4015 127.0.0.1:4016
 
 # Connect links: the OAuth apps the connect page signs in with (the emulators' clients), and the
 # page's and callback's addresses, which deployed come from API Gateway.

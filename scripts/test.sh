@@ -2,9 +2,10 @@
 # Every test of the workspace, on a fresh machine too: installs moto (the AWS emulator), cfn-lint,
 # the SAM CLI and openapi-spec-validator from PyPI if missing, validates openapi.yaml and the SAM
 # template, starts moto_server on a free loopback port, runs the tests, and stops moto whatever
-# happens; then runs the example n8n workflows in a real n8n (tests/n8n/run.sh, which installs its
-# pinned n8n from the npm registry once), and the connect page in headless Chromium
-# (tests/connect/run.sh, which installs Debian's chromium and chromium-driver once).
+# happens; then fuzzes the API against openapi.yaml with Schemathesis (tests/fuzz/run.sh, which
+# installs its pinned Schemathesis from PyPI once), runs the example n8n workflows in a real n8n
+# (tests/n8n/run.sh, which installs its pinned n8n from the npm registry once), and the connect page
+# in headless Chromium (tests/connect/run.sh, which installs Debian's chromium and chromium-driver once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/tools.sh
@@ -38,6 +39,8 @@ cargo test --workspace --locked 2>&1 | tee "$log"
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "workspace: %d passed, %d failed\n", p, f }' "$log"
+# The contract fuzzed: every answer as openapi.yaml says, valid requests accepted, invalid refused.
+tests/fuzz/run.sh
 # The n8n workflows in a real n8n, against the functions just tested (needs Node.js 20).
 tests/n8n/run.sh
 # The connect page in headless Chromium, against the same functions and the emulators.

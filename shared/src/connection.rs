@@ -39,7 +39,7 @@ pub struct ConnectionId(String);
 
 impl ConnectionId {
     pub fn parse(raw: &str) -> Result<Self> {
-        let id = raw.trim();
+        let id = raw;
         let ok = !id.is_empty()
             && id.len() <= 64
             && id
@@ -80,7 +80,11 @@ pub struct ConnectionSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_country: Option<String>,
     /// Length of appointments that give neither an end nor a duration.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole_number"
+    )]
     pub default_appointment_minutes: Option<i64>,
     /// Per entity (`contact`, `lead`, `appointment`): our field name -> the CRM's property name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -88,6 +92,25 @@ pub struct ConnectionSettings {
     /// Anything CRM-specific (e.g. a lead company placeholder), read by that CRM's adapter.
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
+}
+
+/// A whole number as JSON Schema's `integer` has it: `30`, or `30.0`.
+fn whole_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Option<i64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    number
+        .as_i64()
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= i64::MIN as f64 && *f < i64::MAX as f64)
+                .map(|f| f as i64)
+        })
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom(format!("{number} is not a whole number")))
 }
 
 impl ConnectionSettings {

@@ -307,6 +307,12 @@ impl Default for ValidationDefaults {
     }
 }
 
+/// The surrounding white space a text field ignores: ASCII's (space, tab, line breaks, form
+/// feed), which a JSON Schema pattern can name exactly.
+fn trim_text(text: &str) -> &str {
+    text.trim_matches(|c: char| c.is_ascii_whitespace())
+}
+
 /// A JSON object read field by field, so each error names the field as the caller spelled it.
 pub struct Fields<'a> {
     prefix: String,
@@ -341,41 +347,85 @@ impl<'a> Fields<'a> {
         self.map.get(key).is_some_and(|v| !v.is_null())
     }
 
-    /// The first of `keys` that is present, with the key it was found under.
-    pub fn first_present(&self, keys: &[&'static str]) -> Option<(&'static str, &'a Value)> {
-        keys.iter()
-            .find_map(|k| self.map.get(*k).filter(|v| !v.is_null()).map(|v| (*k, v)))
+    /// The value of `key` as sent, `null` included.
+    pub fn raw(&self, key: &str) -> Option<&'a Value> {
+        self.map.get(key)
     }
 
-    /// The first of `keys` holding text, trimmed. Empty strings count as absent, and so do the
-    /// texts `undefined` and `null`, which n8n's string interpolation (`"{{ $json.email }}"`)
-    /// makes of a missing value. Numbers are accepted as their text.
+    /// The value of `key`, `null` counting as absent.
+    pub fn value(&self, key: &str) -> Option<&'a Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    /// Every one of `keys` that is present (not null), in order, with the key it was found under.
+    pub fn present(&self, keys: &[&'static str]) -> Vec<(&'static str, &'a Value)> {
+        keys.iter()
+            .filter_map(|k| self.value(k).map(|v| (*k, v)))
+            .collect()
+    }
+
+    /// The first of `keys` holding text, trimmed; every one of them is checked. Empty strings
+    /// count as absent, and so do the texts `undefined` and `null`, which n8n's string
+    /// interpolation (`"{{ $json.email }}"`) makes of a missing value. Numbers are accepted as
+    /// their text.
     pub fn text(&self, keys: &[&'static str]) -> Result<Option<(&'static str, String)>> {
-        for key in keys {
-            match self.map.get(*key) {
-                None | Some(Value::Null) => {}
-                Some(Value::String(s)) => {
-                    let s = s.trim();
+        Ok(self.texts(keys)?.into_iter().next())
+    }
+
+    /// Every one of `keys` holding text, as `text` reads each, in order.
+    pub fn texts(&self, keys: &[&'static str]) -> Result<Vec<(&'static str, String)>> {
+        self.read_texts(keys, true)
+    }
+
+    /// As `texts`, but a number is refused: for values a number cannot carry (a phone's `+`
+    /// and leading zeros).
+    pub fn strings(&self, keys: &[&'static str]) -> Result<Vec<(&'static str, String)>> {
+        self.read_texts(keys, false)
+    }
+
+    fn read_texts(
+        &self,
+        keys: &[&'static str],
+        numbers: bool,
+    ) -> Result<Vec<(&'static str, String)>> {
+        let mut found = Vec::new();
+        for (key, value) in self.present(keys) {
+            match value {
+                Value::String(s) => {
+                    let s = trim_text(s);
                     if !(s.is_empty() || s == "undefined" || s == "null") {
-                        return Ok(Some((key, s.to_string())));
+                        found.push((key, s.to_string()));
                     }
                 }
-                Some(Value::Number(n)) => return Ok(Some((key, n.to_string()))),
-                Some(_) => return Err(Error::validation(self.path(key), "must be a string")),
+                Value::Number(n) if numbers => found.push((key, n.to_string())),
+                _ => {
+                    let message = if numbers {
+                        "must be a string (or a number)"
+                    } else {
+                        "must be a string"
+                    };
+                    return Err(Error::validation(self.path(key), message));
+                }
             }
         }
-        Ok(None)
+        Ok(found)
     }
 
     pub fn string(&self, keys: &[&'static str]) -> Result<Option<String>> {
         Ok(self.text(keys)?.map(|(_, v)| v))
     }
 
+    /// The object under the first of `keys` that is present.
     pub fn child(&self, keys: &[&'static str]) -> Result<Option<Fields<'a>>> {
-        match self.first_present(keys) {
-            None => Ok(None),
-            Some((key, value)) => Fields::new(self.path(key), value).map(Some),
-        }
+        Ok(self.children(keys)?.into_iter().next())
+    }
+
+    /// The object under each of `keys` that is present, in order; each must be an object.
+    pub fn children(&self, keys: &[&'static str]) -> Result<Vec<Fields<'a>>> {
+        self.present(keys)
+            .into_iter()
+            .map(|(key, value)| Fields::new(self.path(key), value))
+            .collect()
     }
 }
 
@@ -383,40 +433,13 @@ impl<'a> Fields<'a> {
 /// also name the person `name`/`customerName` (split into first and last name) and send
 /// `customerEmail`/`customerPhone`.
 pub fn parse_customer(fields: &Fields<'_>, defaults: &ValidationDefaults) -> Result<Customer> {
-    let email = match fields.text(&["email", "customerEmail"])? {
-        Some((key, raw)) => {
-            Some(Email::parse(&raw).map_err(|m| Error::validation(fields.path(key), m))?)
-        }
-        None => None,
-    };
-    let phone = match fields.text(&["phone", "phoneNumber", "mobile", "customerPhone"])? {
-        Some((key, raw)) => Some(
-            E164Phone::parse(&raw, &defaults.country)
-                .map_err(|m| Error::validation(fields.path(key), m))?,
-        ),
-        None => None,
-    };
-    let (mut first_name, mut last_name) = (
-        fields.string(&["firstName"])?,
-        fields.string(&["lastName"])?,
-    );
-    if first_name.is_none() && last_name.is_none() {
-        (first_name, last_name) = match fields.string(&["name", "fullName", "customerName"])? {
-            Some(full) => split_name(&full),
-            None => (None, None),
-        };
-    }
-    let customer = Customer {
-        first_name,
-        last_name,
-        email,
-        phone,
-        address: fields.string(&["address"])?,
-        city: fields.string(&["city"])?,
-        state: fields.string(&["state"])?,
-        zip_code: fields.string(&["zipCode", "postalCode"])?,
-        country: fields.string(&["country"])?,
-    };
+    let customer = read_customer(fields, defaults)?;
+    require_contact(fields, &customer)?;
+    Ok(customer)
+}
+
+/// A customer must be findable in the CRM: an email or a phone.
+fn require_contact(fields: &Fields<'_>, customer: &Customer) -> Result<()> {
     if customer.email.is_none() && customer.phone.is_none() {
         // Name the field in the caller's own vocabulary.
         let key = if fields.has("customerName") || fields.has("customerPhone") {
@@ -429,23 +452,77 @@ pub fn parse_customer(fields: &Fields<'_>, defaults: &ValidationDefaults) -> Res
             "an email or a phone is required to match the customer in the CRM",
         ));
     }
-    Ok(customer)
+    Ok(())
+}
+
+/// Every field checked (each alias too), the first given of each kind used; an email or a phone
+/// is not required here.
+fn read_customer(fields: &Fields<'_>, defaults: &ValidationDefaults) -> Result<Customer> {
+    let mut email = None;
+    for (key, raw) in fields.texts(&["email", "customerEmail"])? {
+        let parsed = Email::parse(&raw).map_err(|m| Error::validation(fields.path(key), m))?;
+        email.get_or_insert(parsed);
+    }
+    let mut phone = None;
+    for (key, raw) in fields.strings(&["phone", "phoneNumber", "mobile", "customerPhone"])? {
+        let parsed = E164Phone::parse(&raw, &defaults.country)
+            .map_err(|m| Error::validation(fields.path(key), m))?;
+        phone.get_or_insert(parsed);
+    }
+    let (mut first_name, mut last_name) = (
+        fields.string(&["firstName"])?,
+        fields.string(&["lastName"])?,
+    );
+    let full_name = fields.string(&["name", "fullName", "customerName"])?;
+    if first_name.is_none() && last_name.is_none() {
+        (first_name, last_name) = match full_name {
+            Some(full) => split_name(&full),
+            None => (None, None),
+        };
+    }
+    Ok(Customer {
+        first_name,
+        last_name,
+        email,
+        phone,
+        address: fields.string(&["address"])?,
+        city: fields.string(&["city"])?,
+        state: fields.string(&["state"])?,
+        zip_code: fields.string(&["zipCode", "postalCode"])?,
+        country: fields.string(&["country"])?,
+    })
 }
 
 /// The customer the earlier service's n8n workflow sends inside its appointment
-/// (`customerName`, `customerPhone`, `customerEmail`); `None` when the appointment names none.
+/// (`customerName`, `customerPhone`, `customerEmail`), checked whenever given. `None` when the
+/// appointment names none; `needed` says whether it is the appointment's only customer, which
+/// must then have an email or a phone.
 pub fn parse_appointment_customer(
     fields: &Fields<'_>,
     defaults: &ValidationDefaults,
+    needed: bool,
 ) -> Result<Option<Customer>> {
-    let named = fields
-        .text(&["customerName", "customerPhone", "customerEmail"])?
-        .is_some();
-    if named {
-        parse_customer(fields, defaults).map(Some)
-    } else {
-        Ok(None)
+    const FLAT: [&str; 3] = ["customerName", "customerPhone", "customerEmail"];
+    // Only these three: the appointment's other fields (its `notes`, `location`…) are not the
+    // customer's.
+    let picked: Map<String, Value> = fields
+        .map
+        .iter()
+        .filter(|(k, _)| FLAT.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let flat = Fields {
+        prefix: fields.prefix.clone(),
+        map: &picked,
+    };
+    if flat.text(&FLAT)?.is_none() {
+        return Ok(None);
     }
+    let customer = read_customer(&flat, defaults)?;
+    if needed {
+        require_contact(&flat, &customer)?;
+    }
+    Ok(Some(customer))
 }
 
 /// "John Doe" is first name John, last name Doe; "Juan de la Cruz" is Juan and "de la Cruz"; a
@@ -468,62 +545,75 @@ pub fn parse_lead(fields: &Fields<'_>, defaults: &ValidationDefaults) -> Result<
     })
 }
 
+/// The longest appointment, in minutes: 14 days.
+const MAX_APPOINTMENT_MINUTES: i64 = 14 * 24 * 60;
+
 /// Reads an appointment. `start`/`startTime` is RFC 3339 with an offset (an instant), or a wall
 /// time without offset that is read in `timezone`; epoch milliseconds are accepted too. The
 /// earlier service's workflow names the start `appointmentDate`, the title `serviceType` and the
-/// booking id `id`.
+/// booking id `id`. Every alias given is checked; the first given is used.
 pub fn parse_appointment(
     fields: &Fields<'_>,
     defaults: &ValidationDefaults,
 ) -> Result<Appointment> {
-    let timezone = match fields.text(&["timezone", "timeZone"])? {
-        Some((key, name)) => Tz::from_str(&name).map_err(|_| {
+    let mut timezone = None;
+    for (key, name) in fields.texts(&["timezone", "timeZone"])? {
+        let zone = Tz::from_str(&name).map_err(|_| {
             Error::validation(
                 fields.path(key),
                 format!("'{name}' is not an IANA time zone such as America/New_York"),
             )
-        })?,
-        None => defaults.timezone,
+        })?;
+        timezone.get_or_insert(zone);
+    }
+    let timezone = timezone.unwrap_or(defaults.timezone);
+    let instants = |keys: &[&'static str]| -> Result<Vec<(&'static str, DateTime<Utc>)>> {
+        fields
+            .present(keys)
+            .into_iter()
+            .map(|(key, value)| {
+                parse_instant(value, timezone)
+                    .map(|instant| (key, instant))
+                    .map_err(|m| Error::validation(fields.path(key), m))
+            })
+            .collect()
     };
-    let (start_key, start_value) = fields
-        .first_present(&["start", "startTime", "appointmentDate"])
+    let start = instants(&["start", "startTime", "appointmentDate"])?
+        .into_iter()
+        .next()
+        .map(|(_, start)| start)
         .ok_or_else(|| {
             Error::validation(
                 fields.path("start"),
                 "the appointment's start time is required",
             )
         })?;
-    let start = parse_instant(start_value, timezone)
-        .map_err(|m| Error::validation(fields.path(start_key), m))?;
-    let given_end = match fields.first_present(&["end", "endTime"]) {
-        Some((key, value)) => Some((
-            key,
-            parse_instant(value, timezone).map_err(|m| Error::validation(fields.path(key), m))?,
-        )),
-        None => None,
-    };
+    let given_end = instants(&["end", "endTime"])?.into_iter().next();
+    let mut duration = None;
+    for (key, value) in fields.present(&["durationMinutes", "duration"]) {
+        let minutes = match value {
+            Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+                s.parse().ok()
+            }
+            Value::String(_) => None,
+            other => whole_number(other),
+        }
+        .filter(|m| (1..=MAX_APPOINTMENT_MINUTES).contains(m))
+        .ok_or_else(|| {
+            Error::validation(
+                fields.path(key),
+                "must be a whole number of minutes between 1 and 20160",
+            )
+        })?;
+        duration.get_or_insert(minutes);
+    }
     // The earlier service's docs send the booking date as both start and end: no duration given.
     let (end_field, end) = match given_end.filter(|(_, end)| *end != start) {
         Some(given) => given,
-        None => {
-            let minutes = match fields.first_present(&["durationMinutes", "duration"]) {
-                None => defaults.appointment_minutes,
-                Some((key, value)) => value
-                    .as_i64()
-                    .or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()))
-                    .filter(|m| (1..=14 * 24 * 60).contains(m))
-                    .ok_or_else(|| {
-                        Error::validation(
-                            fields.path(key),
-                            "must be a whole number of minutes between 1 and 20160",
-                        )
-                    })?,
-            };
-            (
-                "durationMinutes",
-                start + chrono::Duration::minutes(minutes),
-            )
-        }
+        None => (
+            "durationMinutes",
+            start + chrono::Duration::minutes(duration.unwrap_or(defaults.appointment_minutes)),
+        ),
     };
     let window = AppointmentWindow::new(start, end)
         .map_err(|m| Error::validation(fields.path(end_field), m))?;
@@ -553,15 +643,33 @@ pub fn parse_appointment(
     })
 }
 
+/// A JSON number with no fraction (`30` or `30.0`, as JSON Schema's `integer` has it).
+fn whole_number(value: &Value) -> Option<i64> {
+    value.as_i64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+            .map(|f| f as i64)
+    })
+}
+
+/// The instants RFC 3339 can write, years 0001 to 9999, as epoch milliseconds.
+const EARLIEST_MILLIS: i64 = -62_135_596_800_000;
+const LATEST_MILLIS: i64 = 253_402_300_799_999;
+
 fn parse_instant(value: &Value, zone: Tz) -> std::result::Result<DateTime<Utc>, String> {
-    if let Some(ms) = value.as_i64() {
-        return DateTime::from_timestamp_millis(ms)
-            .ok_or_else(|| "epoch milliseconds out of range".to_string());
+    if value.is_number() {
+        return whole_number(value)
+            .filter(|ms| (EARLIEST_MILLIS..=LATEST_MILLIS).contains(ms))
+            .and_then(DateTime::from_timestamp_millis)
+            .ok_or_else(|| {
+                "epoch milliseconds must be a whole number between years 0001 and 9999".to_string()
+            });
     }
     let raw = value
         .as_str()
-        .ok_or("must be an ISO 8601 date-time string")?
-        .trim();
+        .ok_or("must be an ISO 8601 date-time string")?;
+    let raw = trim_text(raw);
     if let Ok(instant) = DateTime::parse_from_rfc3339(raw) {
         return Ok(instant.with_timezone(&Utc));
     }
@@ -745,7 +853,7 @@ mod tests {
         );
         assert_eq!(appt.window.duration_minutes(), 30);
         assert_eq!(appt.status, AppointmentStatus::Scheduled);
-        let customer = parse_appointment_customer(&fields, &defaults("UTC"))
+        let customer = parse_appointment_customer(&fields, &defaults("UTC"), true)
             .unwrap()
             .unwrap();
         assert_eq!(customer.first_name.as_deref(), Some("John"));
@@ -759,13 +867,14 @@ mod tests {
         let body = json!({"startTime": "2025-07-01T10:00:00Z", "customerName": "undefined"});
         let fields = Fields::new("appointmentData", &body).unwrap();
         assert_eq!(
-            parse_appointment_customer(&fields, &defaults("UTC")).unwrap(),
+            parse_appointment_customer(&fields, &defaults("UTC"), true).unwrap(),
             None
         );
         let nameless = json!({"customerName": "John Doe", "customerEmail": "undefined"});
         let err = parse_appointment_customer(
             &Fields::new("appointmentData", &nameless).unwrap(),
             &defaults("UTC"),
+            true,
         )
         .unwrap_err();
         assert_eq!(err.field(), Some("appointmentData.customerPhone"));

@@ -10,8 +10,9 @@ use serde_json::{Value, json};
 use tracing::Instrument;
 
 use crate::config::Config;
+use crate::domain::{Customer, Lead};
 use crate::error::Error;
-use crate::sync::{App, Failure};
+use crate::sync::{App, AppointmentPayload, BatchRequest, Failure, Prepared};
 
 /// The operations of the API, one per function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,38 +94,138 @@ pub async fn handle(
 ) -> Result<Response<Body>, std::convert::Infallible> {
     // The runtime's own span carries the Lambda request id; this one adds the operation.
     let span = tracing::info_span!("request", operation = operation.name());
-    let response = match (
-        admit(app, operation, &request),
-        request.headers().get(crate::idempotency::HEADER),
-    ) {
-        (Err(error), _) => error_response(&error.into()),
-        (Ok(()), Some(key)) if operation.is_sync() => {
-            respond_once(app, operation, &request, key.as_bytes())
-                .instrument(span.clone())
-                .await
-        }
-        (Ok(()), _) => {
-            respond(app, operation, &request)
-                .instrument(span.clone())
-                .await
-        }
+    let response = match admit(app, operation, &request) {
+        Err(error) => error_response(&error.into()),
+        Ok(()) => respond(app, operation, &request).instrument(span).await,
     };
     Ok(response)
 }
 
+/// A sync request read and checked against its connection, ready to run.
+enum PreparedSync {
+    Customer(Prepared<Customer>),
+    Lead(Prepared<Lead>),
+    Appointment(Prepared<AppointmentPayload>),
+    Batch(Prepared<BatchRequest>),
+}
+
 async fn respond(app: &App, operation: Operation, request: &Request) -> Response<Body> {
-    match dispatch(app, operation, request).await {
-        Ok((status, body)) => json_response(status, &body),
-        Err(failure) if operation.may_respond_async() && prefers_async(request) => {
-            queued_response(&failure).unwrap_or_else(|| error_response(&failure))
+    let to_json = |v: &dyn erased::Json| v.to_value();
+    match operation {
+        Operation::Platforms => json_response(StatusCode::OK, &crate::sync::platforms()),
+        Operation::GetCustomer => {
+            let found = app.get_customer(&query_object(request)).await;
+            answer(found.map(|customer| (StatusCode::OK, json!({ "customer": customer }))))
         }
-        Err(failure) => {
-            if failure.error.status() >= 500 {
-                tracing::warn!(code = failure.error.code(), error = %failure.error, "request failed");
+        Operation::TestConnection => {
+            let verdict = async { app.test_connection(&body_json(request)?).await }.await;
+            answer(verdict.map(|v| (StatusCode::OK, to_json(&v))))
+        }
+        Operation::SyncRecords => {
+            let records = app.sync_records(&query_object(request)).await;
+            answer(records.map(|r| (StatusCode::OK, to_json(&r))))
+        }
+        Operation::ReplaySyncRecords => {
+            let replayed = async { app.replay_records(&body_json(request)?).await }.await;
+            answer(replayed.map(|r| (StatusCode::OK, to_json(&r))))
+        }
+        Operation::SyncCustomer => {
+            respond_sync(app, operation, request, async |body| {
+                app.prepare_customer(body).await.map(PreparedSync::Customer)
+            })
+            .await
+        }
+        Operation::SyncLead => {
+            respond_sync(app, operation, request, async |body| {
+                app.prepare_lead(body).await.map(PreparedSync::Lead)
+            })
+            .await
+        }
+        Operation::SyncAppointment => {
+            respond_sync(app, operation, request, async |body| {
+                app.prepare_appointment(body)
+                    .await
+                    .map(PreparedSync::Appointment)
+            })
+            .await
+        }
+        Operation::SyncBatch => {
+            let limit_bytes = crate::sync::MAX_BATCH_BYTES;
+            if request.body().len() > limit_bytes {
+                return failed(Error::PayloadTooLarge { limit_bytes }.into());
             }
-            error_response(&failure)
+            respond_sync(app, operation, request, async |body| {
+                app.prepare_batch(body).await.map(PreparedSync::Batch)
+            })
+            .await
         }
     }
+}
+
+/// A sync request is read and checked (its `Idempotency-Key` too) before it runs, so a malformed
+/// one is refused and claims no key; then it runs, once per key when it carries one.
+async fn respond_sync(
+    app: &App,
+    operation: Operation,
+    request: &Request,
+    prepare: impl AsyncFnOnce(&Value) -> Result<PreparedSync, Error>,
+) -> Response<Body> {
+    let prepared = async {
+        let key = match request.headers().get(crate::idempotency::HEADER) {
+            Some(raw) => Some(crate::idempotency::parse_key(raw.as_bytes())?),
+            None => None,
+        };
+        Ok::<_, Error>((key, prepare(&body_json(request)?).await?))
+    };
+    match prepared.await {
+        Err(error) => failed(error.into()),
+        Ok((Some(key), prepared)) => respond_once(app, operation, request, key, prepared).await,
+        Ok((None, prepared)) => answer_sync(operation, request, run(app, prepared).await),
+    }
+}
+
+async fn run(app: &App, prepared: PreparedSync) -> Result<(StatusCode, Value), Failure> {
+    // Workflows written for the earlier Node.js service read `success`; errors say `false`.
+    let synced = |v: &dyn erased::Json| {
+        let mut body = v.to_value();
+        body["success"] = json!(true);
+        body
+    };
+    Ok(match prepared {
+        PreparedSync::Customer(p) => (StatusCode::OK, synced(&app.run_customer(p).await?)),
+        PreparedSync::Lead(p) => (StatusCode::OK, synced(&app.run_lead(p).await?)),
+        PreparedSync::Appointment(p) => (StatusCode::OK, synced(&app.run_appointment(p).await?)),
+        PreparedSync::Batch(p) => (StatusCode::ACCEPTED, synced(&app.run_batch(p).await?)),
+    })
+}
+
+/// A sync's answer; a single sync the CRM could not take now is 202 `queued` instead of an
+/// error when the caller prefers that (`Prefer: respond-async`).
+fn answer_sync(
+    operation: Operation,
+    request: &Request,
+    result: Result<(StatusCode, Value), Failure>,
+) -> Response<Body> {
+    match result {
+        Err(failure) if operation.may_respond_async() && prefers_async(request) => {
+            queued_response(&failure).unwrap_or_else(|| failed(failure))
+        }
+        result => answer(result),
+    }
+}
+
+fn answer(result: Result<(StatusCode, Value), impl Into<Failure>>) -> Response<Body> {
+    match result {
+        Ok((status, body)) => json_response(status, &body),
+        Err(failure) => failed(failure.into()),
+    }
+}
+
+fn failed(failure: Failure) -> Response<Body> {
+    if failure.error.status() >= 500 {
+        tracing::warn!(code = failure.error.code(), error = %failure.error, "request failed");
+    }
+    error_response(&failure)
 }
 
 /// A sync request with an `Idempotency-Key`: answered from the stored response when the same
@@ -133,12 +234,13 @@ async fn respond_once(
     app: &App,
     operation: Operation,
     request: &Request,
-    raw_key: &[u8],
+    key: String,
+    prepared: PreparedSync,
 ) -> Response<Body> {
     use crate::idempotency::{self, Claim};
     // Admitted first (`handle`): only a caller with the API key reads what a key stored.
     let claim = async {
-        let key = format!("{}#{}", operation.name(), idempotency::parse_key(raw_key)?);
+        let key = format!("{}#{}", operation.name(), key);
         let hash = idempotency::request_hash(operation.name(), request.body().as_ref());
         idempotency::claim(
             app.records.as_ref(),
@@ -160,7 +262,7 @@ async fn respond_once(
             response
         }
         Ok(Claim::Run(claimed)) => {
-            let response = respond(app, operation, request).await;
+            let response = answer_sync(operation, request, run(app, prepared).await);
             let body: Value =
                 serde_json::from_slice(response.body().as_ref()).unwrap_or(Value::Null);
             idempotency::finish(
@@ -201,61 +303,6 @@ pub async fn handle_platforms(
     })
 }
 
-async fn dispatch(
-    app: &App,
-    operation: Operation,
-    request: &Request,
-) -> Result<(StatusCode, Value), Failure> {
-    let to_json = |v: &dyn erased::Json| v.to_value();
-    // Workflows written for the earlier Node.js service read `success`; errors say `false`.
-    let synced = |v: &dyn erased::Json| {
-        let mut body = v.to_value();
-        body["success"] = json!(true);
-        body
-    };
-    match operation {
-        Operation::Platforms => Ok((StatusCode::OK, crate::sync::platforms())),
-        Operation::GetCustomer => {
-            let customer = app.get_customer(&query_object(request)).await?;
-            Ok((StatusCode::OK, json!({ "customer": customer })))
-        }
-        Operation::TestConnection => Ok((
-            StatusCode::OK,
-            to_json(&app.test_connection(&body_json(request)?).await?),
-        )),
-        Operation::SyncCustomer => Ok((
-            StatusCode::OK,
-            synced(&app.sync_customer(&body_json(request)?).await?),
-        )),
-        Operation::SyncLead => Ok((
-            StatusCode::OK,
-            synced(&app.sync_lead(&body_json(request)?).await?),
-        )),
-        Operation::SyncAppointment => Ok((
-            StatusCode::OK,
-            synced(&app.sync_appointment(&body_json(request)?).await?),
-        )),
-        Operation::SyncBatch => {
-            let limit_bytes = crate::sync::MAX_BATCH_BYTES;
-            if request.body().len() > limit_bytes {
-                return Err(Error::PayloadTooLarge { limit_bytes }.into());
-            }
-            Ok((
-                StatusCode::ACCEPTED,
-                synced(&app.sync_batch(&body_json(request)?).await?),
-            ))
-        }
-        Operation::SyncRecords => Ok((
-            StatusCode::OK,
-            to_json(&app.sync_records(&query_object(request)).await?),
-        )),
-        Operation::ReplaySyncRecords => Ok((
-            StatusCode::OK,
-            to_json(&app.replay_records(&body_json(request)?).await?),
-        )),
-    }
-}
-
 /// Whether the request asks for an asynchronous answer (RFC 7240 `Prefer: respond-async`).
 fn prefers_async(request: &Request) -> bool {
     request
@@ -293,7 +340,7 @@ fn queued_response(failure: &Failure) -> Option<Response<Body>> {
 }
 
 mod erased {
-    /// Lets `dispatch` serialise each operation's response type the same way.
+    /// Lets `respond` serialise each operation's response type the same way.
     pub trait Json {
         fn to_value(&self) -> serde_json::Value;
     }

@@ -1,8 +1,8 @@
 //! crm-sync: push customers, leads and appointments from a voice-AI booking assistant into CRMs.
 //!
 //! The domain (`domain`), the ports and their implementations (`store`, `crm`), the operations
-//! (`sync`), the CRM accounts' shared rate budgets (`budget`) and the HTTP edge every Lambda
-//! function shares (`http`).
+//! (`sync`) and what they read from a request (`requests`), the CRM accounts' shared rate budgets
+//! (`budget`) and the HTTP edge every Lambda function shares (`http`).
 
 pub mod budget;
 pub mod config;
@@ -13,6 +13,7 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod idempotency;
+pub mod requests;
 pub mod store;
 pub mod sync;
 pub mod telemetry;

@@ -7,5 +7,6 @@ pub mod budget_suite;
 pub mod conformance;
 pub mod contract;
 pub mod emulator;
+pub mod gateway;
 pub mod harness;
 pub mod store_suite;

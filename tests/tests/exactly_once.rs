@@ -113,13 +113,24 @@ async fn a_malformed_key_is_a_clear_400() {
 }
 
 #[tokio::test]
-async fn a_validation_error_is_stored_and_a_transient_failure_frees_the_key() {
+async fn a_malformed_request_claims_no_key_and_a_transient_failure_frees_it() {
     let (app, hubspot, _dir) = app_with_hubspot().await;
     let bad = json!({"connectionId": "demo", "customer": {"email": "not-an-email"}});
     let (status, _, _) = call(&app, &bad, Some("bad-1")).await;
     assert_eq!(status, 400);
     let (status, _, replayed) = call(&app, &bad, Some("bad-1")).await;
-    assert_eq!((status, replayed.as_deref()), (400, Some("true")));
+    assert_eq!(
+        (status, replayed),
+        (400, None),
+        "refused again, not replayed"
+    );
+    let (status, answer, replayed) =
+        call(&app, &customer("fixed@example.com"), Some("bad-1")).await;
+    assert_eq!(
+        (status, replayed),
+        (200, None),
+        "the corrected request may use the key: {answer}"
+    );
 
     hubspot
         .server

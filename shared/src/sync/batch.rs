@@ -11,7 +11,9 @@ use futures_util::{StreamExt, stream};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{App, Target, parse_appointment_request, parse_customer_request, parse_lead_request};
+use super::{
+    App, Prepared, Target, parse_appointment_request, parse_customer_request, parse_lead_request,
+};
 use crate::domain::{CrmType, Fields};
 use crate::error::{Error, Result};
 use crate::idempotency::{self, Claim};
@@ -90,38 +92,36 @@ struct QueuedWork {
 impl App {
     /// `POST sync-batch`.
     pub async fn sync_batch(&self, body: &Value) -> Result<BatchAccepted> {
+        let prepared = self.prepare_batch(body).await?;
+        self.run_batch(prepared).await
+    }
+
+    /// Reads a batch and checks it against the connection it names; nothing is claimed or
+    /// written. The batch's own shape is checked before the connection is looked up, so a
+    /// malformed batch is a 400 whether or not its connection exists; items are checked one by
+    /// one when it runs, and answered one by one.
+    pub async fn prepare_batch(&self, body: &Value) -> Result<Prepared<BatchRequest>> {
         let fields = Fields::new("", body)?;
-        let target = self.target(&fields).await?;
-        let items = match fields.first_present(&["items"]) {
-            Some((_, Value::Array(items))) if !items.is_empty() => items,
-            Some((_, Value::Array(_))) | None => {
-                return Err(Error::validation(
-                    "items",
-                    "is required: an array of 1 to 500 items",
-                ));
-            }
-            Some(_) => return Err(Error::validation("items", "must be an array")),
-        };
-        if items.len() > MAX_BATCH_ITEMS {
-            return Err(Error::validation(
-                "items",
-                format!(
-                    "holds {} items; a batch holds at most {MAX_BATCH_ITEMS}: send the rest in another batch",
-                    items.len()
-                ),
-            ));
-        }
-        let given_id = fields.string(&["batchId"])?;
-        let batch_id = match &given_id {
-            Some(id) => parse_batch_id(id)?,
-            None => uuid::Uuid::new_v4().to_string(),
-        };
+        self.prepare(&fields, |_| read_batch(&fields, body)).await
+    }
+
+    pub async fn run_batch(&self, prepared: Prepared<BatchRequest>) -> Result<BatchAccepted> {
+        let Prepared {
+            target,
+            request:
+                BatchRequest {
+                    items,
+                    given_id,
+                    batch_id,
+                    hash,
+                },
+        } = prepared;
+        let items = &items[..];
         // A batch id the caller chose may come again: the first answer is the answer.
         let claimed = match given_id {
             None => None,
             Some(_) => {
                 let key = format!("sync-batch#{}#{batch_id}", target.connection_id.as_str());
-                let hash = idempotency::request_hash("sync-batch", body.to_string().as_bytes());
                 match idempotency::claim(
                     self.records.as_ref(),
                     key,
@@ -327,7 +327,7 @@ impl App {
 }
 
 /// A batch id as callers may choose it: 1 to 128 letters, digits and `._:-`.
-fn parse_batch_id(raw: &str) -> Result<String> {
+pub(super) fn parse_batch_id(raw: &str) -> Result<String> {
     let valid = (1..=128).contains(&raw.len())
         && raw
             .chars()
@@ -340,6 +340,55 @@ fn parse_batch_id(raw: &str) -> Result<String> {
             "must be 1 to 128 letters, digits, '.', '_', ':' or '-'",
         ))
     }
+}
+
+/// A batch read, its items not yet checked.
+pub struct BatchRequest {
+    items: Vec<Value>,
+    /// The batch id the caller gave, which makes the batch idempotent.
+    given_id: Option<String>,
+    batch_id: String,
+    /// What a batch id given again must match.
+    hash: String,
+}
+
+/// What a batch holds beside its items' contents: the items (1 to 500) and its batch id.
+fn read_batch(fields: &Fields<'_>, body: &Value) -> Result<BatchRequest> {
+    let items = match fields.value("items") {
+        Some(Value::Array(items)) if !items.is_empty() => items,
+        Some(Value::Array(_)) | None => {
+            return Err(Error::validation(
+                "items",
+                "is required: an array of 1 to 500 items",
+            ));
+        }
+        Some(_) => return Err(Error::validation("items", "must be an array")),
+    };
+    if items.len() > MAX_BATCH_ITEMS {
+        return Err(Error::validation(
+            "items",
+            format!(
+                "holds {} items; a batch holds at most {MAX_BATCH_ITEMS}: send the rest in another batch",
+                items.len()
+            ),
+        ));
+    }
+    // A batch id is text a caller chose; a number is not one.
+    let given_id = fields
+        .strings(&["batchId"])?
+        .into_iter()
+        .next()
+        .map(|(_, id)| id);
+    let batch_id = match &given_id {
+        Some(id) => parse_batch_id(id)?,
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    Ok(BatchRequest {
+        items: items.clone(),
+        given_id,
+        batch_id,
+        hash: idempotency::request_hash("sync-batch", body.to_string().as_bytes()),
+    })
 }
 
 /// One item read as its single endpoint reads its body: the entity, its source key and the

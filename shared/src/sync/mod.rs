@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::config::{Config, StoreKind};
-use crate::connection::{Connection, ConnectionId, ConnectionSettings, SecretString};
+use crate::connection::{Connection, ConnectionId};
 use crate::crm::{
     self, AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, CrmHttp, NotStored,
     Outcome, Upserted, WritePlan,
@@ -18,6 +18,10 @@ use crate::domain::{
     self, Appointment, CrmType, Customer, E164Phone, Email, Fields, Lead, ValidationDefaults,
 };
 use crate::error::{Error, Result};
+use crate::requests::{
+    check_claim, claimed_crm_type, connection_id, inline_connection, read_appointment_request,
+    read_lookup,
+};
 use crate::store::{
     ConnectionStore, EntityKind, RecordKey, SyncRecord, SyncRecordStore, SyncStatus, WriteOutcome,
     sha256_hex,
@@ -45,7 +49,7 @@ mod batch;
 mod drain;
 mod records;
 
-pub use batch::{BatchAccepted, MAX_BATCH_BYTES, MAX_BATCH_ITEMS};
+pub use batch::{BatchAccepted, BatchRequest, MAX_BATCH_BYTES, MAX_BATCH_ITEMS};
 pub use drain::{DrainSummary, TimeBudget};
 pub use records::{RecordsAnswer, ReplayAnswer};
 
@@ -127,12 +131,19 @@ pub struct TestConnectionError {
 /// The stored form of an appointment sync: all it needs to run again.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct AppointmentPayload {
-    appointment: Appointment,
+pub struct AppointmentPayload {
+    pub(crate) appointment: Appointment,
     #[serde(skip_serializing_if = "Option::is_none")]
-    customer: Option<Customer>,
+    pub(crate) customer: Option<Customer>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    customer_id: Option<String>,
+    pub(crate) customer_id: Option<String>,
+}
+
+/// A sync request read and checked against the connection it names, not yet run: everything
+/// that can refuse it as malformed has run, nothing has been claimed or written.
+pub struct Prepared<T> {
+    target: Target,
+    request: T,
 }
 
 impl AppointmentPayload {
@@ -159,22 +170,32 @@ impl AppointmentPayload {
     }
 }
 
-/// The customer of a `sync-customer` body (or a batch item shaped like one).
+/// The customer of a `sync-customer` body (or a batch item shaped like one). Every alias given is
+/// checked; the first is used.
 fn parse_customer_request(fields: &Fields<'_>, defaults: &ValidationDefaults) -> Result<Customer> {
-    let customer_fields = fields
-        .child(&["customer", "customerData"])?
-        .ok_or_else(|| {
-            Error::validation(fields.path("customer"), "is required (or customerData)")
-        })?;
-    domain::parse_customer(&customer_fields, defaults)
+    let mut customers = fields
+        .children(&["customer", "customerData"])?
+        .iter()
+        .map(|customer| domain::parse_customer(customer, defaults))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter();
+    customers
+        .next()
+        .ok_or_else(|| Error::validation(fields.path("customer"), "is required (or customerData)"))
 }
 
-/// The lead of a `sync-lead` body (or a batch item shaped like one).
+/// The lead of a `sync-lead` body (or a batch item shaped like one). Every alias given is
+/// checked; the first is used.
 fn parse_lead_request(fields: &Fields<'_>, defaults: &ValidationDefaults) -> Result<Lead> {
-    let lead_fields = fields
-        .child(&["lead", "leadData"])?
-        .ok_or_else(|| Error::validation(fields.path("lead"), "is required (or leadData)"))?;
-    domain::parse_lead(&lead_fields, defaults)
+    let mut leads = fields
+        .children(&["lead", "leadData"])?
+        .iter()
+        .map(|lead| domain::parse_lead(lead, defaults))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter();
+    leads
+        .next()
+        .ok_or_else(|| Error::validation(fields.path("lead"), "is required (or leadData)"))
 }
 
 /// The appointment and its customer of a `sync-appointment` body (or a batch item shaped like
@@ -183,41 +204,7 @@ fn parse_appointment_request(
     fields: &Fields<'_>,
     defaults: &ValidationDefaults,
 ) -> Result<AppointmentPayload> {
-    let appointment_fields = fields
-        .child(&["appointment", "appointmentData"])?
-        .ok_or_else(|| {
-            Error::validation(
-                fields.path("appointment"),
-                "is required (or appointmentData)",
-            )
-        })?;
-    let appointment = domain::parse_appointment(&appointment_fields, defaults)?;
-    let customer_id = match appointment_fields.string(&["customerId"])? {
-        Some(id) => Some(id),
-        None => fields.string(&["customerId"])?,
-    };
-    // The customer beside the appointment, or inside it (`appointment.customer`, a natural
-    // n8n shape), or the earlier service's flat fields in the appointment.
-    let customer = match (
-        fields.child(&["customer", "customerData"])?,
-        appointment_fields.child(&["customer", "customerData"])?,
-    ) {
-        (Some(customer_fields), _) | (None, Some(customer_fields)) => {
-            Some(domain::parse_customer(&customer_fields, defaults)?)
-        }
-        (None, None) => domain::parse_appointment_customer(&appointment_fields, defaults)?,
-    };
-    if customer.is_none() && customer_id.is_none() {
-        return Err(Error::validation(
-            fields.path("customer"),
-            "an appointment needs the customer (customer, or appointment.customer) or the CRM contact id (appointment.customerId)",
-        ));
-    }
-    Ok(AppointmentPayload {
-        appointment,
-        customer,
-        customer_id,
-    })
+    read_appointment_request(fields, defaults)
 }
 
 /// A connection and its adapter, resolved from a request.
@@ -298,50 +285,69 @@ impl App {
         }
     }
 
-    async fn target(&self, body: &Fields<'_>) -> Result<Target> {
+    /// Resolves the connection a request names and reads the request (`read`) against its
+    /// settings, so a malformed request is refused before anything is claimed or written. A
+    /// request naming an unknown connection is read against the default settings first: a
+    /// malformed one is still a 400, a well-formed one a 404.
+    async fn prepare<T>(
+        &self,
+        body: &Fields<'_>,
+        read: impl Fn(&ValidationDefaults) -> Result<T>,
+    ) -> Result<Prepared<T>> {
         if body.has("credentials") {
             return Err(Error::validation(
                 "credentials",
                 "credentials are not accepted in sync requests; store them as a connection and send its connectionId",
             ));
         }
-        let raw_id = body.string(&["connectionId"])?.ok_or_else(|| {
+        let connection_id = connection_id(body)?.ok_or_else(|| {
             Error::validation(
                 "connectionId",
                 "is required: the id of a stored CRM connection",
             )
         })?;
-        let connection_id = ConnectionId::parse(&raw_id)?;
-        let connection = self.connections.get(&connection_id).await?;
-        if let Some(claimed) = body.string(&["crmType"])? {
-            let claimed: CrmType = claimed
-                .parse()
-                .map_err(|m: String| Error::validation("crmType", m))?;
-            if claimed != connection.crm_type {
-                return Err(Error::validation(
-                    "crmType",
-                    format!(
-                        "connection '{connection_id}' is a {} connection, not {claimed}",
-                        connection.crm_type
-                    ),
-                ));
+        let claimed = claimed_crm_type(body)?;
+        let connection = match self.connections.get(&connection_id).await {
+            Err(not_found @ Error::ConnectionNotFound(_)) => {
+                read(&ValidationDefaults::default())?;
+                return Err(not_found);
             }
-        }
+            found => found?,
+        };
+        check_claim(claimed, &connection_id, &connection)?;
         let defaults = connection.settings.validation_defaults()?;
+        let request = read(&defaults)?;
         let adapter = crm::adapter_for(&connection, &self.adapters)?;
-        Ok(Target {
-            connection_id,
-            connection,
-            adapter,
-            defaults,
+        Ok(Prepared {
+            target: Target {
+                connection_id,
+                connection,
+                adapter,
+                defaults,
+            },
+            request,
         })
     }
 
     /// `POST sync-customer`: upsert a contact.
     pub async fn sync_customer(&self, body: &Value) -> SyncResult<SyncResponse> {
+        let prepared = self.prepare_customer(body).await?;
+        self.run_customer(prepared).await
+    }
+
+    pub async fn prepare_customer(&self, body: &Value) -> Result<Prepared<Customer>> {
         let fields = Fields::new("", body)?;
-        let target = self.target(&fields).await?;
-        let customer = parse_customer_request(&fields, &target.defaults)?;
+        self.prepare(&fields, |defaults| {
+            parse_customer_request(&fields, defaults)
+        })
+        .await
+    }
+
+    pub async fn run_customer(&self, prepared: Prepared<Customer>) -> SyncResult<SyncResponse> {
+        let Prepared {
+            target,
+            request: customer,
+        } = prepared;
         let synced = self.sync_contact(&target, &customer).await?;
         Ok(SyncResponse {
             sync_id: synced.sync_id,
@@ -370,10 +376,24 @@ impl App {
 
     /// `POST sync-appointment`: upsert the contact, then the meeting linked to it.
     pub async fn sync_appointment(&self, body: &Value) -> SyncResult<AppointmentSyncResponse> {
+        let prepared = self.prepare_appointment(body).await?;
+        self.run_appointment(prepared).await
+    }
+
+    pub async fn prepare_appointment(&self, body: &Value) -> Result<Prepared<AppointmentPayload>> {
         let fields = Fields::new("", body)?;
-        let target = self.target(&fields).await?;
-        let payload = parse_appointment_request(&fields, &target.defaults)?;
-        self.sync_appointment_payload(&target, payload).await
+        self.prepare(&fields, |defaults| {
+            parse_appointment_request(&fields, defaults)
+        })
+        .await
+    }
+
+    pub async fn run_appointment(
+        &self,
+        prepared: Prepared<AppointmentPayload>,
+    ) -> SyncResult<AppointmentSyncResponse> {
+        self.sync_appointment_payload(&prepared.target, prepared.request)
+            .await
     }
 
     async fn sync_appointment_payload(
@@ -522,10 +542,19 @@ impl App {
 
     /// `POST sync-lead`: upsert a lead in the CRM's lead model.
     pub async fn sync_lead(&self, body: &Value) -> SyncResult<SyncResponse> {
+        let prepared = self.prepare_lead(body).await?;
+        self.run_lead(prepared).await
+    }
+
+    pub async fn prepare_lead(&self, body: &Value) -> Result<Prepared<Lead>> {
         let fields = Fields::new("", body)?;
-        let target = self.target(&fields).await?;
-        let lead = parse_lead_request(&fields, &target.defaults)?;
-        self.sync_lead_entity(&target, &lead).await
+        self.prepare(&fields, |defaults| parse_lead_request(&fields, defaults))
+            .await
+    }
+
+    pub async fn run_lead(&self, prepared: Prepared<Lead>) -> SyncResult<SyncResponse> {
+        self.sync_lead_entity(&prepared.target, &prepared.request)
+            .await
     }
 
     async fn sync_lead_entity(&self, target: &Target, lead: &Lead) -> SyncResult<SyncResponse> {
@@ -575,22 +604,12 @@ impl App {
     /// `GET get-customer`: find a contact by CRM id, email or phone.
     pub async fn get_customer(&self, query: &Value) -> Result<CustomerView> {
         let fields = Fields::new("", query)?;
-        let target = self.target(&fields).await?;
-        let lookup = if let Some(id) = fields.string(&["customerId", "crmId", "id"])? {
-            ContactLookup::Id(id)
-        } else if let Some((key, email)) = fields.text(&["email"])? {
-            ContactLookup::Email(Email::parse(&email).map_err(|m| Error::validation(key, m))?)
-        } else if let Some((key, phone)) = fields.text(&["phone"])? {
-            ContactLookup::Phone(
-                E164Phone::parse(&phone, &target.defaults.country)
-                    .map_err(|m| Error::validation(key, m))?,
-            )
-        } else {
-            return Err(Error::validation(
-                "customerId",
-                "give customerId, email or phone",
-            ));
-        };
+        let Prepared {
+            target,
+            request: lookup,
+        } = self
+            .prepare(&fields, |defaults| read_lookup(&fields, defaults))
+            .await?;
         let found = match target.adapter.find_contacts(&lookup).await {
             Err(e @ Error::CrmAuth(_)) => {
                 self.connections.invalidate(&target.connection_id);
@@ -626,15 +645,40 @@ impl App {
     /// this one call and never stored.
     pub async fn test_connection(&self, body: &Value) -> Result<TestConnectionResponse> {
         let fields = Fields::new("", body)?;
-        let (connection, connection_id) = if fields.has("connectionId") {
-            let id = ConnectionId::parse(&fields.string(&["connectionId"])?.unwrap_or_default())?;
-            (self.connections.get_fresh(&id).await?, Some(id.to_string()))
-        } else {
-            (inline_connection(&fields)?, None)
+        let claimed = claimed_crm_type(&fields)?;
+        let inline = inline_connection(&fields)?;
+        let (connection, connection_id) = match (connection_id(&fields)?, inline) {
+            (Some(_), Some(_)) => {
+                return Err(Error::validation(
+                    "credentials",
+                    "give connectionId or credentials, not both",
+                ));
+            }
+            (Some(id), None) => {
+                let connection = self.connections.get_fresh(&id).await?;
+                check_claim(claimed, &id, &connection)?;
+                (connection, Some(id.to_string()))
+            }
+            (None, Some((credentials, settings))) => {
+                let crm_type = claimed
+                    .ok_or_else(|| Error::validation("crmType", "is required with credentials"))?;
+                let connection = Connection {
+                    id: None,
+                    crm_type,
+                    credentials,
+                    settings,
+                };
+                (connection, None)
+            }
+            (None, None) => {
+                return Err(Error::validation(
+                    "connectionId",
+                    "give a connectionId, or crmType with credentials",
+                ));
+            }
         };
         let crm_type = connection.crm_type;
-        let adapter = crm::adapter_for(&connection, &self.adapters)?;
-        let response = |result: Result<AccountInfo>| match result {
+        let verdict = |result: Result<AccountInfo>| match result {
             Ok(info) => TestConnectionResponse {
                 ok: true,
                 crm_type,
@@ -655,9 +699,17 @@ impl App {
                 }),
             },
         };
+        let adapter = match crm::adapter_for(&connection, &self.adapters) {
+            Ok(adapter) => adapter,
+            // Credentials to check before storing them that lack a field: that is the verdict.
+            Err(e @ Error::ConnectionInvalid { .. }) if connection_id.is_none() => {
+                return Ok(verdict(Err(e)));
+            }
+            Err(e) => return Err(e),
+        };
         match adapter.test_connection().await {
             Err(e @ (Error::Validation { .. } | Error::Store(_))) => Err(e),
-            result => Ok(response(result)),
+            result => Ok(verdict(result)),
         }
     }
 
@@ -852,49 +904,6 @@ fn customer_view(contact: CrmContact, country: &str) -> CustomerView {
             .unwrap_or_else(|_| raw.clone())
     });
     CustomerView { contact, phone }
-}
-
-fn inline_connection(fields: &Fields<'_>) -> Result<Connection> {
-    let crm_type: CrmType = fields
-        .string(&["crmType"])?
-        .ok_or_else(|| {
-            Error::validation(
-                "connectionId",
-                "give a connectionId, or crmType with credentials",
-            )
-        })?
-        .parse()
-        .map_err(|m: String| Error::validation("crmType", m))?;
-    let credentials = fields
-        .first_present(&["credentials"])
-        .and_then(|(_, v)| v.as_object())
-        .ok_or_else(|| {
-            Error::validation(
-                "credentials",
-                "must be an object of the CRM's credential fields",
-            )
-        })?
-        .iter()
-        .map(|(k, v)| match v.as_str() {
-            Some(s) => Ok((k.clone(), SecretString::new(s))),
-            None => Err(Error::validation(
-                format!("credentials.{k}"),
-                "must be a string",
-            )),
-        })
-        .collect::<Result<_>>()?;
-    let settings: ConnectionSettings = match fields.first_present(&["settings"]) {
-        Some((_, value)) => serde_json::from_value(value.clone()).map_err(|e| {
-            Error::validation("settings", format!("is not valid connection settings: {e}"))
-        })?,
-        None => ConnectionSettings::default(),
-    };
-    Ok(Connection {
-        id: None,
-        crm_type,
-        credentials,
-        settings,
-    })
 }
 
 /// What `platforms` answers: every CRM, how it authenticates and what it supports.

@@ -9,7 +9,6 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::App;
-use crate::connection::ConnectionId;
 use crate::domain::{CrmType, Fields};
 use crate::error::{Error, Result};
 use crate::store::{EntityKind, RecordQuery, RecordedError, SyncRecord, SyncStatus, WriteOutcome};
@@ -210,13 +209,15 @@ impl App {
 
 /// `connectionId` (required), `status` and `batchId` of a listing.
 fn record_query(fields: &Fields<'_>) -> Result<RecordQuery> {
-    let connection_id = fields.string(&["connectionId"])?.ok_or_else(|| {
-        Error::validation(
-            "connectionId",
-            "is required (or give syncId for one record)",
-        )
-    })?;
-    let connection_id = ConnectionId::parse(&connection_id)?.to_string();
+    // As the sync requests read it: a string, never a number.
+    let connection_id = crate::requests::connection_id(fields)?
+        .ok_or_else(|| {
+            Error::validation(
+                "connectionId",
+                "is required (or give syncId for one record)",
+            )
+        })?
+        .to_string();
     let status =
         match fields.text(&["status"])? {
             None => None,
@@ -227,6 +228,13 @@ fn record_query(fields: &Fields<'_>) -> Result<RecordQuery> {
     Ok(RecordQuery {
         connection_id,
         status,
-        batch_id: fields.string(&["batchId"])?,
+        // A batch id is text a caller chose; a number is not one.
+        batch_id: fields
+            .strings(&["batchId"])?
+            .into_iter()
+            .next()
+            .map(|(_, id)| id)
+            .map(|id| super::batch::parse_batch_id(&id))
+            .transpose()?,
     })
 }
