@@ -162,7 +162,7 @@ const STAMP_HELP: &str =
     "The field crm-sync marks its records with (see the README); leave empty for the default.";
 
 /// The settings every CRM has.
-const COMMON: [Field; 4] = [
+const COMMON: [Field; 5] = [
     setting(
         "defaultTimezone",
         optional(
@@ -188,6 +188,8 @@ const COMMON: [Field; 4] = [
         ),
     ),
     setting("fieldMappings", FieldSource::LinkCreator),
+    // The account's tier for the shared rate budget: an admin's choice, not the page's.
+    setting("rateBudget", FieldSource::LinkCreator),
 ];
 
 pub const SALESFORCE_LOGIN_HOSTS: &[(&str, &str)] = &[
