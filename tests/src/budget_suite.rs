@@ -132,12 +132,24 @@ pub async fn the_bucket_refills_at_its_rate(store: &dyn BudgetStore) {
 /// distinct and there are as many as the bucket holds. moto's server is not atomic under
 /// concurrent updates of one item (its threads check and write without a lock): two takers can
 /// both see the old value and write the same new one. The suite counts distinct grants, which
-/// tests crm-sync's conditions, and reports such lost updates apart.
+/// tests crm-sync's conditions, and reports such lost updates apart. The first token is taken
+/// before the fifty start: on an idle bucket each racing taker's start value is its own `now`,
+/// so a lost update there would count as an extra distinct grant; from a started bucket every
+/// value is the first plus whole tokens, and a lost update can only repeat one.
 pub async fn fifty_concurrent_takers_never_exceed_the_bucket(store: Arc<dyn BudgetStore>) -> usize {
     // An hour per token: nothing refills while the test runs.
     const HOUR_US: i64 = 3_600_000_000;
     const BURST: i64 = 20;
     let key = key("fifty");
+    let now = now_us();
+    let first = LaneTake {
+        lane: Lane::General,
+        cost_us: HOUR_US,
+        ceiling_us: now + BURST * HOUR_US,
+    };
+    let Taken::Granted(first) = store.take(&key, &[first], now, &[None]).await.unwrap() else {
+        panic!("an idle bucket grants its first token");
+    };
     let mut takers = tokio::task::JoinSet::new();
     for _ in 0..50 {
         let (store, key) = (store.clone(), key.clone());
@@ -162,7 +174,7 @@ pub async fn fifty_concurrent_takers_never_exceed_the_bucket(store: Arc<dyn Budg
             }
         });
     }
-    let (mut granted, mut attempts) = (Vec::new(), 0);
+    let (mut granted, mut attempts) = (vec![first[0]], 0);
     while let Some(taker) = takers.join_next().await {
         let (g, a) = taker.unwrap();
         granted.extend(g);
