@@ -644,7 +644,7 @@ pub fn parse_appointment(
 }
 
 /// A JSON number with no fraction (`30` or `30.0`, as JSON Schema's `integer` has it).
-fn whole_number(value: &Value) -> Option<i64> {
+pub fn whole_number(value: &Value) -> Option<i64> {
     value.as_i64().or_else(|| {
         value
             .as_f64()

@@ -3,7 +3,7 @@
 openapi.yaml names three string formats JSON Schema does not define (`phone`, `time-zone`,
 `local-date-time`); these generate values of them. It also states a few rules in prose that no
 schema can hold (an appointment ends after it starts, the CRM a connection is, one of several
-query parameters, each CRM's shape of record id): a valid-looking request breaking one of them is
+query parameters, each CRM's shape of record id, the connect page's link or cookie): a valid-looking request breaking one of them is
 refused with 400 naming the field, and `filter_failure` accepts exactly those refusals.
 """
 
@@ -68,9 +68,18 @@ _PROSE_RULES = [
 ]
 
 
+# The connect page needs the link: its `session` query parameter or the cookie it leaves, one of
+# two parameters; a page opened with neither says so (HTML, no JSON error).
+_NO_CONNECT_LINK = "<title>Open your link again"
+
+
 def _prose_rule(response):
     if response.status_code != 400:
         return False
+    # Schemathesis keeps each header as the list of its values.
+    content_type = "".join(response.headers.get("content-type") or [])
+    if content_type.startswith("text/html"):
+        return _NO_CONNECT_LINK in response.text
     try:
         error = response.json()["error"]
     except (ValueError, KeyError, TypeError):

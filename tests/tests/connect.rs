@@ -331,6 +331,24 @@ async fn links_need_the_api_key_and_carry_a_token_not_the_connection_id() {
         body["expiresAt"].as_str().unwrap().parse().unwrap();
     let minutes = (expires - chrono::Utc::now()).num_minutes();
     assert!((4..=5).contains(&minutes), "{minutes}");
+    // `null` counts as absent, and a whole number may be written as a float, as elsewhere.
+    let (status, _) = f
+        .create_link(
+            Some(TEST_API_KEY),
+            json!({"connectionId": "acme", "crmType": null, "settings": null, "expiresInMinutes": 5.0}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, body) = f
+        .create_link(
+            Some(TEST_API_KEY),
+            json!({"connectionId": "acme", "expiresInMinutes": 5.5}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("expiresInMinutes"))
+    );
 }
 
 #[tokio::test]
@@ -661,6 +679,47 @@ async fn expired_unknown_and_foreign_requests_open_nothing() {
         .await;
     assert_eq!(unknown.status, 404);
     assert!(f.stored("acme").await.is_none());
+}
+
+/// A malformed request is refused as such (400) before its link is looked up, as the API's own
+/// operations refuse theirs: a CRM that is none, an empty one, a form without one.
+#[tokio::test]
+async fn malformed_connect_requests_are_refused_before_the_link_is_looked_up() {
+    let f = Fixture::local().await;
+    let unknown_cookie = format!("crm_sync_connect={}", "A".repeat(43));
+    for crm in ["AAA", ""] {
+        let page = f
+            .get_page(None, &[("session", "A".repeat(43).as_str()), ("crm", crm)])
+            .await;
+        assert_eq!(page.status, 400, "crm={crm:?}: {}", page.body);
+        let page = f.get_page(Some(&unknown_cookie), &[("crm", crm)]).await;
+        assert_eq!(page.status, 400, "crm={crm:?}: {}", page.body);
+    }
+    for form in [&[][..], &[("crm", "AAA")][..], &[("accessToken", "x")][..]] {
+        assert_eq!(
+            f.post_page(&unknown_cookie, form).await.status,
+            400,
+            "{form:?}"
+        );
+        assert_eq!(
+            f.post_callback(&unknown_cookie, form).await.status,
+            400,
+            "{form:?}"
+        );
+    }
+    // Well formed, the unknown link is what answers.
+    assert_eq!(
+        f.post_callback(&unknown_cookie, &[("crm", "hubspot")])
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        f.get_page(Some(&unknown_cookie), &[("crm", "zoho")])
+            .await
+            .status,
+        404
+    );
 }
 
 #[tokio::test]

@@ -94,7 +94,10 @@ impl ConnectService {
         let max_minutes = self.config.max_link_ttl.as_secs() / 60;
         let lifetime = match object.get("expiresInMinutes") {
             None | Some(Value::Null) => self.config.link_ttl,
-            Some(value) => match value.as_u64().filter(|m| (1..=max_minutes).contains(m)) {
+            Some(value) => match crate::domain::whole_number(value)
+                .and_then(|m| u64::try_from(m).ok())
+                .filter(|m| (1..=max_minutes).contains(m))
+            {
                 Some(minutes) => std::time::Duration::from_secs(60 * minutes),
                 None => {
                     return Err(Error::validation(

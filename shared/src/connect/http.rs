@@ -162,6 +162,7 @@ pub async fn callback(
         Method::POST => {
             let connect = async {
                 check_origin(&request, &urls)?;
+                form_crm(&body_form(&request))?;
                 let session = session_from_cookie(service, &request).await?;
                 service
                     .connect_with_credentials(session, &body_form(&request))
@@ -183,6 +184,14 @@ async fn show(
     urls: &ConnectUrls,
 ) -> Result<Response<Body>, ConnectError> {
     let query = query_form(request);
+    // A malformed request is refused as such before the link is looked up.
+    let named = match query.get("crm") {
+        Some(raw) => Some(
+            raw.parse::<CrmType>()
+                .map_err(|m| ConnectError::invalid("CRM", m))?,
+        ),
+        None => None,
+    };
     if let Some(raw) = query.get("session") {
         let token = LinkToken::parse(raw).ok_or(ConnectError::LinkUnknown)?;
         let session = service.open(&token).await?;
@@ -193,13 +202,7 @@ async fn show(
         return Ok(response);
     }
     let session = session_from_cookie(service, request).await?;
-    let crm = match query.get("crm").filter(|c| !c.is_empty()) {
-        Some(raw) => Some(
-            raw.parse::<CrmType>()
-                .map_err(|m| ConnectError::invalid("CRM", m))?,
-        ),
-        None => session.crm_type,
-    };
+    let crm = named.or(session.crm_type);
     let Some(crm) = crm else {
         return Ok(html_response(
             StatusCode::OK,
@@ -235,11 +238,23 @@ async fn start(
     urls: &ConnectUrls,
 ) -> Result<Response<Body>, ConnectError> {
     check_origin(request, urls)?;
+    form_crm(&body_form(request))?;
     let session = session_from_cookie(service, request).await?;
     let location = service
         .start_authorization(session, &body_form(request), &urls.callback)
         .await?;
     Ok(redirect(&location))
+}
+
+/// The page's forms always name their CRM (a hidden field): a post without one, or naming no
+/// CRM, is malformed and refused before the link is looked up.
+fn form_crm(form: &Form) -> Result<CrmType, ConnectError> {
+    match form.get("crm").filter(|c| !c.is_empty()) {
+        Some(raw) => raw
+            .parse::<CrmType>()
+            .map_err(|m| ConnectError::invalid("CRM", m)),
+        None => Err(ConnectError::invalid("CRM", "choose the CRM to connect")),
+    }
 }
 
 /// Where a CRM's "Connect with …" form may lead: its sign-in hosts, which CSP's `form-action`

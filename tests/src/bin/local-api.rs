@@ -22,6 +22,8 @@ const MAX_BODY: usize = 10 * 1024 * 1024;
 type Failure = Box<dyn std::error::Error>;
 
 // ---- connect links: the three connect functions, at /lambda-url/connect-{sessions,page,callback}
+// (their binaries' names, as `cargo lambda watch` serves them) and at the stack's own paths,
+// /lambda-url/connect and /lambda-url/connect/callback (as openapi.yaml names them).
 
 /// The connect function the path names, with the request.
 async fn invoke_connect(
@@ -42,8 +44,8 @@ async fn invoke_connect(
     };
     let answer = match function.as_str() {
         "connect-sessions" => http::create_session(&service, event).await,
-        "connect-page" => http::page(&service, event).await,
-        "connect-callback" => http::callback(&service, event).await,
+        "connect-page" | "connect" => http::page(&service, event).await,
+        "connect-callback" | "callback" => http::callback(&service, event).await,
         _ => return (StatusCode::NOT_FOUND, "no such function").into_response(),
     };
     let Ok(answer) = answer;
@@ -55,7 +57,8 @@ async fn invoke_connect(
 async fn connect_routes() -> Router {
     let service = Arc::new(crm_sync::connect::ConnectService::from_env().await);
     let mut router = Router::new();
-    for function in ["connect-sessions", "connect-page", "connect-callback"] {
+    let functions = ["connect-sessions", "connect-page", "connect-callback"];
+    for function in functions.into_iter().chain(["connect", "connect/callback"]) {
         router = router
             .route(&format!("/lambda-url/{function}"), any(invoke_connect))
             .route(&format!("/lambda-url/{function}/"), any(invoke_connect));
