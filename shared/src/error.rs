@@ -137,6 +137,15 @@ impl Error {
         )
     }
 
+    /// A CRM's refusal of one record's data (a bulk write answers these per record): the
+    /// record's own sync may still write it (it matches, updates or reports what is wrong).
+    pub fn is_record_refusal(&self) -> bool {
+        matches!(
+            self,
+            Error::CrmRejected { .. } | Error::CrmDuplicate { .. } | Error::NotFound(_)
+        )
+    }
+
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Error::RateLimited { retry_after } => *retry_after,

@@ -86,16 +86,6 @@ impl Api {
     fn held(&self, object_type: &str) -> usize {
         self.hubspot.state.lock().unwrap().all(object_type).len()
     }
-
-    fn creates(&self) -> usize {
-        self.hubspot
-            .server
-            .control
-            .requests()
-            .iter()
-            .filter(|r| r.method == "POST" && !r.path.contains("search"))
-            .count()
-    }
 }
 
 fn mixed_items() -> Value {
@@ -297,11 +287,15 @@ async fn failed_records_are_paged_and_replayed_back_to_pending() {
         .await;
     assert_eq!(answer.body["counts"]["queued"], 5);
     // The CRM refuses the data: failed, and not for the schedule to retry.
-    api.hubspot.server.control.inject(
-        Fault::status(400)
-            .times(100)
-            .matching("POST /crm/v3/objects/contacts$"),
-    );
+    for route in [
+        "POST /crm/v3/objects/contacts/batch/upsert",
+        "POST /crm/v3/objects/contacts$",
+    ] {
+        api.hubspot
+            .server
+            .control
+            .inject(Fault::status(400).times(100).matching(route));
+    }
     let summary = api.drain().await;
     assert_eq!(summary.failed, 5, "{summary:?}");
     assert_eq!(api.drain().await.examined, 0, "left for a person");
@@ -405,9 +399,10 @@ async fn prefer_respond_async_answers_202_queued_and_the_schedule_finishes_the_s
     assert_eq!(record.body["record"]["status"], "synced", "{}", record.body);
     let contacts = api.hubspot.state.lock().unwrap().all("contacts").len();
     assert_eq!(contacts, 2, "later@ and now@, once each");
+    let calls = api.hubspot.server.control.request_count();
     let resent = api.post(Operation::SyncCustomer, body).await;
     assert_eq!(resent.body["status"], "unchanged");
-    assert!(api.creates() >= 2);
+    assert_eq!(api.hubspot.server.control.request_count(), calls);
 }
 
 #[tokio::test]
@@ -463,4 +458,111 @@ async fn the_production_stores_on_moto_queue_list_and_drain_a_batch() {
     let one = api.records(&[("syncId", sync_id)]).await;
     assert_eq!(one.body["record"]["status"], "synced", "{}", one.body);
     assert_eq!(api.held("meetings"), 4);
+}
+
+/// Customers new to crm-sync go to HubSpot a hundred a call (batch upsert by email): contacts
+/// HubSpot holds already are updated, not doubled; a customer without an email, and each later
+/// change of a contact crm-sync knows, go one by one.
+#[tokio::test]
+async fn new_customers_go_to_hubspot_a_hundred_a_call_and_existing_contacts_are_updated() {
+    let api = Api::start().await;
+    // Ten of the 250 are in HubSpot already, written there by another connection (crm-sync's
+    // records of this one do not know them).
+    store_connection(
+        &api.app,
+        "other",
+        &connection(
+            CrmType::Hubspot,
+            api.hubspot.base_url(),
+            &[("accessToken", TOKEN)],
+        ),
+    )
+    .await;
+    for i in 0..10 {
+        let body = json!({"connectionId": "other", "customer": {"firstName": "Old", "lastName": format!("Name{i}"), "email": format!("c{i}@bulk.example.com")}});
+        assert_eq!(api.post(Operation::SyncCustomer, body).await.status, 200);
+    }
+    let held_before = api.held("contacts");
+    let mut items: Vec<Value> = (0..250)
+        .map(|i| json!({"type": "customer", "customer": {"firstName": "Bulk", "lastName": format!("Person{i}"), "email": format!("C{i}@Bulk.example.com"), "externalId": format!("bulk-{i}")}}))
+        .collect();
+    items.push(json!({"type": "customer", "customer": {"firstName": "Phone", "lastName": "Only", "phone": "+1 415 555 0142"}}));
+    let body = json!({"connectionId": "demo", "batchId": "bulk-1", "items": items});
+    let answer = api.post(Operation::SyncBatch, body).await;
+    assert_eq!(answer.body["counts"]["queued"], 251, "{}", answer.body);
+
+    let before = api.hubspot.server.control.request_count();
+    let summary = api.drain().await;
+    assert_eq!((summary.synced, summary.failed), (251, 0), "{summary:?}");
+    let requests = api.hubspot.server.control.requests();
+    let upserts: Vec<_> = requests[before..]
+        .iter()
+        .filter(|r| r.path == "/crm/v3/objects/contacts/batch/upsert")
+        .collect();
+    let sizes: Vec<usize> = upserts
+        .iter()
+        .map(|r| r.body["inputs"].as_array().unwrap().len())
+        .collect();
+    let others: Vec<_> = requests[before..]
+        .iter()
+        .filter(|r| !r.path.ends_with("/batch/upsert"))
+        .map(|r| format!("{} {} {:?}", r.method, r.path, r.status))
+        .collect();
+    assert_eq!(
+        sizes,
+        vec![100, 100, 50],
+        "250 customers in three calls; also {others:?}"
+    );
+    assert!(upserts.iter().all(|r| r.status == Some(200)));
+    let calls = requests.len() - before;
+    assert!(
+        calls <= 3 + 3,
+        "{calls} calls: three batch upserts and the phone-only customer's search and create"
+    );
+    assert_eq!(
+        api.held("contacts"),
+        held_before + 240 + 1,
+        "ten updated, 241 created"
+    );
+    let contacts = api.hubspot.state.lock().unwrap().all("contacts");
+    let c3 = contacts
+        .iter()
+        .find(|c| c.prop("email") == Some("c3@bulk.example.com"))
+        .unwrap();
+    assert_eq!(
+        (c3.prop("firstname"), c3.prop("lastname")),
+        (Some("Bulk"), Some("Person3"))
+    );
+    let c3_id = c3.id.clone();
+    let progress = api
+        .records(&[("connectionId", "demo"), ("batchId", "bulk-1")])
+        .await;
+    assert_eq!(
+        progress.body["counts"],
+        json!({"pending": 0, "synced": 251, "failed": 0, "unknown": 0})
+    );
+    let record = api
+        .records(&[(
+            "syncId",
+            answer.body["items"][3]["syncId"].as_str().unwrap(),
+        )])
+        .await;
+    assert_eq!(record.body["record"]["crmId"], c3_id.as_str());
+
+    // Resent: unchanged, no call. Changed: a contact crm-sync knows is updated by its id.
+    let again = json!({"connectionId": "demo", "items": [
+        {"customer": {"firstName": "Bulk", "lastName": "Person3", "email": "c3@bulk.example.com", "externalId": "bulk-3"}},
+        {"customer": {"firstName": "Renamed", "lastName": "Person4", "email": "c4@bulk.example.com", "externalId": "bulk-4"}},
+    ]});
+    let answer = api.post(Operation::SyncBatch, again).await;
+    assert_eq!(answer.body["counts"]["unchanged"], 1, "{}", answer.body);
+    let before = api.hubspot.server.control.request_count();
+    assert_eq!(api.drain().await.synced, 1);
+    let requests = api.hubspot.server.control.requests();
+    assert!(
+        requests[before..]
+            .iter()
+            .all(|r| !r.path.ends_with("/batch/upsert")),
+        "a known contact is updated by its id"
+    );
 }

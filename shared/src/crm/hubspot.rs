@@ -9,8 +9,9 @@ use serde_json::{Map, Value, json};
 
 use super::http::{CrmHttp, CrmResponse, Idempotency, status_error};
 use super::{
-    AccountInfo, ContactLookup, CrmAdapter, CrmContact, StampedRecord, booked_line,
-    customer_fields, encode_path_segment, lead_note, map_properties, property_name, stamp_field,
+    AccountInfo, BulkContact, ContactLookup, CrmAdapter, CrmContact, Outcome, StampedRecord,
+    Upserted, booked_line, customer_fields, encode_path_segment, lead_note, map_properties,
+    property_name, stamp_field, text,
 };
 use crate::connection::{Connection, ConnectionSettings, SecretString};
 use crate::domain::{Appointment, AppointmentStatus, CrmType, Customer, Lead};
@@ -34,6 +35,10 @@ const CONTACT_PROPERTIES: &[(&str, &str)] = &[
     ("zipCode", "zip"),
     ("country", "country"),
 ];
+
+/// Inputs one batch call takes: "Batch operations are limited to 100 records at a time"
+/// (developers.hubspot.com, CRM contacts guide, Limits).
+pub const BATCH_LIMIT: usize = 100;
 
 /// The custom property our stamp goes in unless the connection's `stampProperty` names another.
 pub const DEFAULT_STAMP_PROPERTY: &str = "crm_sync_id";
@@ -390,6 +395,104 @@ impl CrmAdapter for HubSpotAdapter {
             .await
     }
 
+    /// Batch upsert by email takes 100 contacts a call, while email is the contacts' own
+    /// `email` property (a mapping elsewhere leaves HubSpot nothing unique to upsert by).
+    fn bulk_contact_limit(&self) -> usize {
+        match property_name("contact", "email", CONTACT_PROPERTIES, &self.settings) {
+            Some("email") => BATCH_LIMIT,
+            _ => 0,
+        }
+    }
+
+    /// `POST /crm/v3/objects/contacts/batch/upsert` with `idProperty: "email"`: HubSpot finds
+    /// each contact by its (unique) email or creates it, so a resend after a lost answer
+    /// updates what the first created. Results are matched back by `objectWriteTraceId` (the
+    /// input's index), else by email; `new` tells a created contact. No stamp is written: a
+    /// contact is found again by its email, and an existing contact keeps the stamp it has.
+    async fn upsert_contacts(&self, contacts: &[BulkContact<'_>]) -> Result<Vec<Result<Upserted>>> {
+        let mut at_email = std::collections::HashMap::new();
+        let mut inputs = Vec::with_capacity(contacts.len());
+        for (index, contact) in contacts.iter().enumerate() {
+            let Some(email) = &contact.customer.email else {
+                return Err(Error::CrmRejected {
+                    message: "a HubSpot batch upsert needs each contact's email".into(),
+                });
+            };
+            at_email.insert(email.as_str().to_string(), index);
+            inputs.push(json!({
+                "idProperty": "email",
+                "id": email.as_str(),
+                "objectWriteTraceId": index.to_string(),
+                "properties": self.contact_properties(contact.customer),
+            }));
+        }
+        let response = self
+            .call(
+                Method::POST,
+                "/crm/v3/objects/contacts/batch/upsert",
+                Some(&json!({ "inputs": inputs })),
+                Idempotency::Idempotent,
+            )
+            .await?;
+        let index_of = |item: &Value, email: Option<&str>| {
+            text(item, "objectWriteTraceId")
+                .and_then(|trace| trace.parse::<usize>().ok())
+                .filter(|i| *i < contacts.len())
+                .or_else(|| email.and_then(|e| at_email.get(&e.to_ascii_lowercase()).copied()))
+        };
+        let mut outcomes: Vec<Result<Upserted>> = (0..contacts.len())
+            .map(|_| {
+                Err(Error::CrmUnavailable(
+                    "HubSpot's batch upsert answered nothing for this contact".into(),
+                ))
+            })
+            .collect();
+        for result in response.body["results"].as_array().into_iter().flatten() {
+            let email = result["properties"]["email"].as_str();
+            let (Some(index), Ok(crm_id)) = (index_of(result, email), object_id_of(result)) else {
+                continue;
+            };
+            let outcome = if result["new"].as_bool() == Some(true) {
+                Outcome::Created
+            } else {
+                Outcome::Updated
+            };
+            outcomes[index] = Ok(Upserted { crm_id, outcome });
+        }
+        for refusal in response.body["errors"].as_array().into_iter().flatten() {
+            let context = &refusal["context"];
+            let traces = context["objectWriteTraceId"]
+                .as_array()
+                .into_iter()
+                .flatten();
+            let emails = context["ids"].as_array().into_iter().flatten();
+            let message = text(refusal, "message").unwrap_or_else(|| "refused".into());
+            let error = match text(refusal, "category").as_deref() {
+                Some("CONFLICT") => Error::CrmDuplicate {
+                    existing_id: existing_id(&message),
+                    message: message.clone(),
+                },
+                Some("OBJECT_NOT_FOUND") => Error::NotFound(message.clone()),
+                _ => Error::CrmRejected {
+                    message: message.clone(),
+                },
+            };
+            let indexes: Vec<usize> = traces
+                .filter_map(|t| t.as_str()?.parse::<usize>().ok())
+                .chain(
+                    emails.filter_map(|e| at_email.get(&e.as_str()?.to_ascii_lowercase()).copied()),
+                )
+                .filter(|i| *i < contacts.len())
+                .collect();
+            for index in indexes {
+                if outcomes[index].is_err() {
+                    outcomes[index] = Err(error.clone());
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
     fn lead_needs_contact(&self) -> bool {
         true
     }
@@ -546,8 +649,11 @@ fn path_segment(id: &str) -> Result<&str> {
 }
 
 fn object_id(response: &CrmResponse) -> Result<String> {
-    response
-        .body
+    object_id_of(&response.body)
+}
+
+fn object_id_of(object: &Value) -> Result<String> {
+    object
         .get("id")
         .and_then(|id| {
             id.as_str()

@@ -155,6 +155,31 @@ pub trait CrmAdapter: Send + Sync {
         contact_id: &str,
         stamp: &str,
     ) -> Result<()>;
+    /// How many contacts one bulk write of this CRM takes (its documented batch size); 0 when
+    /// it has none, and the scheduled sync writes contacts one by one.
+    fn bulk_contact_limit(&self) -> usize {
+        0
+    }
+    /// Creates or updates `contacts` (each with an email, at most `bulk_contact_limit()`,
+    /// no two with one email) matched by email, in one bulk write of the CRM's: a resend after
+    /// a lost answer finds the contacts it created. Answers each contact's outcome in order; a
+    /// contact the CRM refused answers its own error, and the caller syncs it alone. An error of
+    /// the whole write is the write's.
+    async fn upsert_contacts(
+        &self,
+        _contacts: &[BulkContact<'_>],
+    ) -> Result<Vec<Result<Upserted>>> {
+        Err(Error::CrmRejected {
+            message: format!("{} has no bulk contact write", self.crm_type()),
+        })
+    }
+}
+
+/// A contact of a bulk write, with what its own sync would know.
+#[derive(Debug, Clone, Copy)]
+pub struct BulkContact<'a> {
+    pub customer: &'a Customer,
+    pub plan: &'a WritePlan,
 }
 
 /// What adapters share, built once per cold start: the HTTP client, the stores an OAuth

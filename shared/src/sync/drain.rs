@@ -10,9 +10,9 @@ use futures_util::future::BoxFuture;
 use futures_util::{StreamExt, stream};
 use serde::Serialize;
 
-use super::{App, AppointmentPayload, SyncResult, Target};
+use super::{App, AppointmentPayload, Claim, SyncResult, Target};
 use crate::connection::ConnectionId;
-use crate::crm;
+use crate::crm::{self, BulkContact, Upserted};
 use crate::domain::{Customer, Lead};
 use crate::error::{Error, Result};
 use crate::store::{EntityKind, SyncRecord, SyncStatus};
@@ -246,8 +246,8 @@ impl App {
 
     /// Syncs a connection's due records, oldest first: one person's records one after another,
     /// different people's up to `Config::drain_concurrency` at once. Each goes through the same
-    /// exactly-once path as a single request. (A CRM's bulk endpoint would take groups of these
-    /// records here.)
+    /// exactly-once path as a single request. Where the CRM has a bulk contact write, the
+    /// customers that lead their person's records go through it first, a bulk size a call.
     async fn sync_due(
         &self,
         target: &Target,
@@ -265,7 +265,17 @@ impl App {
                 }
             }
         }
-        let lanes = lanes_by_person(readable);
+        let mut lanes = lanes_by_person(readable);
+        let bulk_size = target.adapter.bulk_contact_limit();
+        if bulk_size > 1 {
+            let heads = take_bulk_heads(&mut lanes);
+            for chunk in heads.chunks(bulk_size) {
+                if !budget.allows_another() {
+                    break;
+                }
+                summary.add(&self.sync_contacts_in_bulk(target, chunk).await);
+            }
+        }
         let runs: BoxFuture<'_, Vec<DrainSummary>> = Box::pin(
             stream::iter(lanes)
             .map(|lane| async move {
@@ -293,6 +303,108 @@ impl App {
             summary.add(run);
         }
         summary
+    }
+
+    /// One bulk write of customers: each is claimed as its own sync would claim it, the claimed
+    /// ones go to the CRM in one call, and each outcome is recorded as its own sync's would be.
+    /// A customer the bulk call refused is synced alone under the same claim.
+    async fn sync_contacts_in_bulk(
+        &self,
+        target: &Target,
+        chunk: &[(SyncRecord, Customer)],
+    ) -> DrainSummary {
+        let mut run = DrainSummary {
+            examined: chunk.len(),
+            ..Default::default()
+        };
+        let concurrency = self.config.drain_concurrency.max(1);
+        type Claims<'c> = Vec<(&'c SyncRecord, &'c Customer, SyncResult<Claim>)>;
+        let claims: BoxFuture<'_, Claims<'_>> = Box::pin(
+            stream::iter(chunk)
+                .map(|(record, customer)| async move {
+                    let claim = match serde_json::to_value(customer) {
+                        Ok(payload) => {
+                            self.claim(target, EntityKind::Customer, customer.source_key(), payload)
+                                .await
+                        }
+                        Err(e) => Err(Error::Store(e.to_string()).into()),
+                    };
+                    (record, customer, claim)
+                })
+                .buffered(concurrency)
+                .collect(),
+        );
+        let mut claimed = Vec::new();
+        for (record, customer, claim) in claims.await {
+            match claim {
+                Ok(Claim::Settled(_)) => run.synced += 1,
+                Ok(Claim::Claimed(claim)) => claimed.push((claim, customer)),
+                Err(failure) if failure.error == Error::SyncInProgress => run.skipped += 1,
+                Err(failure) => {
+                    run.failed += 1;
+                    tracing::warn!(sync_id = %record.sync_id, code = failure.error.code(), "scheduled sync of a record failed");
+                }
+            }
+        }
+        if claimed.is_empty() {
+            return run;
+        }
+        let contacts: Vec<BulkContact<'_>> = claimed
+            .iter()
+            .map(|(claim, customer)| BulkContact {
+                customer,
+                plan: &claim.plan,
+            })
+            .collect();
+        let (written, unanswered) =
+            crm::http::track_unanswered_writes(target.adapter.upsert_contacts(&contacts)).await;
+        let outcomes: Vec<(Result<Upserted>, bool)> = match written {
+            Ok(outcomes) if outcomes.len() == claimed.len() => {
+                outcomes.into_iter().map(|o| (o, false)).collect()
+            }
+            Ok(outcomes) => {
+                let error = Error::CrmUnavailable(format!(
+                    "the bulk write answered {} outcomes for {} contacts",
+                    outcomes.len(),
+                    claimed.len()
+                ));
+                vec![(Err(error), true); claimed.len()]
+            }
+            Err(error) => vec![(Err(error), unanswered); claimed.len()],
+        };
+        let country = &target.defaults.country;
+        let finished: BoxFuture<'_, Vec<SyncResult<_>>> = Box::pin(
+            stream::iter(claimed.into_iter().zip(outcomes))
+            .map(|((claim, customer), (outcome, unanswered))| async move {
+                match outcome {
+                    // Refused by the bulk call alone (its data, a duplicate): synced alone.
+                    Err(refused) if !unanswered && refused.is_record_refusal() => {
+                        tracing::info!(sync_id = %claim.record.sync_id, code = refused.code(), "the bulk write refused a contact; syncing it alone");
+                        let alone = crm::upsert_contact(
+                            target.adapter.as_ref(),
+                            customer,
+                            &claim.plan,
+                            country,
+                        );
+                        let (result, unanswered) = crm::http::track_unanswered_writes(alone).await;
+                        self.finish(target, claim, result, unanswered).await
+                    }
+                    outcome => self.finish(target, claim, outcome, unanswered).await,
+                }
+            })
+            .buffer_unordered(concurrency)
+            .collect(),
+        );
+        for result in finished.await {
+            match result {
+                Ok(_) => run.synced += 1,
+                Err(failure) => {
+                    run.failed += 1;
+                    tracing::warn!(sync_id = ?failure.sync_id, code = failure.error.code(), "scheduled sync of a record failed");
+                }
+            }
+        }
+        run
     }
 
     /// The connection a stored record names, resolved as a request's would be.
@@ -327,6 +439,31 @@ impl App {
         self.scheduled_sync(&TimeBudget::of(Duration::from_secs(86_400)))
             .await
     }
+}
+
+/// Takes the customers that lead their lane and a bulk write can take (an email, no CRM id
+/// yet: the bulk write matches by email, and a known contact is updated by its id): the rest of
+/// each lane runs after them, in order.
+fn take_bulk_heads(lanes: &mut Vec<Vec<(SyncRecord, Work)>>) -> Vec<(SyncRecord, Customer)> {
+    let mut heads = Vec::new();
+    let mut emails = HashSet::new();
+    for lane in lanes.iter_mut() {
+        let takes = match lane.first() {
+            Some((record, Work::Customer(customer))) => {
+                record.crm_id.is_none()
+                    && customer
+                        .email
+                        .as_ref()
+                        .is_some_and(|email| emails.insert(email.as_str().to_lowercase()))
+            }
+            _ => false,
+        };
+        if takes && let (record, Work::Customer(customer)) = lane.remove(0) {
+            heads.push((record, customer));
+        }
+    }
+    lanes.retain(|lane| !lane.is_empty());
+    heads
 }
 
 /// Groups records (in order) into lanes: records that share a person (an email, a phone, a CRM

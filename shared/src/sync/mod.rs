@@ -735,6 +735,24 @@ impl App {
         F: FnOnce(WritePlan) -> Fut,
         Fut: Future<Output = Result<Upserted>> + 'a,
     {
+        let claimed = match self.claim(target, entity, source_key, payload).await? {
+            Claim::Settled(synced) => return Ok(synced),
+            Claim::Claimed(claimed) => claimed,
+        };
+        let (result, unanswered) =
+            crm::http::track_unanswered_writes(work(claimed.plan.clone())).await;
+        self.finish(target, claimed, result, unanswered).await
+    }
+
+    /// Claims a record for one attempt: `Settled` when an identical resend of a synced record
+    /// needs no CRM call, `SyncInProgress` when another attempt holds it (or may still land).
+    async fn claim(
+        &self,
+        target: &Target,
+        entity: EntityKind,
+        source_key: String,
+        payload: Value,
+    ) -> SyncResult<Claim> {
         let started = Instant::now();
         let key = RecordKey::new(target.connection_id.as_str(), entity, &source_key);
         let payload_hash = sha256_hex(payload.to_string().as_bytes());
@@ -747,11 +765,11 @@ impl App {
                 && let Some(crm_id) = &record.crm_id
             {
                 log_sync(target, entity, "unchanged", started, Some(crm_id));
-                return Ok(EntitySync {
+                return Ok(Claim::Settled(EntitySync {
                     sync_id: Some(record.sync_id.clone()),
                     crm_id: crm_id.clone(),
                     status: Outcome::Unchanged,
-                });
+                }));
             }
             if record.in_progress(now, lease) {
                 return Err(Failure {
@@ -773,7 +791,7 @@ impl App {
         let reconcile = existing
             .as_ref()
             .is_some_and(SyncRecord::may_have_written_unheard);
-        let claimed = SyncRecord {
+        let record = SyncRecord {
             sync_id: existing
                 .as_ref()
                 .map(|r| r.sync_id.clone())
@@ -795,24 +813,45 @@ impl App {
             queued: false,
             expires_at: None,
         };
-        let sync_id = Some(claimed.sync_id.clone());
         if self
             .records
-            .put(&claimed, existing.as_ref().map(|r| r.version))
+            .put(&record, existing.as_ref().map(|r| r.version))
             .await?
             == WriteOutcome::Conflict
         {
             return Err(Failure {
                 error: Error::SyncInProgress,
-                sync_id,
+                sync_id: Some(record.sync_id),
             });
         }
         let plan = WritePlan {
-            known_id: claimed.crm_id.clone(),
-            stamp: claimed.stamp().to_string(),
+            known_id: record.crm_id.clone(),
+            stamp: record.stamp().to_string(),
             reconcile,
         };
-        let (result, unanswered) = crm::http::track_unanswered_writes(work(plan)).await;
+        Ok(Claim::Claimed(Box::new(Claimed {
+            record,
+            plan,
+            started,
+        })))
+    }
+
+    /// Records how a claimed attempt ended: synced with its CRM id, or failed (`unknown` when a
+    /// write may have landed unheard and no CRM id is known).
+    async fn finish(
+        &self,
+        target: &Target,
+        claimed: Box<Claimed>,
+        result: Result<Upserted>,
+        unanswered: bool,
+    ) -> SyncResult<EntitySync> {
+        let Claimed {
+            record: claimed,
+            plan,
+            started,
+        } = *claimed;
+        let entity = claimed.entity;
+        let sync_id = Some(claimed.sync_id.clone());
         let mut finished = SyncRecord {
             version: claimed.version + 1,
             updated_at: Utc::now(),
@@ -835,7 +874,7 @@ impl App {
                     self.connections.invalidate(&target.connection_id);
                 }
                 // Still unknown until an attempt finds the stamp or proves there is none.
-                let unknown = (unanswered || reconcile) && finished.crm_id.is_none();
+                let unknown = (unanswered || plan.reconcile) && finished.crm_id.is_none();
                 finished.status = if unknown {
                     SyncStatus::Unknown
                 } else {
@@ -877,6 +916,20 @@ impl App {
             }
         }
     }
+}
+
+/// What claiming a record found.
+enum Claim {
+    /// An identical resend of a synced record: its answer, no CRM call.
+    Settled(EntitySync),
+    Claimed(Box<Claimed>),
+}
+
+/// A record claimed (pending) for one attempt, and how the attempt writes.
+struct Claimed {
+    record: SyncRecord,
+    plan: WritePlan,
+    started: Instant,
 }
 
 fn log_sync(

@@ -29,6 +29,8 @@ pub const DAILY_LIMIT: u64 = 250_000;
 pub const TEN_SECONDLY_LIMIT: u32 = 100;
 /// The CRM search API's own limit, per second (crm-api-notes §2.8).
 pub const SEARCH_PER_SECOND: u32 = 4;
+/// Inputs one batch call takes ("Batch operations are limited to 100 records at a time").
+pub const BATCH_LIMIT: usize = 100;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Association {
@@ -326,6 +328,10 @@ pub fn routes(state: SharedState) -> Router {
         .route("/crm/v3/properties/{object_type}/{name}", get(get_property))
         .route("/crm/v3/objects/{object_type}/batch/read", post(batch_read))
         .route(
+            "/crm/v3/objects/{object_type}/batch/upsert",
+            post(batch_upsert),
+        )
+        .route(
             "/crm/v4/objects/{from_type}/{from_id}/associations/{to_type}",
             get(list_associations),
         )
@@ -426,14 +432,28 @@ fn properties_of(body: &Value) -> Result<BTreeMap<String, String>, Response> {
         .collect()
 }
 
-fn invalid_property(name: &str, message: &str, code: &str) -> Response {
+/// A refusal of one object's input: the whole answer of a single call, one of `errors` in a
+/// batch call's.
+struct Refusal {
+    status: StatusCode,
+    message: String,
+    category: &'static str,
+}
+
+impl Refusal {
+    fn response(self) -> Response {
+        error(self.status, self.message, self.category)
+    }
+}
+
+fn invalid_property(name: &str, message: &str, code: &str) -> Refusal {
     let detail =
         json!([{"isValid": false, "message": message, "error": code, "name": name}]).to_string();
-    error(
-        StatusCode::BAD_REQUEST,
-        format!("Property values were not valid: {detail}"),
-        "VALIDATION_ERROR",
-    )
+    Refusal {
+        status: StatusCode::BAD_REQUEST,
+        message: format!("Property values were not valid: {detail}"),
+        category: "VALIDATION_ERROR",
+    }
 }
 
 /// HubSpot's own checks on property values.
@@ -442,7 +462,7 @@ fn validate(
     object_type: &str,
     id: Option<&str>,
     props: &BTreeMap<String, String>,
-) -> Result<(), Response> {
+) -> Result<(), Refusal> {
     if object_type == "contacts"
         && let Some(email) = props.get("email").filter(|e| !e.is_empty())
     {
@@ -458,11 +478,11 @@ fn validate(
             .values()
             .find(|c| c.prop("email") == Some(email.as_str()) && Some(c.id.as_str()) != id);
         if let Some(existing) = existing {
-            return Err(error(
-                StatusCode::CONFLICT,
-                format!("Contact already exists. Existing ID: {}", existing.id),
-                "CONFLICT",
-            ));
+            return Err(Refusal {
+                status: StatusCode::CONFLICT,
+                message: format!("Contact already exists. Existing ID: {}", existing.id),
+                category: "CONFLICT",
+            });
         }
     }
     for (name, value) in props {
@@ -615,7 +635,7 @@ async fn create_object(
             Err(r) => return r,
         };
         if let Err(r) = validate(s, &object_type, None, &props) {
-            return r;
+            return r.response();
         }
         let associations = match associations_of(s, &body) {
             Ok(a) => a,
@@ -638,7 +658,8 @@ async fn create_object(
                     "hs_timestamp",
                     "hs_timestamp is required",
                     "REQUIRED_FIELD",
-                );
+                )
+                .response();
             }
             "meetings" if props.get("hs_timestamp").is_none_or(String::is_empty) => {
                 match props.get("hs_meeting_start_time").cloned() {
@@ -651,7 +672,8 @@ async fn create_object(
                             "hs_timestamp",
                             "hs_timestamp is required",
                             "REQUIRED_FIELD",
-                        );
+                        )
+                        .response();
                     }
                 }
             }
@@ -661,7 +683,8 @@ async fn create_object(
                         "hs_lead_name",
                         "hs_lead_name is required",
                         "REQUIRED_FIELD",
-                    );
+                    )
+                    .response();
                 }
                 if !associations.iter().any(|a| a.to_type == "contacts") {
                     return error(
@@ -799,7 +822,7 @@ async fn update_object(
                 .into_response();
         }
         if let Err(r) = validate(s, &object_type, Some(&id), &updates) {
-            return r;
+            return r.response();
         }
         let object = s
             .objects
@@ -1078,5 +1101,152 @@ async fn batch_read(
             .map(|o| object_json(o, wanted.as_deref()))
             .collect();
         Json(json!({"status": "COMPLETE", "results": results})).into_response()
+    })
+}
+
+/// `POST /crm/v3/objects/contacts/batch/upsert`: creates or updates up to 100 contacts, each
+/// named by its email (`idProperty: "email"`, `id`: the email). Each result says whether it was
+/// created (`new`); an input refused is one of `errors`, its `objectWriteTraceId` in the error's
+/// context, and the answer is then 207 (Multi-Status). Two inputs naming one contact, more than
+/// 100 inputs, or an `idProperty` HubSpot cannot upsert by refuse the whole batch (400).
+async fn batch_upsert(
+    State(state): State<SharedState>,
+    Path(object_type): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    authorised(&state, &headers, |s| {
+        if object_type != "contacts" {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("Batch upsert is emulated for contacts only, not {object_type}"),
+                "VALIDATION_ERROR",
+            );
+        }
+        let Some(inputs) = body["inputs"].as_array() else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Invalid input JSON: 'inputs' is required",
+                "VALIDATION_ERROR",
+            );
+        };
+        if inputs.len() > BATCH_LIMIT {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "Batch input limit exceeded: {} inputs, at most {BATCH_LIMIT}",
+                    inputs.len()
+                ),
+                "VALIDATION_ERROR",
+            );
+        }
+        let mut emails = HashSet::new();
+        for input in inputs {
+            if input["idProperty"].as_str() != Some("email") {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Unable to perform update/upsert by non-unique 0-1 property",
+                    "VALIDATION_ERROR",
+                );
+            }
+            let Some(email) = input["id"].as_str() else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid input JSON: 'id' is required",
+                    "VALIDATION_ERROR",
+                );
+            };
+            if !emails.insert(email.trim().to_ascii_lowercase()) {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("Duplicate IDs found in batch input: [{email}]"),
+                    "VALIDATION_ERROR",
+                );
+            }
+        }
+        let (mut results, mut errors) = (Vec::new(), Vec::new());
+        for input in inputs {
+            let trace = input["objectWriteTraceId"].clone();
+            let email = input["id"]
+                .as_str()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase();
+            let refused = |refusal: Refusal| {
+                let mut context = json!({"ids": [email.clone()]});
+                if let Some(trace) = trace.as_str() {
+                    context["objectWriteTraceId"] = json!([trace]);
+                }
+                json!({"status": "error", "category": refusal.category, "message": refusal.message, "context": context})
+            };
+            let mut props = match properties_of(input) {
+                Ok(props) => props,
+                Err(_) => {
+                    errors.push(refused(Refusal {
+                        status: StatusCode::BAD_REQUEST,
+                        message: "Invalid input JSON: 'properties' is required".into(),
+                        category: "VALIDATION_ERROR",
+                    }));
+                    continue;
+                }
+            };
+            props.insert("email".into(), email.clone());
+            let existing = s.objects["contacts"]
+                .values()
+                .find(|c| c.prop("email") == Some(email.as_str()))
+                .map(|c| c.id.clone());
+            if let Err(refusal) = validate(s, "contacts", existing.as_deref(), &props) {
+                errors.push(refused(refusal));
+                continue;
+            }
+            let now = Utc::now();
+            let (object, new) = match existing {
+                Some(id) => {
+                    let object = s
+                        .objects
+                        .get_mut("contacts")
+                        .and_then(|m| m.get_mut(&id))
+                        .expect("found above");
+                    object.properties.extend(props);
+                    object.updated_at = now;
+                    let created = object.created_at;
+                    calculate_properties(&id, &mut object.properties, created, now);
+                    (object.clone(), false)
+                }
+                None => {
+                    let id = s.ids.next_id();
+                    calculate_properties(&id, &mut props, now, now);
+                    let object = HsObject {
+                        id: id.clone(),
+                        properties: props,
+                        associations: Vec::new(),
+                        created_at: now,
+                        updated_at: now,
+                    };
+                    s.objects
+                        .get_mut("contacts")
+                        .expect("known type")
+                        .insert(id, object.clone());
+                    (object, true)
+                }
+            };
+            let mut result = object_json(&object, None);
+            result["new"] = json!(new);
+            if !trace.is_null() {
+                result["objectWriteTraceId"] = trace;
+            }
+            results.push(result);
+        }
+        let now = Utc::now().to_rfc3339();
+        let mut answer =
+            json!({"status": "COMPLETE", "results": results, "startedAt": now, "completedAt": now});
+        let status = if errors.is_empty() {
+            StatusCode::OK
+        } else {
+            answer["numErrors"] = json!(errors.len());
+            answer["errors"] = json!(errors);
+            StatusCode::MULTI_STATUS
+        };
+        (status, Json(answer)).into_response()
     })
 }
