@@ -415,3 +415,63 @@ async fn test_connection_names_the_org_and_refused_credentials_fail_clearly() {
         "{unknown_dc}"
     );
 }
+
+/// A batch's new customers go to Zoho a hundred a call (upsert on the email field): an existing
+/// contact is updated, not doubled; one without a last name (an insert needs one, and a stand-in
+/// must not overwrite an existing contact's) is synced alone.
+#[tokio::test]
+async fn a_batch_of_customers_goes_to_zoho_a_hundred_a_call() {
+    let api = Api::start(json!({})).await;
+    // One contact Zoho holds already (crm-sync's records of this connection do not know it).
+    api.zoho.state.lock().unwrap().insert(
+        "Contacts",
+        &[("Last_Name", "Old"), ("Email", "z7@bulk.example.com")],
+    );
+    let mut items: Vec<Value> = (0..150)
+        .map(|i| json!({"customer": {"firstName": "Zed", "lastName": format!("Bulk{i}"), "email": format!("z{i}@bulk.example.com")}}))
+        .collect();
+    items.push(json!({"customer": {"firstName": "Only", "email": "first.name@bulk.example.com"}}));
+    let (status, answer) = api
+        .post(
+            Operation::SyncBatch,
+            json!({"connectionId": "demo", "items": items}),
+        )
+        .await;
+    assert_eq!(
+        (status, &answer["counts"]["queued"]),
+        (202, &json!(151)),
+        "{answer}"
+    );
+    let before = api.zoho.server.control.request_count();
+    let summary = api
+        .app
+        .scheduled_sync(&crm_sync::sync::TimeBudget::of(
+            std::time::Duration::from_secs(60),
+        ))
+        .await
+        .unwrap();
+    assert_eq!((summary.synced, summary.failed), (151, 0), "{summary:?}");
+    let requests = api.zoho.server.control.requests();
+    let upserts: Vec<usize> = requests[before..]
+        .iter()
+        .filter(|r| r.path == "/crm/v8/Contacts/upsert")
+        .map(|r| r.body["data"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(
+        upserts,
+        vec![100, 50, 1],
+        "two bulk calls, and the first-name-only customer's own upsert"
+    );
+    let contacts = api.records("Contacts");
+    assert_eq!(
+        contacts.len(),
+        151,
+        "the one Zoho held was updated, not doubled"
+    );
+    let z7: Vec<_> = contacts
+        .iter()
+        .filter(|c| c.text("Email") == Some("z7@bulk.example.com"))
+        .collect();
+    assert_eq!(z7.len(), 1);
+    assert_eq!(z7[0].text("Last_Name"), Some("Bulk7"));
+}

@@ -19,9 +19,9 @@ use serde_json::{Map, Value, json};
 use super::http::{CrmHttp, CrmResponse, Idempotency, status_error};
 use super::oauth::{AccessGrant, OAuthProvider, OAuthSession, TokenGrant};
 use super::{
-    AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, StampedRecord,
-    appointment_description, customer_fields, has_phone, lead_description, map_properties,
-    not_someone_else, property_name, same_email, stamp_field, stamp_warning, text,
+    AccountInfo, AdapterContext, BulkContact, ContactLookup, CrmAdapter, CrmContact, Outcome,
+    StampedRecord, Upserted, appointment_description, customer_fields, has_phone, lead_description,
+    map_properties, not_someone_else, property_name, same_email, stamp_field, stamp_warning, text,
 };
 use crate::connection::{Connection, ConnectionSettings};
 use crate::domain::{Appointment, AppointmentStatus, CrmType, Customer, Lead};
@@ -119,6 +119,10 @@ pub struct ZohoAdapter {
 
 /// The field our stamp goes in unless the connection's `stampField` names another.
 pub const DEFAULT_STAMP_FIELD: &str = "CRM_Sync_Id";
+
+/// Records one insert, update or upsert call takes ("You can insert/upsert a maximum of 100
+/// records per API call", upsert-records).
+pub const MAX_RECORDS_PER_WRITE: usize = 100;
 
 impl ZohoAdapter {
     pub fn new(connection: &Connection, ctx: &AdapterContext) -> Result<Self> {
@@ -559,6 +563,68 @@ impl CrmAdapter for ZohoAdapter {
     async fn update_contact(&self, crm_id: &str, customer: &Customer) -> Result<()> {
         self.update("Contacts", crm_id, self.contact_record(customer, false))
             .await
+    }
+
+    fn bulk_contact_limit(&self) -> usize {
+        MAX_RECORDS_PER_WRITE
+    }
+
+    /// `POST /Contacts/upsert` with up to 100 records and `duplicate_check_fields` the email
+    /// field, as a single create does: Zoho updates the contact with that email or inserts one
+    /// (`action`), so a resend after a lost answer finds what the first made. Zoho answers each
+    /// record at its index (200, 207 for a mix, 400 when none succeeded). A customer without a
+    /// last name is not sent: an insert needs one, and the stand-in a create uses must not
+    /// overwrite an existing contact's, so it is synced alone.
+    async fn upsert_contacts(&self, contacts: &[BulkContact<'_>]) -> Result<Vec<Result<Upserted>>> {
+        let mut outcomes: Vec<Result<Upserted>> = Vec::with_capacity(contacts.len());
+        let (mut sent, mut data) = (Vec::new(), Vec::new());
+        for (index, contact) in contacts.iter().enumerate() {
+            let customer = contact.customer;
+            if customer.email.is_none() || customer.last_name.is_none() {
+                outcomes.push(Err(Error::CrmRejected {
+                    message: "a Zoho upsert needs an email and a last name; synced alone".into(),
+                }));
+                continue;
+            }
+            outcomes.push(Err(Error::CrmUnavailable(
+                "Zoho's upsert answered nothing for this contact".into(),
+            )));
+            let record = self.stamped(self.contact_record(customer, true), &contact.plan.stamp);
+            data.push(Value::Object(record));
+            sent.push(index);
+        }
+        if data.is_empty() {
+            return Ok(outcomes);
+        }
+        let key = self.email_field("contact", CONTACT_FIELDS).to_string();
+        let body = json!({ "data": data, "duplicate_check_fields": [key] });
+        let response = self
+            .call(
+                Method::POST,
+                "/Contacts/upsert",
+                &[],
+                Some(&body),
+                Idempotency::Idempotent,
+            )
+            .await?;
+        let answers = match response.body.get("data").and_then(Value::as_array) {
+            Some(answers) if answers.len() == sent.len() => answers.clone(),
+            _ => return Err(zoho_error(&response)),
+        };
+        for (index, answer) in sent.into_iter().zip(answers) {
+            let one = CrmResponse {
+                body: json!({ "data": [answer] }),
+                ..response.clone()
+            };
+            outcomes[index] = written(&one).map(|written| Upserted {
+                crm_id: written.id,
+                outcome: match written.action.as_deref() {
+                    Some("update") => Outcome::Updated,
+                    _ => Outcome::Created,
+                },
+            });
+        }
+        Ok(outcomes)
     }
 
     /// Zoho leads are people in their own module; converting one makes the contact.
