@@ -529,3 +529,110 @@ async fn with_an_external_id_field_contacts_are_created_by_idempotent_upsert() {
         upserts[0].path.rsplit('/').next()
     );
 }
+
+/// A batch's new customers go to Salesforce two hundred a call: SOQL `IN` lists find the contacts
+/// their emails already name, one sObject Collections update writes those, one create the rest
+/// (stamped). An email two contacts hold is ambiguous and changes nothing, as a single sync's.
+#[tokio::test]
+async fn a_batch_of_customers_goes_to_salesforce_two_hundred_a_call() {
+    let api = Api::start().await;
+    let existing = {
+        let mut state = api.salesforce.state.lock().unwrap();
+        let existing = state.insert(
+            "Contact",
+            &[("LastName", "Old"), ("Email", "s5@bulk.example.com")],
+        );
+        state.insert(
+            "Contact",
+            &[("LastName", "Twin"), ("Email", "s9@bulk.example.com")],
+        );
+        state.insert(
+            "Contact",
+            &[("LastName", "Twin"), ("Email", "S9@bulk.example.com")],
+        );
+        existing
+    };
+    let items: Vec<Value> = (0..250)
+        .map(|i| json!({"customer": {"firstName": "Sal", "lastName": format!("Bulk{i}"), "email": format!("s{i}@bulk.example.com")}}))
+        .collect();
+    let (status, answer) = api
+        .post(
+            Operation::SyncBatch,
+            json!({"connectionId": "demo", "items": items}),
+        )
+        .await;
+    assert_eq!(
+        (status, &answer["counts"]["queued"]),
+        (202, &json!(250)),
+        "{answer}"
+    );
+    let before = api.salesforce.server.control.request_count();
+    let summary = api
+        .app
+        .scheduled_sync(&crm_sync::sync::TimeBudget::of(
+            std::time::Duration::from_secs(60),
+        ))
+        .await
+        .unwrap();
+    assert_eq!((summary.synced, summary.failed), (249, 1), "{summary:?}");
+    let requests = api.salesforce.server.control.requests();
+    let calls: Vec<String> = requests[before..]
+        .iter()
+        .map(|r| {
+            let size = r.body["records"].as_array().map_or(0, Vec::len);
+            format!(
+                "{} {} {size}",
+                r.method,
+                r.path.rsplit("/services/data/").next().unwrap()
+            )
+        })
+        .collect();
+    let path = format!("{API_VERSION}/composite/sobjects");
+    let collections: Vec<&String> = calls.iter().filter(|c| c.contains("composite")).collect();
+    assert_eq!(
+        collections,
+        vec![
+            &format!("PATCH {path} 1"),
+            &format!("POST {path} 198"),
+            &format!("POST {path} 50"),
+        ],
+        "{calls:?}"
+    );
+    assert!(
+        calls.len() <= 3 + 4,
+        "three collections and a few queries: {calls:?}"
+    );
+    let contacts = api.records("Contact");
+    assert_eq!(
+        contacts.len(),
+        3 + 248,
+        "s5 updated, the s9 twins left alone"
+    );
+    let s5: Vec<_> = contacts
+        .iter()
+        .filter(|c| c.get("Email") == Some("s5@bulk.example.com"))
+        .collect();
+    assert_eq!((s5.len(), s5[0].id.as_str()), (1, existing.as_str()));
+    assert_eq!(s5[0].get("LastName"), Some("Bulk5"));
+    let created = contacts
+        .iter()
+        .find(|c| c.get("Email") == Some("s7@bulk.example.com"))
+        .unwrap();
+    assert!(
+        created.get("CrmSyncId__c").is_some(),
+        "created contacts carry the stamp"
+    );
+    let (_, failed) = api
+        .call(
+            Operation::SyncRecords,
+            get_request(
+                Some(TEST_API_KEY),
+                &[("connectionId", "demo"), ("status", "failed")],
+            ),
+        )
+        .await;
+    assert_eq!(
+        failed["records"][0]["lastError"]["code"], "ambiguous_match",
+        "{failed}"
+    );
+}

@@ -10,18 +10,24 @@
 
 use async_trait::async_trait;
 use reqwest::Method;
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use super::http::{CrmHttp, CrmResponse, Idempotency, status_error};
 use super::oauth::{AccessGrant, OAuthProvider, OAuthSession, TokenGrant};
 use super::{
-    AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, StampedRecord,
-    appointment_description, customer_fields, map_properties, property_name, stamp_field,
-    stamp_warning, text,
+    AccountInfo, AdapterContext, BulkContact, ContactLookup, CrmAdapter, CrmContact, Outcome,
+    StampedRecord, Upserted, appointment_description, customer_fields, map_properties,
+    property_name, same_email, stamp_field, stamp_warning, text,
 };
 use crate::connection::{Connection, ConnectionSettings};
 use crate::domain::{Appointment, AppointmentStatus, CrmType, Customer, E164Phone, Lead};
 use crate::error::{Error, Result};
+
+/// Records one sObject Collections call takes ("up to 200 objects", resources-composite-sobjects-collections).
+pub const COLLECTION_LIMIT: usize = 200;
+/// Characters of quoted values one SOQL `IN` list carries: the query travels in the URL, which
+/// Salesforce caps at 16,384 bytes with the headers.
+const IN_LIST_CHARS: usize = 4000;
 
 /// The REST API version every path is pinned to (Winter '25).
 pub const API_VERSION: &str = "v62.0";
@@ -477,6 +483,159 @@ impl CrmAdapter for SalesforceAdapter {
             .await
     }
 
+    fn bulk_contact_limit(&self) -> usize {
+        COLLECTION_LIMIT
+    }
+
+    /// Up to 200 contacts in a few calls: SOQL reads the contacts these emails (and, after a
+    /// lost answer, these stamps) already name, `IN` lists of about 4,000 characters a query;
+    /// then one sObject Collections update (`PATCH /composite/sobjects`) of those found and one
+    /// create (`POST /composite/sobjects`, `allOrNone` false, each stamped and keyed as a single
+    /// create is) of the rest. Each collection answers one result per record, in order. An email
+    /// several contacts hold is ambiguous, as a single sync's would be.
+    async fn upsert_contacts(&self, contacts: &[BulkContact<'_>]) -> Result<Vec<Result<Upserted>>> {
+        let email_field = property_name("contact", "email", CONTACT_FIELDS, &self.settings)
+            .unwrap_or("Email")
+            .to_string();
+        let mut fields = self.contact_field_names();
+        if let Some(stamp) = &self.stamp_field {
+            fields.push(stamp);
+        }
+        let select = format!("SELECT {} FROM Contact WHERE", fields.join(", "));
+        let emails: Vec<&str> = contacts
+            .iter()
+            .filter_map(|c| c.customer.email.as_ref().map(|e| e.as_str()))
+            .collect();
+        let mut found = Vec::new();
+        for list in in_lists(&emails) {
+            found.extend(
+                self.query(&format!("{select} {email_field} IN ({list})"))
+                    .await?,
+            );
+        }
+        if let Some(stamp_field) = &self.stamp_field {
+            let stamps: Vec<&str> = contacts
+                .iter()
+                .filter(|c| c.plan.reconcile)
+                .map(|c| c.plan.stamp.as_str())
+                .collect();
+            for list in in_lists(&stamps) {
+                found.extend(
+                    self.query(&format!("{select} {stamp_field} IN ({list})"))
+                        .await?,
+                );
+            }
+        }
+        let mut outcomes: Vec<Option<Result<Upserted>>> = vec![None; contacts.len()];
+        let (mut updates, mut creates) = (Vec::new(), Vec::new());
+        for (index, contact) in contacts.iter().enumerate() {
+            let stamped = self
+                .stamp_field
+                .as_ref()
+                .filter(|_| contact.plan.reconcile)
+                .and_then(|field| {
+                    found
+                        .iter()
+                        .find(|r| text(r, field).as_deref() == Some(contact.plan.stamp.as_str()))
+                });
+            let email = contact
+                .customer
+                .email
+                .as_ref()
+                .map(|e| e.as_str())
+                .unwrap_or_default();
+            let mut by_email: Vec<&Value> = found
+                .iter()
+                .filter(|r| same_email(text(r, &email_field).as_deref(), email))
+                .collect();
+            by_email.sort_by_key(|r| text(r, "Id"));
+            by_email.dedup_by_key(|r| text(r, "Id"));
+            let (existing, adopted) = match (stamped, by_email.as_slice()) {
+                (Some(record), _) => (Some(record), true),
+                (None, []) => (None, false),
+                (None, [one]) => (Some(*one), false),
+                (None, several) => {
+                    outcomes[index] = Some(Err(Error::Ambiguous {
+                        message: format!(
+                            "{} CRM contacts match this email; nothing was changed",
+                            several.len()
+                        ),
+                        ids: several.iter().filter_map(|r| text(r, "Id")).collect(),
+                    }));
+                    continue;
+                }
+            };
+            match existing.and_then(|r| text(r, "Id")) {
+                Some(id) => {
+                    let mut record = self.contact_record(contact.customer, false);
+                    record.insert("attributes".into(), json!({"type": "Contact"}));
+                    record.insert("id".into(), id.into());
+                    updates.push((index, Value::Object(record), adopted));
+                }
+                None => {
+                    let mut record = self.contact_record(contact.customer, true);
+                    record.insert("attributes".into(), json!({"type": "Contact"}));
+                    if let Some(field) = &self.stamp_field {
+                        record.insert(field.clone(), contact.plan.stamp.clone().into());
+                    }
+                    if let Some(field) = &self.contact_external_id_field {
+                        let key =
+                            crate::store::sha256_hex(contact.customer.source_key().as_bytes());
+                        record.insert(field.clone(), key.into());
+                    }
+                    creates.push((index, Value::Object(record)));
+                }
+            }
+        }
+        let path = format!("/services/data/{API_VERSION}/composite/sobjects");
+        if !updates.is_empty() {
+            let records: Vec<&Value> = updates.iter().map(|(_, r, _)| r).collect();
+            let body = json!({ "allOrNone": false, "records": records });
+            let response = self
+                .call(
+                    Method::PATCH,
+                    &path,
+                    &[],
+                    Some(&body),
+                    Idempotency::Idempotent,
+                )
+                .await?;
+            let results = collection_results(&response, updates.len())?;
+            for ((index, _, adopted), result) in updates.iter().zip(results) {
+                let outcome = if *adopted {
+                    Outcome::Created
+                } else {
+                    Outcome::Updated
+                };
+                outcomes[*index] = Some(result.map(|crm_id| Upserted { crm_id, outcome }));
+            }
+        }
+        if !creates.is_empty() {
+            let records: Vec<&Value> = creates.iter().map(|(_, r)| r).collect();
+            let body = json!({ "allOrNone": false, "records": records });
+            let response = self
+                .call(
+                    Method::POST,
+                    &path,
+                    &[],
+                    Some(&body),
+                    Idempotency::NotIdempotent,
+                )
+                .await?;
+            let results = collection_results(&response, creates.len())?;
+            for ((index, _), result) in creates.iter().zip(results) {
+                outcomes[*index] = Some(result.map(|crm_id| Upserted {
+                    crm_id,
+                    outcome: Outcome::Created,
+                }));
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(Error::CrmUnavailable("no result".into()))))
+            .collect())
+    }
+
     /// A Lead stands alone; it becomes a contact only when someone converts it.
     fn lead_needs_contact(&self) -> bool {
         false
@@ -684,6 +843,61 @@ fn array(body: &Value, key: &str) -> Vec<Value> {
 fn record_id(response: &CrmResponse) -> Result<String> {
     text(&response.body, "id")
         .ok_or_else(|| Error::CrmUnavailable("Salesforce answered without a record id".into()))
+}
+
+/// Quoted SOQL values, as `IN` lists of at most `IN_LIST_CHARS` characters each.
+fn in_lists(values: &[&str]) -> Vec<String> {
+    let mut lists: Vec<String> = Vec::new();
+    for value in values {
+        let literal = soql_literal(value);
+        match lists.last_mut() {
+            Some(list) if list.len() + literal.len() + 2 <= IN_LIST_CHARS => {
+                list.push_str(", ");
+                list.push_str(&literal);
+            }
+            _ => lists.push(literal),
+        }
+    }
+    lists
+}
+
+/// An sObject Collections answer: one `{id, success, errors: [{statusCode, message, fields}]}`
+/// per record, in the order sent.
+fn collection_results(response: &CrmResponse, sent: usize) -> Result<Vec<Result<String>>> {
+    let results = response
+        .body
+        .as_array()
+        .filter(|r| r.len() == sent)
+        .ok_or_else(|| {
+            Error::CrmUnavailable(format!(
+                "Salesforce answered a collection of {sent} records without {sent} results"
+            ))
+        })?;
+    Ok(results
+        .iter()
+        .map(|result| {
+            if result["success"].as_bool() == Some(true) {
+                return text(result, "id").ok_or_else(|| {
+                    Error::CrmUnavailable("Salesforce answered without a record id".into())
+                });
+            }
+            let first = &result["errors"][0];
+            let code = text(first, "statusCode").unwrap_or_default();
+            let message = format!("{code}: {}", text(first, "message").unwrap_or_default());
+            Err(match code.as_str() {
+                "DUPLICATES_DETECTED" | "DUPLICATE_VALUE" | "DUPLICATE_EXTERNAL_ID" => {
+                    Error::CrmDuplicate {
+                        existing_id: None,
+                        message,
+                    }
+                }
+                "ENTITY_IS_DELETED" | "INVALID_CROSS_REFERENCE_KEY" | "NOT_FOUND" => {
+                    Error::NotFound(message)
+                }
+                _ => Error::CrmRejected { message },
+            })
+        })
+        .collect())
 }
 
 /// 401 INVALID_SESSION_ID: the access token expired or was revoked.

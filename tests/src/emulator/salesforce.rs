@@ -509,6 +509,10 @@ pub fn routes(state: SharedState) -> Router {
             "/services/data/{version}/sobjects/{sobject}/{field}/{value}",
             patch(upsert),
         )
+        .route(
+            "/services/data/{version}/composite/sobjects",
+            post(collection_create).patch(collection_update),
+        )
         .with_state(state)
 }
 
@@ -802,11 +806,35 @@ fn parse_soql(text: &str) -> Result<Soql, String> {
         tokens.next();
         loop {
             let field = tokens.word()?;
-            tokens.symbol('=')?;
-            match tokens.next() {
-                Some(Token::Literal(value)) => any_of.push((field, value)),
-                other => return Err(format!("unexpected token: {}", describe(other.as_ref()))),
-            }
+            // `field = 'v'`, or `field IN ('v', …)`: any of the values.
+            let values = if tokens.is_keyword("IN") {
+                tokens.next();
+                tokens.symbol('(')?;
+                let mut values = Vec::new();
+                loop {
+                    match tokens.next() {
+                        Some(Token::Literal(value)) => values.push(value),
+                        other => {
+                            return Err(format!("unexpected token: {}", describe(other.as_ref())));
+                        }
+                    }
+                    match tokens.next() {
+                        Some(Token::Symbol(',')) => {}
+                        Some(Token::Symbol(')')) => break,
+                        other => {
+                            return Err(format!("unexpected token: {}", describe(other.as_ref())));
+                        }
+                    }
+                }
+                values
+            } else {
+                tokens.symbol('=')?;
+                match tokens.next() {
+                    Some(Token::Literal(value)) => vec![value],
+                    other => return Err(format!("unexpected token: {}", describe(other.as_ref()))),
+                }
+            };
+            any_of.extend(values.into_iter().map(|value| (field.clone(), value)));
             if !tokens.is_keyword("OR") {
                 break;
             }
@@ -1561,9 +1589,167 @@ async fn upsert(
     })
 }
 
+/// Records one sObject Collections call takes ("The list can contain up to 200 objects").
+pub const COLLECTION_LIMIT: usize = 200;
+
+/// The records of an sObject Collections request, each with its type (`attributes.type`), as
+/// https://developer.salesforce.com/docs/platform/api-rest/guide/resources-composite-sobjects-collections-create.html
+/// and …-collections-update.html describe; `allOrNone` true is not emulated.
+/// A record of a collection: its sObject type and its fields.
+type TypedRecord = (String, Map<String, Value>);
+
+fn collection_records(body: &Bytes) -> Result<Vec<TypedRecord>, ApiError> {
+    let body = parse_body(body)?;
+    if body.get("allOrNone").and_then(Value::as_bool) == Some(true) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_FIELD",
+            "allOrNone true is not emulated",
+            &[],
+        ));
+    }
+    let records = body
+        .get("records")
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_FIELD",
+                "records is required",
+                &[],
+            )
+        })?;
+    if records.len() > COLLECTION_LIMIT {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "EXCEEDED_ID_LIMIT",
+            format!(
+                "record limit reached. cannot submit more than {COLLECTION_LIMIT} records into this call"
+            ),
+            &[],
+        ));
+    }
+    records
+        .iter()
+        .map(|record| {
+            let mut fields = record.as_object().cloned().unwrap_or_default();
+            let sobject = fields
+                .remove("attributes")
+                .and_then(|a| a.get("type").and_then(Value::as_str).map(str::to_string))
+                .ok_or_else(|| {
+                    error(
+                        StatusCode::BAD_REQUEST,
+                        "INVALID_TYPE",
+                        "Must send a concrete entity type.",
+                        &[],
+                    )
+                })?;
+            Ok((sobject, fields))
+        })
+        .collect()
+}
+
+/// One record's result in a collection's answer: `{id, success, errors}`, the errors as
+/// `{statusCode, message, fields}` (not the `errorCode` of single-record errors).
+fn collection_result(result: Result<String, ApiError>) -> Value {
+    match result {
+        Ok(id) => created(&id, None),
+        Err(ApiError(_, errors)) => {
+            let errors: Vec<Value> = errors
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| json!({"statusCode": e["errorCode"], "message": e["message"], "fields": e["fields"]}))
+                .collect();
+            json!({"success": false, "errors": errors})
+        }
+    }
+}
+
+/// `POST /composite/sobjects`: creates up to 200 records, answered 200 with one result per
+/// record in order (a failed record does not fail the others with `allOrNone` false).
+async fn collection_create(
+    State(state): State<SharedState>,
+    Path(version): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    authorised(&state, &headers, &version, |s| {
+        let records = collection_records(&body)?;
+        let allow = allow_save(&headers);
+        let results: Vec<Value> = records
+            .iter()
+            .map(|(sobject, fields)| {
+                let result = if fields.keys().any(|k| k.eq_ignore_ascii_case("Id")) {
+                    Err(error(
+                        StatusCode::BAD_REQUEST,
+                        "INVALID_FIELD",
+                        "cannot specify Id in an insert call",
+                        &["Id"],
+                    ))
+                } else {
+                    insert_checked(s, sobject, fields, &[], allow)
+                };
+                collection_result(result)
+            })
+            .collect();
+        Ok(Json(json!(results)).into_response())
+    })
+}
+
+/// `PATCH /composite/sobjects`: updates up to 200 records by their `id`, answered as a create.
+async fn collection_update(
+    State(state): State<SharedState>,
+    Path(version): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    authorised(&state, &headers, &version, |s| {
+        let records = collection_records(&body)?;
+        let allow = allow_save(&headers);
+        let results: Vec<Value> = records
+            .into_iter()
+            .map(|(sobject, mut fields)| {
+                let id = fields
+                    .remove("id")
+                    .or_else(|| fields.remove("Id"))
+                    .and_then(|id| id.as_str().map(str::to_string));
+                let result = match id {
+                    None => Err(error(
+                        StatusCode::BAD_REQUEST,
+                        "MISSING_ARGUMENT",
+                        "Id not specified in an update call",
+                        &[],
+                    )),
+                    Some(id) => update_checked(s, &sobject, &id, &fields, allow).map(|()| id),
+                };
+                collection_result(result)
+            })
+            .collect();
+        Ok(Json(json!(results)).into_response())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn soql_in_lists_are_any_of_their_values() {
+        let soql = parse_soql(
+            "SELECT Id FROM Contact WHERE Email IN ('a@x.io', 'b@x.io') OR CrmSyncId__c = 's'",
+        )
+        .unwrap();
+        assert_eq!(
+            soql.any_of,
+            vec![
+                ("Email".to_string(), "a@x.io".to_string()),
+                ("Email".to_string(), "b@x.io".to_string()),
+                ("CrmSyncId__c".to_string(), "s".to_string()),
+            ]
+        );
+        assert!(parse_soql("SELECT Id FROM Contact WHERE Email IN ('a' 'b')").is_err());
+    }
 
     #[test]
     fn soql_literals_are_unescaped_as_salesforce_documents() {
