@@ -26,8 +26,9 @@ use crate::error::{Error, Result};
 /// Records one sObject Collections call takes ("up to 200 objects", resources-composite-sobjects-collections).
 pub const COLLECTION_LIMIT: usize = 200;
 /// Characters of quoted values one SOQL `IN` list carries: the query travels in the URL, which
-/// Salesforce caps at 16,384 bytes with the headers.
-const IN_LIST_CHARS: usize = 4000;
+/// Salesforce caps at 16,384 bytes with the headers (URL-encoded, 8,000 characters of emails
+/// take about 9,500).
+const IN_LIST_CHARS: usize = 8000;
 
 /// The REST API version every path is pinned to (Winter '25).
 pub const API_VERSION: &str = "v62.0";
@@ -488,7 +489,7 @@ impl CrmAdapter for SalesforceAdapter {
     }
 
     /// Up to 200 contacts in a few calls: SOQL reads the contacts these emails (and, after a
-    /// lost answer, these stamps) already name, `IN` lists of about 4,000 characters a query;
+    /// lost answer, these stamps) already name, `IN` lists of about 8,000 characters a query;
     /// then one sObject Collections update (`PATCH /composite/sobjects`) of those found and one
     /// create (`POST /composite/sobjects`, `allOrNone` false, each stamped and keyed as a single
     /// create is) of the rest. Each collection answers one result per record, in order. An email

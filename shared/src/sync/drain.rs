@@ -1,6 +1,7 @@
 //! `scheduled-sync`: drains what is due (queued batch items, transient failures, lost answers,
 //! abandoned syncs) per connection, in order, through the same exactly-once path as the single
-//! endpoints, and stops starting work when its time budget runs out.
+//! endpoints (new customers in the CRM's bulk write where it has one, each claimed and recorded
+//! as its own sync), and stops starting work when its time budget runs out.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
