@@ -256,3 +256,12 @@ pub async fn aws_stores() -> (
         crm_sync::store::aws::DynamoDbSyncRecordStore::new(dynamodb, table),
     )
 }
+
+/// One `scheduled-sync` run with a minute to start records in.
+pub async fn drain_once(app: &App) -> crm_sync::sync::DrainSummary {
+    app.scheduled_sync(&crm_sync::sync::TimeBudget::of(
+        std::time::Duration::from_secs(60),
+    ))
+    .await
+    .expect("the scheduled sync runs")
+}

@@ -2,13 +2,10 @@
 //! end to end through the Lambda handlers against the HubSpot emulator, every answer checked
 //! against openapi.yaml; on the local stores, and on moto's DynamoDB for the production store.
 
-use std::time::Duration;
-
 use crm_sync::App;
 use crm_sync::config::StoreKind;
 use crm_sync::domain::CrmType;
 use crm_sync::http::Operation;
-use crm_sync::sync::TimeBudget;
 use crm_sync_tests::contract::OpenApi;
 use crm_sync_tests::emulator::Fault;
 use crm_sync_tests::emulator::hubspot::HubSpotEmulator;
@@ -77,10 +74,7 @@ impl Api {
     }
 
     async fn drain(&self) -> crm_sync::sync::DrainSummary {
-        self.app
-            .scheduled_sync(&TimeBudget::of(Duration::from_secs(60)))
-            .await
-            .unwrap()
+        drain_once(&self.app).await
     }
 
     fn held(&self, object_type: &str) -> usize {

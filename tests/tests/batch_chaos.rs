@@ -66,16 +66,7 @@ struct Target {
 async fn start_targets(app: &App, sizes: &[(&str, usize)]) -> Vec<Target> {
     let mut targets = Vec::new();
     for (tag, size) in sizes {
-        let crm = match *tag {
-            "hubspot" => conformance::hubspot::start().await,
-            "salesforce" => conformance::salesforce::start().await,
-            "pipedrive" => conformance::pipedrive::start().await,
-            "zoho" => conformance::zoho::start().await,
-            "freshsales" => conformance::freshsales::start().await,
-            "dynamics" => conformance::dynamics::start().await,
-            "sugarcrm" => conformance::sugarcrm::start().await,
-            other => panic!("no emulator {other}"),
-        };
+        let crm = conformance::start(tag).await;
         crm.lift_request_budget();
         let id = format!("chaos-{tag}");
         store_connection(app, &id, &crm.connection()).await;

@@ -567,13 +567,7 @@ async fn a_batch_of_customers_goes_to_salesforce_two_hundred_a_call() {
         "{answer}"
     );
     let before = api.salesforce.server.control.request_count();
-    let summary = api
-        .app
-        .scheduled_sync(&crm_sync::sync::TimeBudget::of(
-            std::time::Duration::from_secs(60),
-        ))
-        .await
-        .unwrap();
+    let summary = drain_once(&api.app).await;
     assert_eq!((summary.synced, summary.failed), (249, 1), "{summary:?}");
     let requests = api.salesforce.server.control.requests();
     let calls: Vec<String> = requests[before..]

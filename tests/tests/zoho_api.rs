@@ -443,13 +443,7 @@ async fn a_batch_of_customers_goes_to_zoho_a_hundred_a_call() {
         "{answer}"
     );
     let before = api.zoho.server.control.request_count();
-    let summary = api
-        .app
-        .scheduled_sync(&crm_sync::sync::TimeBudget::of(
-            std::time::Duration::from_secs(60),
-        ))
-        .await
-        .unwrap();
+    let summary = drain_once(&api.app).await;
     assert_eq!((summary.synced, summary.failed), (151, 0), "{summary:?}");
     let requests = api.zoho.server.control.requests();
     let upserts: Vec<usize> = requests[before..]

@@ -275,7 +275,7 @@ async fn main() -> std::process::ExitCode {
         ("dynamics", 1),
         ("sugarcrm", 1),
     ] {
-        let crm = start_crm(tag).await;
+        let crm = conformance::start(tag).await;
         crm.lift_request_budget();
         let run = drain_batch(crm.as_ref(), &customer_items(tag, BATCH_CUSTOMERS), false).await;
         let per_record = run.calls as f64 / BATCH_CUSTOMERS as f64;
@@ -297,7 +297,7 @@ async fn main() -> std::process::ExitCode {
             run.calls
         );
     }
-    let crm = start_crm("hubspot").await;
+    let crm = conformance::start("hubspot").await;
     let appointments = appointment_items(THROUGHPUT_APPOINTMENTS);
     let run = drain_batch(crm.as_ref(), &appointments, true).await;
     let limit_per_second = 100.0 / 10.0;
@@ -348,19 +348,6 @@ async fn main() -> std::process::ExitCode {
 const BATCH_CUSTOMERS: usize = 1000;
 /// Appointments the throughput run drains against HubSpot's limit (about 45 s of it).
 const THROUGHPUT_APPOINTMENTS: usize = 120;
-
-async fn start_crm(tag: &str) -> Box<dyn EmulatedCrm> {
-    match tag {
-        "hubspot" => conformance::hubspot::start().await,
-        "salesforce" => conformance::salesforce::start().await,
-        "pipedrive" => conformance::pipedrive::start().await,
-        "zoho" => conformance::zoho::start().await,
-        "freshsales" => conformance::freshsales::start().await,
-        "dynamics" => conformance::dynamics::start().await,
-        "sugarcrm" => conformance::sugarcrm::start().await,
-        other => panic!("no emulator {other}"),
-    }
-}
 
 fn customer_items(tag: &str, n: usize) -> Vec<Value> {
     (0..n)

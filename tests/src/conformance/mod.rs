@@ -197,6 +197,21 @@ fn status(response: &Value) -> &str {
     response["status"].as_str().unwrap_or_default()
 }
 
+/// The emulated CRM `tag` names (`hubspot`, `salesforce`, `pipedrive`, `zoho`, `freshsales`,
+/// `dynamics`, `sugarcrm`), started on a free loopback port.
+pub async fn start(tag: &str) -> Box<dyn EmulatedCrm> {
+    match tag {
+        "hubspot" => hubspot::start().await,
+        "salesforce" => salesforce::start().await,
+        "pipedrive" => pipedrive::start().await,
+        "zoho" => zoho::start().await,
+        "freshsales" => freshsales::start().await,
+        "dynamics" => dynamics::start().await,
+        "sugarcrm" => sugarcrm::start().await,
+        other => panic!("no emulator {other}"),
+    }
+}
+
 pub async fn creates_a_contact_and_a_resend_is_unchanged(fx: Fixture) {
     let customer = json!({"firstName": "Ada", "lastName": "Lovelace", "email": "Ada@Example.com", "phone": "(415) 555-2671"});
     let first = fx.sync_customer(customer.clone()).await.expect("created");

@@ -1666,68 +1666,81 @@ fn collection_result(result: Result<String, ApiError>) -> Value {
     }
 }
 
-/// `POST /composite/sobjects`: creates up to 200 records, answered 200 with one result per
-/// record in order (a failed record does not fail the others with `allOrNone` false).
+/// An sObject Collections call: each record written by `write` (its type, its fields), answered
+/// 200 with one result per record in order (a failed record does not fail the others with
+/// `allOrNone` false).
+fn collection(
+    state: &SharedState,
+    headers: &HeaderMap,
+    version: &str,
+    body: &Bytes,
+    write: impl Fn(&mut SalesforceState, &str, Map<String, Value>, bool) -> Result<String, ApiError>,
+) -> Response {
+    authorised(state, headers, version, |s| {
+        let records = collection_records(body)?;
+        let allow = allow_save(headers);
+        let results: Vec<Value> = records
+            .into_iter()
+            .map(|(sobject, fields)| collection_result(write(s, &sobject, fields, allow)))
+            .collect();
+        Ok(Json(json!(results)).into_response())
+    })
+}
+
+/// `POST /composite/sobjects`: creates up to 200 records (no `id` in them).
 async fn collection_create(
     State(state): State<SharedState>,
     Path(version): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    authorised(&state, &headers, &version, |s| {
-        let records = collection_records(&body)?;
-        let allow = allow_save(&headers);
-        let results: Vec<Value> = records
-            .iter()
-            .map(|(sobject, fields)| {
-                let result = if fields.keys().any(|k| k.eq_ignore_ascii_case("Id")) {
-                    Err(error(
-                        StatusCode::BAD_REQUEST,
-                        "INVALID_FIELD",
-                        "cannot specify Id in an insert call",
-                        &["Id"],
-                    ))
-                } else {
-                    insert_checked(s, sobject, fields, &[], allow)
-                };
-                collection_result(result)
-            })
-            .collect();
-        Ok(Json(json!(results)).into_response())
-    })
+    collection(
+        &state,
+        &headers,
+        &version,
+        &body,
+        |s, sobject, fields, allow| {
+            if fields.keys().any(|k| k.eq_ignore_ascii_case("Id")) {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_FIELD",
+                    "cannot specify Id in an insert call",
+                    &["Id"],
+                ));
+            }
+            insert_checked(s, sobject, &fields, &[], allow)
+        },
+    )
 }
 
-/// `PATCH /composite/sobjects`: updates up to 200 records by their `id`, answered as a create.
+/// `PATCH /composite/sobjects`: updates up to 200 records by their `id`.
 async fn collection_update(
     State(state): State<SharedState>,
     Path(version): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    authorised(&state, &headers, &version, |s| {
-        let records = collection_records(&body)?;
-        let allow = allow_save(&headers);
-        let results: Vec<Value> = records
-            .into_iter()
-            .map(|(sobject, mut fields)| {
-                let id = fields
-                    .remove("id")
-                    .or_else(|| fields.remove("Id"))
-                    .and_then(|id| id.as_str().map(str::to_string));
-                let result = match id {
-                    None => Err(error(
+    collection(
+        &state,
+        &headers,
+        &version,
+        &body,
+        |s, sobject, mut fields, allow| {
+            let id = fields
+                .remove("id")
+                .or_else(|| fields.remove("Id"))
+                .and_then(|id| id.as_str().map(str::to_string))
+                .ok_or_else(|| {
+                    error(
                         StatusCode::BAD_REQUEST,
                         "MISSING_ARGUMENT",
                         "Id not specified in an update call",
                         &[],
-                    )),
-                    Some(id) => update_checked(s, &sobject, &id, &fields, allow).map(|()| id),
-                };
-                collection_result(result)
-            })
-            .collect();
-        Ok(Json(json!(results)).into_response())
-    })
+                    )
+                })?;
+            update_checked(s, sobject, &id, &fields, allow).map(|()| id)
+        },
+    )
 }
 
 #[cfg(test)]
