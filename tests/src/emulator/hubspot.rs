@@ -1104,6 +1104,11 @@ async fn batch_read(
     })
 }
 
+/// A batch refused as a whole: 400 `VALIDATION_ERROR`.
+fn batch_refused(message: impl Into<String>) -> Response {
+    error(StatusCode::BAD_REQUEST, message, "VALIDATION_ERROR")
+}
+
 /// `POST /crm/v3/objects/contacts/batch/upsert`: creates or updates up to 100 contacts, each
 /// named by its email (`idProperty: "email"`, `id`: the email). Each result says whether it was
 /// created (`new`); an input refused is one of `errors`, its `objectWriteTraceId` in the error's
@@ -1117,51 +1122,29 @@ async fn batch_upsert(
 ) -> Response {
     authorised(&state, &headers, |s| {
         if object_type != "contacts" {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("Batch upsert is emulated for contacts only, not {object_type}"),
-                "VALIDATION_ERROR",
-            );
+            return batch_refused(format!(
+                "Batch upsert is emulated for contacts only, not {object_type}"
+            ));
         }
         let Some(inputs) = body["inputs"].as_array() else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "Invalid input JSON: 'inputs' is required",
-                "VALIDATION_ERROR",
-            );
+            return batch_refused("Invalid input JSON: 'inputs' is required");
         };
         if inputs.len() > BATCH_LIMIT {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "Batch input limit exceeded: {} inputs, at most {BATCH_LIMIT}",
-                    inputs.len()
-                ),
-                "VALIDATION_ERROR",
-            );
+            return batch_refused(format!(
+                "Batch input limit exceeded: {} inputs, at most {BATCH_LIMIT}",
+                inputs.len()
+            ));
         }
         let mut emails = HashSet::new();
         for input in inputs {
             if input["idProperty"].as_str() != Some("email") {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "Unable to perform update/upsert by non-unique 0-1 property",
-                    "VALIDATION_ERROR",
-                );
+                return batch_refused("Unable to perform update/upsert by non-unique 0-1 property");
             }
             let Some(email) = input["id"].as_str() else {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "Invalid input JSON: 'id' is required",
-                    "VALIDATION_ERROR",
-                );
+                return batch_refused("Invalid input JSON: 'id' is required");
             };
             if !emails.insert(email.trim().to_ascii_lowercase()) {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("Duplicate IDs found in batch input: [{email}]"),
-                    "VALIDATION_ERROR",
-                );
+                return batch_refused(format!("Duplicate IDs found in batch input: [{email}]"));
             }
         }
         let (mut results, mut errors) = (Vec::new(), Vec::new());
