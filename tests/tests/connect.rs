@@ -861,3 +861,59 @@ async fn dynamics_connects_with_the_app_credentials_typed_on_the_page() {
     assert_eq!(stored.settings.extra_str("tenantId"), Some(dc::TENANT_ID));
     f.assert_never_shown(&[dc::CLIENT_SECRET, &token]);
 }
+
+#[tokio::test]
+async fn sugarcrm_connects_with_the_user_typed_on_the_page_and_a_wrong_password_stores_nothing() {
+    use crm_sync_tests::conformance::sugarcrm as sc;
+    use crm_sync_tests::emulator::sugarcrm::SugarEmulator;
+    let f = Fixture::local().await;
+    let sugar = SugarEmulator::start(sc::instance()).await.unwrap();
+    let token = f
+        .link(json!({"connectionId": "acme-sugar", "crmType": "sugarcrm",
+                     "settings": {"instanceUrl": sugar.base_url()}}))
+        .await;
+    let cookie = f.open(&token).await;
+    let form = f.get_page(Some(&cookie), &[]).await;
+    for asked in ["username", "password"] {
+        assert!(form.body.contains(&format!("name=\"{asked}\"")), "{asked}");
+    }
+    assert!(
+        !form.body.contains("name=\"instanceUrl\""),
+        "the link fixes it"
+    );
+    let wrong = "not-the-sugar-password-3Qz";
+    let refused = f
+        .post_callback(
+            &cookie,
+            &[
+                ("crm", "sugarcrm"),
+                ("username", sc::USERNAME),
+                ("password", wrong),
+            ],
+        )
+        .await;
+    assert_ne!(refused.status, 200, "{}", refused.body);
+    assert!(
+        f.stored("acme-sugar").await.is_none(),
+        "tested before stored"
+    );
+    let done = f
+        .post_callback(
+            &cookie,
+            &[
+                ("crm", "sugarcrm"),
+                ("username", sc::USERNAME),
+                ("password", sc::PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(done.body.contains("SugarCRM is connected"), "{}", done.body);
+    let stored = f.stored("acme-sugar").await.unwrap();
+    assert_eq!(stored.crm_type, CrmType::Sugarcrm);
+    assert_eq!(
+        stored.settings.extra_str("instanceUrl"),
+        Some(sugar.base_url())
+    );
+    f.assert_never_shown(&[sc::PASSWORD, wrong, &token]);
+}
