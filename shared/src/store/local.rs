@@ -11,8 +11,8 @@ use async_trait::async_trait;
 
 use super::{
     ConnectionStore, IdempotentRequest, RecordKey, RecordPage, RecordQuery, SyncRecord,
-    SyncRecordStore, SyncStatus, WriteOutcome, decode_cursor, encode_cursor, idempotency_key,
-    lease_key, sha256_hex,
+    SyncRecordStore, SyncStatus, WriteOutcome, idempotency_key, lease_key, page_in_list_order,
+    sha256_hex,
 };
 use crate::connection::{Connection, ConnectionId};
 use crate::error::{Error, Result};
@@ -174,15 +174,6 @@ impl LocalSyncRecordStore {
     }
 }
 
-fn matches(record: &SyncRecord, query: &RecordQuery) -> bool {
-    record.connection_id == query.connection_id
-        && query.status.is_none_or(|s| record.status == s)
-        && query
-            .batch_id
-            .as_ref()
-            .is_none_or(|b| record.batch_id.as_ref() == Some(b))
-}
-
 fn read_record(path: &Path) -> Result<Option<SyncRecord>> {
     match fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
@@ -244,43 +235,17 @@ impl SyncRecordStore for LocalSyncRecordStore {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<RecordPage> {
-        let after = match cursor {
-            Some(cursor) => Some(
-                decode_cursor(cursor)?
-                    .as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| {
-                        Error::validation("cursor", "is not a cursor this listing handed out")
-                    })?,
-            ),
-            None => None,
-        };
         let query = query.clone();
-        let mut records = self
-            .all_records(query.status, move |r| matches(r, &query))
+        let records = self
+            .all_records(query.status, move |r| query.matches(r))
             .await?;
-        records.sort_by_cached_key(SyncRecord::list_key);
-        let mut page: Vec<SyncRecord> = records
-            .into_iter()
-            .filter(|r| after.as_ref().is_none_or(|after| r.list_key() > *after))
-            .take(limit + 1)
-            .collect();
-        let next = (page.len() > limit).then(|| {
-            page.truncate(limit);
-            encode_cursor(&serde_json::Value::String(
-                page.last().map(SyncRecord::list_key).unwrap_or_default(),
-            ))
-        });
-        Ok(RecordPage {
-            records: page,
-            next,
-        })
+        page_in_list_order(records, cursor, limit)
     }
 
     async fn count_records(&self, query: &RecordQuery) -> Result<usize> {
         let query = query.clone();
         let records = self
-            .all_records(query.status, move |r| matches(r, &query))
+            .all_records(query.status, move |r| query.matches(r))
             .await?;
         Ok(records.len())
     }

@@ -10,9 +10,9 @@ use chrono::{DateTime, Utc};
 
 use super::{
     IdempotentRequest, RecordKey, RecordPage, RecordQuery, SyncRecord, SyncRecordStore, SyncStatus,
-    WriteOutcome, decode_cursor, encode_cursor,
+    WriteOutcome, page_in_list_order,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 #[derive(Default)]
 struct Held {
@@ -31,15 +31,6 @@ impl MemorySyncRecordStore {
         let held = self.held.lock().expect("not poisoned");
         held.records.values().filter(|r| keep(r)).cloned().collect()
     }
-}
-
-fn matches(record: &SyncRecord, query: &RecordQuery) -> bool {
-    record.connection_id == query.connection_id
-        && query.status.is_none_or(|s| record.status == s)
-        && query
-            .batch_id
-            .as_ref()
-            .is_none_or(|b| record.batch_id.as_ref() == Some(b))
 }
 
 #[async_trait]
@@ -80,38 +71,11 @@ impl SyncRecordStore for MemorySyncRecordStore {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<RecordPage> {
-        let after = match cursor {
-            Some(cursor) => Some(
-                decode_cursor(cursor)?
-                    .as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| {
-                        Error::validation("cursor", "is not a cursor this listing handed out")
-                    })?,
-            ),
-            None => None,
-        };
-        let mut records = self.matching(|r| matches(r, query));
-        records.sort_by_cached_key(SyncRecord::list_key);
-        let mut page: Vec<SyncRecord> = records
-            .into_iter()
-            .filter(|r| after.as_ref().is_none_or(|after| r.list_key() > *after))
-            .take(limit + 1)
-            .collect();
-        let next = (page.len() > limit).then(|| {
-            page.truncate(limit);
-            encode_cursor(&serde_json::Value::String(
-                page.last().map(SyncRecord::list_key).unwrap_or_default(),
-            ))
-        });
-        Ok(RecordPage {
-            records: page,
-            next,
-        })
+        page_in_list_order(self.matching(|r| query.matches(r)), cursor, limit)
     }
 
     async fn count_records(&self, query: &RecordQuery) -> Result<usize> {
-        Ok(self.matching(|r| matches(r, query)).len())
+        Ok(self.matching(|r| query.matches(r)).len())
     }
 
     async fn try_acquire_lease(

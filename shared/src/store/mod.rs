@@ -187,6 +187,54 @@ pub struct RecordQuery {
     pub batch_id: Option<String>,
 }
 
+impl RecordQuery {
+    /// Whether `record` is one this query lists.
+    pub fn matches(&self, record: &SyncRecord) -> bool {
+        record.connection_id == self.connection_id
+            && self.status.is_none_or(|s| record.status == s)
+            && self
+                .batch_id
+                .as_ref()
+                .is_none_or(|b| record.batch_id.as_ref() == Some(b))
+    }
+}
+
+/// The page after `cursor` of `records` (all a query matched), for the stores that hold them in
+/// process: sorted by `SyncRecord::list_key`, the cursor the last key of the page before.
+pub fn page_in_list_order(
+    mut records: Vec<SyncRecord>,
+    cursor: Option<&str>,
+    limit: usize,
+) -> Result<RecordPage> {
+    let after = match cursor {
+        Some(cursor) => Some(
+            decode_cursor(cursor)?
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    Error::validation("cursor", "is not a cursor this listing handed out")
+                })?,
+        ),
+        None => None,
+    };
+    records.sort_by_cached_key(SyncRecord::list_key);
+    let mut page: Vec<SyncRecord> = records
+        .into_iter()
+        .filter(|r| after.as_ref().is_none_or(|after| r.list_key() > *after))
+        .take(limit + 1)
+        .collect();
+    let next = (page.len() > limit).then(|| {
+        page.truncate(limit);
+        encode_cursor(&serde_json::Value::String(
+            page.last().map(SyncRecord::list_key).unwrap_or_default(),
+        ))
+    });
+    Ok(RecordPage {
+        records: page,
+        next,
+    })
+}
+
 /// One page of a listing, in `SyncRecord::list_key` order; `next` continues it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordPage {
