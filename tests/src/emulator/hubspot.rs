@@ -620,6 +620,49 @@ fn associations_of(state: &HubSpotState, body: &Value) -> Result<Vec<Association
     Ok(out)
 }
 
+/// Stores a new object of `object_type` (a known type) with its calculated properties.
+fn insert_object(
+    s: &mut HubSpotState,
+    object_type: &str,
+    mut props: BTreeMap<String, String>,
+    associations: Vec<Association>,
+) -> HsObject {
+    let id = s.ids.next_id();
+    let now = Utc::now();
+    calculate_properties(&id, &mut props, now, now);
+    let object = HsObject {
+        id: id.clone(),
+        properties: props,
+        associations,
+        created_at: now,
+        updated_at: now,
+    };
+    s.objects
+        .get_mut(object_type)
+        .expect("known type")
+        .insert(id, object.clone());
+    object
+}
+
+/// Writes `updates` over an existing object's properties and recalculates the derived ones.
+fn update_stored(
+    s: &mut HubSpotState,
+    object_type: &str,
+    id: &str,
+    updates: BTreeMap<String, String>,
+) -> HsObject {
+    let object = s
+        .objects
+        .get_mut(object_type)
+        .and_then(|m| m.get_mut(id))
+        .expect("an existing object");
+    object.properties.extend(updates);
+    object.updated_at = Utc::now();
+    let (created, updated) = (object.created_at, object.updated_at);
+    calculate_properties(id, &mut object.properties, created, updated);
+    object.clone()
+}
+
 async fn create_object(
     State(state): State<SharedState>,
     Path(object_type): Path<String>,
@@ -696,22 +739,8 @@ async fn create_object(
             }
             _ => {}
         }
-        let id = s.ids.next_id();
-        let now = Utc::now();
-        calculate_properties(&id, &mut props, now, now);
-        let object = HsObject {
-            id: id.clone(),
-            properties: props,
-            associations,
-            created_at: now,
-            updated_at: now,
-        };
-        let json = object_json(&object, None);
-        s.objects
-            .get_mut(&object_type)
-            .expect("known type")
-            .insert(id, object);
-        (StatusCode::CREATED, Json(json)).into_response()
+        let object = insert_object(s, &object_type, props, associations);
+        (StatusCode::CREATED, Json(object_json(&object, None))).into_response()
     })
 }
 
@@ -824,16 +853,8 @@ async fn update_object(
         if let Err(r) = validate(s, &object_type, Some(&id), &updates) {
             return r.response();
         }
-        let object = s
-            .objects
-            .get_mut(&object_type)
-            .and_then(|m| m.get_mut(&id))
-            .expect("checked above");
-        object.properties.extend(updates);
-        object.updated_at = Utc::now();
-        let (created, updated) = (object.created_at, object.updated_at);
-        calculate_properties(&id, &mut object.properties, created, updated);
-        Json(object_json(object, None)).into_response()
+        let object = update_stored(s, &object_type, &id, updates);
+        Json(object_json(&object, None)).into_response()
     })
 }
 
@@ -1182,36 +1203,9 @@ async fn batch_upsert(
                 errors.push(refused(refusal));
                 continue;
             }
-            let now = Utc::now();
             let (object, new) = match existing {
-                Some(id) => {
-                    let object = s
-                        .objects
-                        .get_mut("contacts")
-                        .and_then(|m| m.get_mut(&id))
-                        .expect("found above");
-                    object.properties.extend(props);
-                    object.updated_at = now;
-                    let created = object.created_at;
-                    calculate_properties(&id, &mut object.properties, created, now);
-                    (object.clone(), false)
-                }
-                None => {
-                    let id = s.ids.next_id();
-                    calculate_properties(&id, &mut props, now, now);
-                    let object = HsObject {
-                        id: id.clone(),
-                        properties: props,
-                        associations: Vec::new(),
-                        created_at: now,
-                        updated_at: now,
-                    };
-                    s.objects
-                        .get_mut("contacts")
-                        .expect("known type")
-                        .insert(id, object.clone());
-                    (object, true)
-                }
+                Some(id) => (update_stored(s, "contacts", &id, props), false),
+                None => (insert_object(s, "contacts", props, Vec::new()), true),
             };
             let mut result = object_json(&object, None);
             result["new"] = json!(new);
