@@ -589,9 +589,10 @@ mod tests {
     async fn a_live_lease_serves_the_next_requests_of_the_process() {
         let (budgets, _) = budgets(Duration::from_secs(1));
         let budget = budgets
-            .for_connection(&connection(CrmType::Hubspot, json!({})))
+            .for_connection(&connection(CrmType::Dynamics, json!({})))
             .unwrap()
             .unwrap();
+        assert_eq!(budget.plan().general.live_lease, 4);
         let bucket = budgets.bucket(budget.key(&url("/x")), budget.plan());
         for _ in 0..4 {
             budget

@@ -62,6 +62,8 @@ impl Lane {
 
 /// Time between a token's instant and its request reaching the CRM, allowed for in the sizing.
 pub const SEND_SLACK: Duration = Duration::from_millis(100);
+/// About how long one CRM call of a live request takes, for sizing its lease.
+pub const LIVE_CALL: Duration = Duration::from_millis(250);
 /// Share of the burst batch work leaves for live requests unless the connection says otherwise.
 pub const DEFAULT_BATCH_RESERVE: f64 = 0.25;
 
@@ -92,12 +94,18 @@ impl LaneSpec {
     pub fn sized(limit: RateLimit, also: &[RateLimit], reserve_share: f64) -> Self {
         let requests = limit.requests.max(1);
         let window = limit.window.max(Duration::from_millis(100));
-        let lease_ttl = (window / 10).clamp(Duration::from_millis(200), Duration::from_secs(60));
-        let live_lease = (requests / 10).clamp(1, 4);
-        let batch_lease = (requests / 20).clamp(1, 10);
-        // A fifth of the limit at once, and at least a live and a batch lease.
+        // Leases and the burst are small beside the window, so that the sustained rate stays
+        // close to the limit (95% of it where the window is long beside the lease life).
+        let lease_ttl = (window / 40).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        // A live request's CRM calls come one after another, about one per LIVE_CALL: a live
+        // lease holds what it spends within the lease life, so few of its tokens lapse.
+        let live_lease = ((lease_ttl.as_secs_f64() / LIVE_CALL.as_secs_f64()) as u32)
+            .min(requests / 10)
+            .clamp(1, 4);
+        let batch_lease = (requests / 40).clamp(1, 10);
+        // A twentieth of the limit at once, and at least a live and a batch lease.
         let mut burst = requests
-            .div_ceil(5)
+            .div_ceil(20)
             .max(live_lease + batch_lease)
             .min(requests);
         let span = |w: Duration| (w + lease_ttl + SEND_SLACK).as_secs_f64();
@@ -453,10 +461,13 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(plan.general.limit, RateLimit::per_seconds(100, 10));
-        assert_eq!(plan.general.burst, 20);
-        assert_eq!(plan.general.reserve, 5);
-        assert_eq!(plan.general.live_lease, 4);
-        assert!((plan.general.per_second - 80.0 / 11.1).abs() < 1e-9);
+        assert_eq!(plan.general.burst, 5);
+        assert_eq!(plan.general.reserve, 2);
+        assert_eq!(plan.general.live_lease, 1);
+        assert_eq!(plan.general.batch_lease, 2);
+        assert_eq!(plan.general.lease_ttl, Duration::from_millis(250));
+        // 91.8% of the limit: 95 of 100 requests spread over 10 s + 0.25 s + 0.1 s.
+        assert!((plan.general.per_second - 95.0 / 10.35).abs() < 1e-9);
         assert_eq!(plan.search.unwrap().limit, HUBSPOT_SEARCH);
     }
 

@@ -156,6 +156,18 @@ impl HubSpotAdapter {
         })
     }
 
+    /// One object read by id or by a unique property; `None` when HubSpot answers 404.
+    async fn read(&self, path: &str) -> Result<Option<Value>> {
+        match self
+            .call(Method::GET, path, None, Idempotency::Idempotent)
+            .await
+        {
+            Ok(response) => Ok(Some(response.body)),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn search(
         &self,
         object_type: &str,
@@ -350,20 +362,24 @@ impl CrmAdapter for HubSpotAdapter {
                     path_segment(id)?,
                     properties.join(",")
                 );
-                match self
-                    .call(Method::GET, &path, None, Idempotency::Idempotent)
-                    .await
-                {
-                    Ok(response) => vec![response.body],
-                    Err(Error::NotFound(_)) => vec![],
-                    Err(e) => return Err(e),
-                }
+                self.read(&path).await?.into_iter().collect()
             }
             ContactLookup::Email(email) => {
                 let name = property_name("contact", "email", CONTACT_PROPERTIES, &self.settings)
                     .unwrap_or("email");
-                let groups = json!([{"filters": [{"propertyName": name, "operator": "EQ", "value": email.as_str()}]}]);
-                self.search("contacts", groups, properties).await?
+                if name == "email" {
+                    // A direct read by email (`idProperty=email`): consistent right after a
+                    // create, unlike the search index, and outside the search API's own limit.
+                    let path = format!(
+                        "/crm/v3/objects/contacts/{}?idProperty=email&properties={}",
+                        encode_path_segment(email.as_str()),
+                        properties.join(",")
+                    );
+                    self.read(&path).await?.into_iter().collect()
+                } else {
+                    let groups = json!([{"filters": [{"propertyName": name, "operator": "EQ", "value": email.as_str()}]}]);
+                    self.search("contacts", groups, properties).await?
+                }
             }
             ContactLookup::Phone(phone) => {
                 // phone/mobilephone hold what was typed; the calculated properties hold digits only.
@@ -605,14 +621,10 @@ impl CrmAdapter for HubSpotAdapter {
             encode_path_segment(property),
             encode_path_segment(property),
         );
-        match self
-            .call(Method::GET, &path, None, Idempotency::Idempotent)
-            .await
-        {
-            Ok(response) => object_id(&response).map(Some),
-            Err(Error::NotFound(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.read(&path)
+            .await?
+            .map(|o| object_id_of(&o))
+            .transpose()
     }
 
     async fn update_appointment(

@@ -3,10 +3,11 @@
 //! throughput, latency percentiles and peak memory.
 //!
 //! `cargo build --release -p crm-sync-tests --bins && target/release/bench [COUNT] [CONCURRENCY]`
+//! (`bench batch`: the batch section alone.)
 //!
 //! Goals (checked at the end; the process exits non-zero if one is missed):
 //! - an identical resend answers `unchanged` from the sync record alone: no CRM call, p95 < 5 ms;
-//! - a created contact (at most three CRM calls: search by email, by phone, create; the stamp
+//! - a created contact (at most three CRM calls: find by email, by phone, create; the stamp
 //!   rides on the create) p95 < 50 ms;
 //! - peak resident memory of crm-sync stays under 64 MiB (a Lambda function gets 256 MB).
 //!
@@ -14,8 +15,9 @@
 //! process on the in-memory record store:
 //! - CRM calls per new customer, each CRM's limits lifted (goal: 1/bulk size where the CRM has a
 //!   bulk write: HubSpot 100, Zoho 100, Salesforce 200 and the lookups it needs);
-//! - records per second against HubSpot's emulated limit (100 requests per 10 s, kept by the
-//!   emulator) as a share of what that limit allows at the calls a record takes (goal: 90%).
+//! - records per second against HubSpot's and Pipedrive's emulated limits (their default tiers,
+//!   kept by the emulators) as a share of what those limits allow at the calls a record takes,
+//!   the tighter of the general and the search limit (goal: 90%).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -173,6 +175,11 @@ fn memory_mib(field: &str) -> f64 {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // `bench batch`: the batch section alone (it measures against the emulated limits, so a
+    // debug build gives the same shares).
+    if std::env::args().nth(1).as_deref() == Some("batch") {
+        return exit_with(batch_section().await);
+    }
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())
@@ -262,6 +269,40 @@ async fn main() -> std::process::ExitCode {
     );
     println!("peak resident memory of crm-sync: {rss:.1} MiB");
 
+    let mut missed = batch_section().await;
+    if crm_calls_for_resends != 0 || unchanged.percentile(0.95) >= Duration::from_millis(5) {
+        missed.push("identical resend: no CRM call and p95 < 5 ms");
+    }
+    // Read by email, search by phone, create: the stamp rides on the create and adds no call.
+    if calls_per_contact > 3.0 {
+        missed.push("a new contact: at most 3 CRM calls");
+    }
+    if created.percentile(0.95) >= Duration::from_millis(50) {
+        missed.push("created contact p95 < 50 ms");
+    }
+    if rate_limited != 0 {
+        missed.push("no 429 from the CRM");
+    }
+    if rss >= 64.0 {
+        missed.push("peak memory < 64 MiB");
+    }
+    exit_with(missed)
+}
+
+fn exit_with(missed: Vec<&str>) -> std::process::ExitCode {
+    if missed.is_empty() {
+        println!("goals: all met");
+        std::process::ExitCode::SUCCESS
+    } else {
+        println!("goals missed: {}", missed.join("; "));
+        std::process::ExitCode::FAILURE
+    }
+}
+
+/// Batch work: CRM calls per new customer with each CRM's limits lifted, then records per
+/// second against the limits HubSpot and Pipedrive enforce in seconds (the others' limits run
+/// over 5 minutes to a day: a bench-sized batch fits in their bursts). The goals it missed.
+async fn batch_section() -> Vec<&'static str> {
     println!(
         "batch: CRM calls per new customer (sync-batch, then the scheduled drain; limits lifted)"
     );
@@ -280,7 +321,7 @@ async fn main() -> std::process::ExitCode {
         let run = drain_batch(crm.as_ref(), &customer_items(tag, BATCH_CUSTOMERS), false).await;
         let per_record = run.calls as f64 / BATCH_CUSTOMERS as f64;
         // Salesforce finds existing contacts first: two `IN` queries beside the write. CRMs with
-        // no bulk write take a single sync's calls (search by email, by phone, create).
+        // no bulk write take a single sync's calls (find by email, by phone, create).
         let goal = match (tag, bulk_size) {
             (_, 1) => None,
             ("salesforce", _) => Some(3.0 / bulk_size as f64),
@@ -297,21 +338,39 @@ async fn main() -> std::process::ExitCode {
             run.calls
         );
     }
-    let crm = conformance::start("hubspot").await;
-    let appointments = appointment_items(THROUGHPUT_APPOINTMENTS);
-    let run = drain_batch(crm.as_ref(), &appointments, true).await;
-    let limit_per_second = 100.0 / 10.0;
-    let records_per_second = THROUGHPUT_APPOINTMENTS as f64 / run.elapsed.as_secs_f64();
-    let calls_per_record = run.calls as f64 / THROUGHPUT_APPOINTMENTS as f64;
-    let share = records_per_second / (limit_per_second / calls_per_record);
-    let throughput_met = share >= 0.9 && run.rate_limited == 0;
     println!(
-        "batch throughput, HubSpot (limit 100 requests per 10 s, budgets on): {THROUGHPUT_APPOINTMENTS} appointments in {:.1} s, {records_per_second:.2} a second at {calls_per_record:.2} calls each: {:.0}% of what the limit allows (goal >= 90%), 429s: {}",
-        run.elapsed.as_secs_f64(),
-        share * 100.0,
-        run.rate_limited
+        "batch throughput (new callers' appointments, budgets on, the emulator keeping its default tier's limits):"
     );
-
+    let mut throughput_met = true;
+    // The default tiers: requests per second in all, and the search API's own.
+    for (tag, general, search) in [
+        ("hubspot", 100.0 / 10.0, 4.0),
+        ("pipedrive", 20.0 / 2.0, 10.0 / 2.0),
+    ] {
+        let crm = conformance::start(tag).await;
+        let appointments = appointment_items(THROUGHPUT_APPOINTMENTS);
+        let run = drain_batch(crm.as_ref(), &appointments, true).await;
+        let records = THROUGHPUT_APPOINTMENTS as f64;
+        let records_per_second = records / run.elapsed.as_secs_f64();
+        let calls_per_record = run.calls as f64 / records;
+        let searches_per_record = run.searches as f64 / records;
+        // What the limits allow at the calls a record takes: the tighter of the two lanes.
+        let allowed = (general / calls_per_record).min(if run.searches == 0 {
+            f64::INFINITY
+        } else {
+            search / searches_per_record
+        });
+        let share = records_per_second / allowed;
+        let met = share >= 0.9 && run.rate_limited == 0;
+        throughput_met &= met;
+        println!(
+            "  {tag:<11} {THROUGHPUT_APPOINTMENTS} appointments in {:.1} s, {records_per_second:.2} a second at {calls_per_record:.2} calls ({searches_per_record:.2} searches) each: {:.0}% of the {allowed:.2} a second the limits allow (goal >= 90%{}), 429s: {}",
+            run.elapsed.as_secs_f64(),
+            share * 100.0,
+            if met { "" } else { ", MISSED" },
+            run.rate_limited
+        );
+    }
     let mut missed = Vec::new();
     if !batch_goals {
         missed.push("batch calls per record");
@@ -319,29 +378,7 @@ async fn main() -> std::process::ExitCode {
     if !throughput_met {
         missed.push("batch throughput >= 90% of the limit, no 429");
     }
-    if crm_calls_for_resends != 0 || unchanged.percentile(0.95) >= Duration::from_millis(5) {
-        missed.push("identical resend: no CRM call and p95 < 5 ms");
-    }
-    // Search by email, by phone, create: the stamp rides on the create and adds no call.
-    if calls_per_contact > 3.0 {
-        missed.push("a new contact: at most 3 CRM calls");
-    }
-    if created.percentile(0.95) >= Duration::from_millis(50) {
-        missed.push("created contact p95 < 50 ms");
-    }
-    if rate_limited != 0 {
-        missed.push("no 429 from the CRM");
-    }
-    if rss >= 64.0 {
-        missed.push("peak memory < 64 MiB");
-    }
-    if missed.is_empty() {
-        println!("goals: all met");
-        std::process::ExitCode::SUCCESS
-    } else {
-        println!("goals missed: {}", missed.join("; "));
-        std::process::ExitCode::FAILURE
-    }
+    missed
 }
 
 /// New customers in a batch of the bench.
@@ -366,6 +403,8 @@ fn appointment_items(n: usize) -> Vec<Value> {
 
 struct DrainRun {
     calls: usize,
+    /// Calls to the CRM's search API (its own, smaller limit).
+    searches: usize,
     rate_limited: usize,
     elapsed: Duration,
 }
@@ -393,6 +432,7 @@ async fn drain_batch(crm: &dyn EmulatedCrm, items: &[Value], budgets: bool) -> D
         assert_eq!(status, 202, "{answer}");
     }
     let before = crm.control().counts();
+    let searches_before = searches(crm);
     let started = Instant::now();
     loop {
         let summary = app
@@ -420,7 +460,17 @@ async fn drain_batch(crm: &dyn EmulatedCrm, items: &[Value], budgets: bool) -> D
     let after = crm.control().counts();
     DrainRun {
         calls: after.requests - before.requests,
+        searches: searches(crm) - searches_before,
         rate_limited: after.rate_limited - before.rate_limited,
         elapsed,
     }
+}
+
+/// Requests so far to the CRM's search API (HubSpot's and Pipedrive's paths end in `/search`).
+fn searches(crm: &dyn EmulatedCrm) -> usize {
+    crm.control()
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/search"))
+        .count()
 }
