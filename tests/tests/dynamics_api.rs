@@ -1,7 +1,7 @@
 //! End to end through the Lambda handlers with the Dynamics 365 emulator behind: a sync on one
 //! client-credentials token, a token Dataverse refuses early fetched again once and stored, the
-//! service protection limit's 429 and `Retry-After`, and refused credentials without the secret
-//! in the answer. Every response is checked against openapi.yaml.
+//! service protection limit's 429 and `Retry-After`, refused credentials without the secret in
+//! the answer, and creates as upserts by a configured alternate key. Every response is checked against openapi.yaml.
 
 use crm_sync::App;
 use crm_sync::connection::ConnectionId;
@@ -238,4 +238,151 @@ async fn refused_client_credentials_fail_clearly_without_the_secret() {
             "credentials": {"clientId": "x", "clientSecret": "y"}, "settings": {"tenantId": TENANT_ID}}))
         .await;
     assert_eq!(missing["error"]["code"], "connection_invalid", "{missing}");
+}
+
+/// The `demo` connection with `settings.alternateKeys`, and the emulated contacts table with an
+/// alternate key on `emailaddress1` when `defined`.
+async fn with_alternate_key(api: &Api, defined: bool) {
+    let mut demo = connection(api.dynamics.base_url(), CLIENT_SECRET);
+    demo.settings
+        .extra
+        .insert("alternateKeys".into(), json!({"contact": "emailaddress1"}));
+    store_connection(&api.app, "demo", &demo).await;
+    if defined {
+        api.dynamics
+            .state
+            .lock()
+            .unwrap()
+            .alternate_keys
+            .insert("contacts".into(), "emailaddress1".into());
+    }
+}
+
+fn contacts_with_email(api: &Api, email: &str) -> Vec<Value> {
+    api.dynamics.state.lock().unwrap().tables["contacts"]
+        .values()
+        .filter(|row| row["emailaddress1"] == email)
+        .map(|row| Value::Object(row.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn with_an_alternate_key_a_contact_created_meanwhile_is_updated_not_doubled() {
+    let api = Api::start().await;
+    with_alternate_key(&api, true).await;
+    let sync = |first: &str, email: &str| json!({"connectionId": "demo", "customer": {"firstName": first, "lastName": "Keyed", "email": email}});
+
+    // A new person: the create is an upsert by the key, the key column carried by the URL.
+    let (status, created) = api
+        .post(Operation::SyncCustomer, sync("Ada", "ada@example.com"))
+        .await;
+    assert_eq!(
+        (status, &created["status"]),
+        (200, &json!("created")),
+        "{created}"
+    );
+    let upsert = api
+        .dynamics
+        .server
+        .control
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "PATCH")
+        .expect("an upsert");
+    assert!(
+        upsert.path.contains("/contacts(emailaddress1=")
+            && upsert.path.contains("ada%40example.com"),
+        "{}",
+        upsert.path
+    );
+    assert!(
+        upsert.body.get("emailaddress1").is_none(),
+        "{}",
+        upsert.body
+    );
+    let rows = contacts_with_email(&api, "ada@example.com");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["contactid"], created["crmId"]);
+
+    // Someone else creates the same person after crm-sync looked and before it writes (the
+    // write is held back while the row appears): the upsert updates that row.
+    api.dynamics.server.control.inject(
+        Fault::delay(std::time::Duration::from_millis(400))
+            .matching("PATCH /api/data/v9.2/contacts("),
+    );
+    let app_call = {
+        let request = api_request(
+            Method::POST,
+            Some(TEST_API_KEY),
+            Some(&sync("Grace", "grace@example.com")),
+        );
+        let spec = &api.spec;
+        let app = &api.app;
+        async move { call_checked(app, spec, Operation::SyncCustomer, request).await }
+    };
+    let meanwhile = async {
+        while !api
+            .dynamics
+            .server
+            .control
+            .requests()
+            .iter()
+            .any(|r| r.method == "PATCH" && r.path.contains("grace%40example.com"))
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        api.dynamics.state.lock().unwrap().insert(
+            "contacts",
+            &[
+                ("firstname", "G."),
+                ("lastname", "Hopper"),
+                ("emailaddress1", "grace@example.com"),
+            ],
+        )
+    };
+    let (answer, other_id) = tokio::join!(app_call, meanwhile);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let rows = contacts_with_email(&api, "grace@example.com");
+    assert_eq!(rows.len(), 1, "one person, one contact: {rows:?}");
+    assert_eq!(rows[0]["contactid"], json!(other_id));
+    assert_eq!(rows[0]["firstname"], "Grace");
+    assert_eq!(answer.body["crmId"], json!(other_id));
+}
+
+#[tokio::test]
+async fn an_alternate_key_the_environment_lacks_is_a_clear_connection_error_and_writes_nothing() {
+    let api = Api::start().await;
+    with_alternate_key(&api, false).await;
+    let (status, refused) = api
+        .post(
+            Operation::SyncCustomer,
+            json!({"connectionId": "demo", "customer": {"firstName": "No", "lastName": "Key", "email": "nokey@example.com"}}),
+        )
+        .await;
+    assert_eq!(status, 424, "{refused}");
+    assert_eq!(refused["error"]["code"], "connection_invalid");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("alternateKeys.contact") && message.contains("emailaddress1"),
+        "{message}"
+    );
+    assert!(contacts_with_email(&api, "nokey@example.com").is_empty());
+
+    // A value that is no column name is refused before any call.
+    let mut demo = connection(api.dynamics.base_url(), CLIENT_SECRET);
+    demo.settings
+        .extra
+        .insert("alternateKeys".into(), json!({"contact": "Email Address"}));
+    store_connection(&api.app, "demo", &demo).await;
+    let (status, refused) = api
+        .post(Operation::TestConnection, json!({"connectionId": "demo"}))
+        .await;
+    assert_eq!(status, 424, "{refused}");
+    assert_eq!(refused["error"]["code"], "connection_invalid", "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("alternateKeys.contact")
+    );
 }

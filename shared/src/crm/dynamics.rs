@@ -18,6 +18,9 @@
 //! (https://learn.microsoft.com/power-apps/developer/data-platform/reference/entities/appointment,
 //! .../contact, .../activityparty; https://learn.microsoft.com/dynamics365/sales/developer/entities/lead);
 //! duplicate detection (https://learn.microsoft.com/power-apps/developer/data-platform/webapi/manage-duplicate-detection-create-update);
+//! upsert by an alternate key, `PATCH /contacts(emailaddress1='...')` with no condition, the key
+//! column left out of the body (https://learn.microsoft.com/power-apps/developer/data-platform/use-upsert-insert-update-record,
+//! https://learn.microsoft.com/power-apps/developer/data-platform/use-alternate-key-reference-record);
 //! service protection limits, 429 with `Retry-After`
 //! (https://learn.microsoft.com/power-apps/developer/data-platform/api-limits); `WhoAmI`
 //! (https://learn.microsoft.com/power-apps/developer/data-platform/webapi/reference/whoami).
@@ -34,8 +37,9 @@ use super::http::{CrmHttp, CrmResponse, Idempotency, status_error};
 use super::oauth::{AccessGrant, OAuthProvider, OAuthSession, TokenGrant};
 use super::{
     AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, StampedRecord,
-    appointment_description, customer_fields, has_phone, last_name_stand_in, lead_description,
-    map_properties, not_someone_else, property_name, same_email, stamp_field, stamp_warning, text,
+    appointment_description, customer_fields, encode_path_segment, has_phone, last_name_stand_in,
+    lead_description, map_properties, not_someone_else, property_name, same_email, stamp_field,
+    stamp_warning, text,
 };
 use crate::connection::{Connection, ConnectionSettings};
 use crate::domain::{Appointment, AppointmentStatus, CrmType, Customer, E164Phone, Lead};
@@ -127,6 +131,48 @@ pub struct DynamicsAdapter {
     environment: String,
     settings: ConnectionSettings,
     stamp_field: Option<String>,
+    /// Columns an admin made alternate keys of (`alternateKeys.contact`, `.lead`): creates on
+    /// those tables become upserts by the key, so two syncs of one person race to one row.
+    alternate_keys: AlternateKeys,
+    connection_id: String,
+}
+
+#[derive(Debug, Default, Clone)]
+struct AlternateKeys {
+    contact: Option<String>,
+    lead: Option<String>,
+}
+
+impl AlternateKeys {
+    /// `settings.alternateKeys`: `{"contact": "<column>", "lead": "<column>"}`, both optional.
+    fn from_settings(settings: &ConnectionSettings) -> std::result::Result<Self, String> {
+        let Some(value) = settings.extra.get("alternateKeys").filter(|v| !v.is_null()) else {
+            return Ok(AlternateKeys::default());
+        };
+        let Some(map) = value.as_object() else {
+            return Err("setting 'alternateKeys' must be an object such as {\"contact\": \"emailaddress1\"}".into());
+        };
+        let column = |entity: &str| match map.get(entity) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(c)) if is_column_name(c.trim()) => Ok(Some(c.trim().to_string())),
+            Some(_) => Err(format!(
+                "setting 'alternateKeys.{entity}' must be a column's logical name (such as emailaddress1)"
+            )),
+        };
+        Ok(AlternateKeys {
+            contact: column("contact")?,
+            lead: column("lead")?,
+        })
+    }
+}
+
+/// A column's logical name: lower-case letters, digits and underscores.
+fn is_column_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 impl DynamicsAdapter {
@@ -171,6 +217,8 @@ impl DynamicsAdapter {
             environment,
             settings: settings.clone(),
             stamp_field: stamp_field(settings, "stampField", DEFAULT_STAMP_FIELD),
+            alternate_keys: AlternateKeys::from_settings(settings).map_err(|m| invalid(&m))?,
+            connection_id: connection.id_str().to_string(),
         })
     }
 
@@ -211,6 +259,9 @@ impl DynamicsAdapter {
                     .query(request.query);
                 if let Some(etag) = request.if_match {
                     builder = builder.header(IF_MATCH, etag);
+                }
+                if let Some(prefer) = request.prefer {
+                    builder = builder.header("Prefer", prefer);
                 }
                 match request.body {
                     Some(body) => builder.json(body),
@@ -261,11 +312,80 @@ impl DynamicsAdapter {
             query: &[],
             body: Some(&body),
             if_match: None,
+            prefer: None,
             idempotency: Idempotency::NotIdempotent,
         };
         let response = checked(self.call(&request).await?)?;
         created_id(&response, table.id_column).ok_or_else(|| {
             Error::CrmUnavailable("Dataverse answered a create without the new row's id".into())
+        })
+    }
+
+    /// A create, or an upsert by the table's alternate key when one is configured and the row
+    /// has a value for it.
+    async fn create_or_upsert(
+        &self,
+        table: Table,
+        entity: &str,
+        key: Option<&str>,
+        record: Map<String, Value>,
+    ) -> Result<String> {
+        let value =
+            key.and_then(|column| Some((column, text(&Value::Object(record.clone()), column)?)));
+        match value {
+            Some((column, value)) => {
+                self.upsert_by_key(table, entity, column, &value, record)
+                    .await
+            }
+            None => self.create(table, record).await,
+        }
+    }
+
+    /// `PATCH /{set}({column}='{value}')` with no condition: Dataverse creates the row, or
+    /// updates the one holding that key (use-upsert-insert-update-record). The key column stays
+    /// out of the body (the URL carries it). Idempotent, so a lost answer may be resent.
+    async fn upsert_by_key(
+        &self,
+        table: Table,
+        entity: &str,
+        column: &str,
+        value: &str,
+        mut record: Map<String, Value>,
+    ) -> Result<String> {
+        record.remove(column);
+        let path = format!(
+            "{}({column}={})",
+            table.entity_set,
+            encode_path_segment(&odata_string(value))
+        );
+        let body = Value::Object(record);
+        // The row in the answer (201 created, 200 updated), so its id is read from the body.
+        let request = WebApiRequest {
+            method: Method::PATCH,
+            path: &path,
+            query: &[("$select", table.id_column)],
+            body: Some(&body),
+            if_match: None,
+            prefer: Some("return=representation"),
+            idempotency: Idempotency::Idempotent,
+        };
+        let response = self.call(&request).await?;
+        if response.status == 400
+            && response.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("key in the request URI is not valid"))
+        {
+            return Err(Error::ConnectionInvalid {
+                id: self.connection_id.clone(),
+                message: format!(
+                    "setting 'alternateKeys.{entity}': {} has no alternate key on '{column}' in this environment",
+                    table.entity_set
+                ),
+            });
+        }
+        let response = checked(response)?;
+        created_id(&response, table.id_column).ok_or_else(|| {
+            Error::CrmUnavailable("Dataverse answered an upsert without the row's id".into())
         })
     }
 
@@ -280,6 +400,7 @@ impl DynamicsAdapter {
             query: &[],
             body: Some(&body),
             if_match: Some("*"),
+            prefer: None,
             idempotency: Idempotency::Idempotent,
         };
         checked(self.call(&request).await?).map(|_| ())
@@ -522,7 +643,9 @@ impl CrmAdapter for DynamicsAdapter {
 
     async fn create_contact(&self, customer: &Customer, stamp: &str) -> Result<String> {
         let record = self.stamped(self.contact_record(customer), stamp);
-        self.create(CONTACTS, record).await
+        let key = self.alternate_keys.contact.as_deref();
+        self.create_or_upsert(CONTACTS, "contact", key, record)
+            .await
     }
 
     async fn update_contact(&self, crm_id: &str, customer: &Customer) -> Result<()> {
@@ -580,7 +703,8 @@ impl CrmAdapter for DynamicsAdapter {
         stamp: &str,
     ) -> Result<String> {
         let record = self.stamped(self.lead_record(lead, true), stamp);
-        self.create(LEADS, record).await
+        let key = self.alternate_keys.lead.as_deref();
+        self.create_or_upsert(LEADS, "lead", key, record).await
     }
 
     async fn update_lead(
@@ -673,6 +797,8 @@ struct WebApiRequest<'a> {
     query: &'a [(&'a str, &'a str)],
     body: Option<&'a Value>,
     if_match: Option<&'a str>,
+    /// `Prefer`, as `return=representation` for the row in the answer.
+    prefer: Option<&'a str>,
     idempotency: Idempotency,
 }
 
@@ -684,6 +810,7 @@ impl<'a> WebApiRequest<'a> {
             query,
             body: None,
             if_match: None,
+            prefer: None,
             idempotency: Idempotency::Idempotent,
         }
     }

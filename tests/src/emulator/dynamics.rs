@@ -129,6 +129,8 @@ pub struct DynamicsState {
     pub parties: BTreeMap<String, Vec<(String, u64)>>,
     version: u64,
     pub budget: RequestBudget,
+    /// The alternate keys an admin defined: table -> key column (single-column keys).
+    pub alternate_keys: BTreeMap<String, String>,
 }
 
 impl DynamicsState {
@@ -143,6 +145,7 @@ impl DynamicsState {
             parties: BTreeMap::new(),
             version: 1_000_000,
             budget: RequestBudget::new(REQUEST_LIMIT, chrono::Duration::minutes(5)),
+            alternate_keys: BTreeMap::new(),
         }
     }
 
@@ -388,12 +391,26 @@ async fn who_am_i(State(state): State<SharedState>, headers: HeaderMap) -> Respo
 }
 
 /// `contacts` or `contacts(<guid>)`.
-fn parse_resource(resource: &str) -> Result<(String, Option<String>), Response> {
-    let (table, id) = match resource.split_once('(') {
-        Some((table, rest)) => {
-            let id = rest.strip_suffix(')').unwrap_or(rest).trim_matches('\'');
-            (table, Some(id.to_string()))
-        }
+/// How a URL names one row: its id, or an alternate key's column and value.
+enum RowKey {
+    Id(String),
+    Alternate { column: String, value: String },
+}
+
+fn invalid_key(table: &str) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "0x80060888",
+        format!(
+            "The key in the request URI is not valid for resource 'Microsoft.Dynamics.CRM.{}'. Ensure that the names and number of key properties match the declared or alternate key properties for the resource.",
+            logical_name(table)
+        ),
+    )
+}
+
+fn parse_resource(resource: &str) -> Result<(String, Option<RowKey>), Response> {
+    let (table, key) = match resource.split_once('(') {
+        Some((table, rest)) => (table, Some(rest.strip_suffix(')').unwrap_or(rest))),
         None => (resource, None),
     };
     if !TABLES.contains(&table) {
@@ -403,19 +420,61 @@ fn parse_resource(resource: &str) -> Result<(String, Option<String>), Response> 
             format!("Resource not found for the segment '{table}'."),
         ));
     }
-    if let Some(id) = &id
-        && uuid::Uuid::parse_str(id).is_err()
-    {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "0x80060888",
-            format!(
-                "The key in the request URI is not valid for resource 'Microsoft.Dynamics.CRM.{}'.",
-                logical_name(table)
-            ),
-        ));
+    let key = match key {
+        None => None,
+        // `column='value'`: an alternate key, the quotes inside doubled.
+        Some(key) if key.contains('=') => {
+            let (column, value) = key.split_once('=').expect("has =");
+            let value = value
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .ok_or_else(|| invalid_key(table))?;
+            Some(RowKey::Alternate {
+                column: column.trim().to_string(),
+                value: value.replace("''", "'"),
+            })
+        }
+        Some(id) => {
+            let id = id.trim_matches('\'');
+            if uuid::Uuid::parse_str(id).is_err() {
+                return Err(invalid_key(table));
+            }
+            Some(RowKey::Id(id.to_string()))
+        }
+    };
+    Ok((table.to_string(), key))
+}
+
+impl DynamicsState {
+    /// The id a key names: an id as it is, an alternate key resolved to its row (`Ok(None)`
+    /// when no row holds it). A column that is no alternate key of the table is refused.
+    fn resolve(
+        &self,
+        table: &str,
+        key: RowKey,
+    ) -> Result<(Option<String>, Option<(String, String)>), Response> {
+        match key {
+            RowKey::Id(id) => Ok((Some(id), None)),
+            RowKey::Alternate { column, value } => {
+                if self.alternate_keys.get(table) != Some(&column) {
+                    return Err(invalid_key(table));
+                }
+                let found = self.row_with_key(table, &column, &value);
+                Ok((found, Some((column, value))))
+            }
+        }
     }
-    Ok((table.to_string(), id))
+
+    /// The row whose key column holds `value` (compared as Dataverse's default collation does,
+    /// ignoring case).
+    fn row_with_key(&self, table: &str, column: &str, value: &str) -> Option<String> {
+        self.tables[table].iter().find_map(|(id, row)| {
+            row.get(column)
+                .and_then(Value::as_str)
+                .filter(|v| v.eq_ignore_ascii_case(value))
+                .map(|_| id.clone())
+        })
+    }
 }
 
 fn row_json(table: &str, row: &Row, select: Option<&[String]>) -> Value {
@@ -459,7 +518,7 @@ async fn retrieve(
     headers: HeaderMap,
 ) -> Response {
     authorised(&state, &headers, |s| {
-        let (table, id) = match parse_resource(&resource) {
+        let (table, key) = match parse_resource(&resource) {
             Ok(parsed) => parsed,
             Err(r) => return r,
         };
@@ -467,7 +526,12 @@ async fn retrieve(
             Ok(select) => select,
             Err(r) => return r,
         };
-        if let Some(id) = id {
+        if let Some(key) = key {
+            let id = match s.resolve(&table, key) {
+                Ok((Some(id), _)) => id,
+                Ok((None, _)) => return no_row_with_key(&table),
+                Err(r) => return r,
+            };
             return match s.tables[&table].get(&id) {
                 Some(row) => {
                     let mut body = row_json(&table, row, select.as_deref());
@@ -638,11 +702,11 @@ async fn create(
     body: Bytes,
 ) -> Response {
     authorised(&state, &headers, |s| {
-        let (table, id) = match parse_resource(&resource) {
+        let (table, key) = match parse_resource(&resource) {
             Ok(parsed) => parsed,
             Err(r) => return r,
         };
-        if id.is_some() {
+        if key.is_some() {
             return error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "0x80060888",
@@ -653,28 +717,89 @@ async fn create(
             Ok(w) => w,
             Err(r) => return r,
         };
+        if let Some(taken) = s.key_taken(&table, &row, None) {
+            return taken;
+        }
         let id = s.store(&table, None, row);
         if let Some(parties) = parties {
             s.parties.insert(id.clone(), parties);
         }
-        let mut response = StatusCode::NO_CONTENT.into_response();
-        let url = format!("{}/api/data/v9.2/{table}({id})", s.environment);
-        response.headers_mut().insert(
-            "odata-entityid",
-            HeaderValue::from_str(&url).expect("a URL"),
-        );
-        response
+        saved(s, &table, &id, true, &headers, None)
     })
+}
+
+/// A GET by an alternate key no row holds.
+fn no_row_with_key(table: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "0x80040217",
+        format!(
+            "A record with the specified key values does not exist in {} entity",
+            logical_name(table)
+        ),
+    )
+}
+
+impl DynamicsState {
+    /// A write that would give a second row the value of the table's alternate key: 412, as
+    /// Dataverse refuses a duplicate entity key (`0x80060892`; this code and wording are the
+    /// emulator's reading of third-party reports, not quoted from the docs).
+    fn key_taken(&self, table: &str, row: &Row, own_id: Option<&str>) -> Option<Response> {
+        let column = self.alternate_keys.get(table)?;
+        let value = row.get(column)?.as_str()?;
+        let holder = self.row_with_key(table, column, value)?;
+        (own_id != Some(holder.as_str())).then(|| {
+            error(
+                StatusCode::PRECONDITION_FAILED,
+                "0x80060892",
+                format!(
+                    "A record that has the attribute values {column} already exists. The entity key requires that this set of attributes contains unique values."
+                ),
+            )
+        })
+    }
+}
+
+/// The answer to a create or an update: 204 with the row's URL in `OData-EntityId`, or with
+/// `Prefer: return=representation` the row (201 when created, 200 when updated), `$select`ed.
+fn saved(
+    s: &DynamicsState,
+    table: &str,
+    id: &str,
+    created: bool,
+    headers: &HeaderMap,
+    select: Option<&[String]>,
+) -> Response {
+    let representation = headers
+        .get("prefer")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|p| p.contains("return=representation"));
+    if representation {
+        let status = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        return (status, Json(row_json(table, &s.tables[table][id], select))).into_response();
+    }
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let url = format!("{}/api/data/v9.2/{table}({id})", s.environment);
+    response.headers_mut().insert(
+        "odata-entityid",
+        HeaderValue::from_str(&url).expect("a URL"),
+    );
+    response
 }
 
 async fn update(
     State(state): State<SharedState>,
     Path(resource): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     authorised(&state, &headers, |s| {
-        let (table, Some(id)) = (match parse_resource(&resource) {
+        let (table, Some(key)) = (match parse_resource(&resource) {
             Ok(parsed) => parsed,
             Err(r) => return r,
         }) else {
@@ -683,6 +808,17 @@ async fn update(
                 "0x80060888",
                 "PATCH needs a row's key.",
             );
+        };
+        let select = match parse_select(&table, &query) {
+            Ok(select) => select,
+            Err(r) => return r,
+        };
+        let (id, alternate) = match s.resolve(&table, key) {
+            Ok((id, alternate)) => (
+                id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                alternate,
+            ),
+            Err(r) => return r,
         };
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let exists = s.tables[&table].contains_key(&id);
@@ -709,17 +845,28 @@ async fn update(
             }
             _ => {}
         }
-        let Written { row, parties } = match written(s, &table, &body, !exists) {
+        let Written { mut row, parties } = match written(s, &table, &body, !exists) {
             Ok(w) => w,
             Err(r) => return r,
         };
+        // The key columns come from the URL: stripped from the body of an update, copied into
+        // the row an upsert creates.
+        if let Some((column, value)) = alternate {
+            row.remove(&column);
+            if !exists {
+                row.insert(column, value.into());
+            }
+        }
+        if let Some(taken) = s.key_taken(&table, &row, Some(&id)) {
+            return taken;
+        }
         if !exists {
             // A PATCH without conditions is an upsert: the row is created under the given key.
             let id = s.store(&table, Some(id), row);
             if let Some(parties) = parties {
-                s.parties.insert(id, parties);
+                s.parties.insert(id.clone(), parties);
             }
-            return StatusCode::NO_CONTENT.into_response();
+            return saved(s, &table, &id, true, &headers, select.as_deref());
         }
         let current = s.tables[&table][&id].clone();
         if table == "appointments" {
@@ -766,8 +913,11 @@ async fn update(
         if let Some(parties) = parties {
             s.parties.insert(id.clone(), parties);
         }
-        s.tables.get_mut(&table).expect("known").insert(id, merged);
-        StatusCode::NO_CONTENT.into_response()
+        s.tables
+            .get_mut(&table)
+            .expect("known")
+            .insert(id.clone(), merged);
+        saved(s, &table, &id, false, &headers, select.as_deref())
     })
 }
 
