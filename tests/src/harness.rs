@@ -59,6 +59,33 @@ pub fn local_app(dir: &TempDir) -> App {
     App::new(config, Arc::new(connections), Arc::new(records))
 }
 
+/// `bodies` posted to `operation` at once, each by a cold start of its own (an `App` on the same
+/// local stores, with nothing cached): what each answered, in order.
+pub async fn from_cold_starts(
+    dir: &TempDir,
+    operation: Operation,
+    bodies: &[Value],
+) -> Vec<(u16, Value)> {
+    let tasks: Vec<_> = bodies
+        .iter()
+        .map(|body| {
+            let app = local_app(dir);
+            let body = body.clone();
+            tokio::spawn(async move {
+                let spec = OpenApi::crm_sync();
+                let request = api_request(Method::POST, Some(TEST_API_KEY), Some(&body));
+                let answer = call_checked(&app, &spec, operation, request).await;
+                (answer.status, answer.body)
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.expect("the call ran"));
+    }
+    answers
+}
+
 pub async fn store_connection(app: &App, id: &str, connection: &Connection) {
     let id = ConnectionId::parse(id).expect("valid id");
     app.connections

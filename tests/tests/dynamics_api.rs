@@ -386,3 +386,35 @@ async fn an_alternate_key_the_environment_lacks_is_a_clear_connection_error_and_
             .contains("alternateKeys.contact")
     );
 }
+
+/// Five cold starts sync at once on a connection that holds no token yet: Entra ID is asked
+/// once (the client-credentials grant is single-flight, as the refresh-token grants are), and
+/// every sync uses that token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_cold_starts_at_once_fetch_one_token() {
+    let api = Api::start().await;
+    // A slow token endpoint, so that unserialised grants would overlap.
+    api.dynamics.server.control.inject(
+        Fault::delay(std::time::Duration::from_millis(300))
+            .matching("/oauth2/v2.0/token")
+            .times(5),
+    );
+    let bodies: Vec<Value> = (0..5)
+        .map(|i| json!({"connectionId": "demo", "customer": {"lastName": format!("Cold{i}"), "email": format!("cold{i}@example.com")}}))
+        .collect();
+    let answers = from_cold_starts(&api._dir, Operation::SyncCustomer, &bodies).await;
+    for (status, answer) in &answers {
+        assert_eq!(*status, 200, "{answer}");
+    }
+    assert_eq!(api.token_requests(), 1, "one token for five cold starts");
+    let stored = api
+        .app
+        .connections
+        .get(&ConnectionId::parse("demo").unwrap())
+        .await
+        .unwrap();
+    assert!(
+        stored.credential("accessToken").is_ok(),
+        "the token is stored for the next"
+    );
+}

@@ -241,3 +241,35 @@ async fn a_wrong_password_and_an_unregistered_platform_fail_clearly() {
     let message = platform["error"]["message"].as_str().unwrap();
     assert!(message.contains("Invalid platform specified."), "{message}");
 }
+
+/// Five cold starts sync at once on a connection that holds only the API user's password: Sugar
+/// is logged in to once (the password grant is single-flight), and every sync uses that token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_cold_starts_at_once_log_in_once() {
+    let api = Api::start().await;
+    // A slow token endpoint, so that unserialised logins would overlap.
+    api.sugar.server.control.inject(
+        crm_sync_tests::emulator::Fault::delay(std::time::Duration::from_millis(300))
+            .matching("/oauth2/token")
+            .times(5),
+    );
+    let bodies: Vec<Value> = (0..5)
+        .map(|i| customer(&format!("cold{i}@example.com")))
+        .collect();
+    let answers = from_cold_starts(&api._dir, Operation::SyncCustomer, &bodies).await;
+    for (status, answer) in &answers {
+        assert_eq!(*status, 200, "{answer}");
+    }
+    assert_eq!(api.grants(), 1, "one login for five cold starts");
+    let refresh = api.stored_credential("refreshToken").await;
+    assert!(
+        api.sugar
+            .state
+            .lock()
+            .unwrap()
+            .tokens
+            .refresh_tokens
+            .contains(&refresh.expose().to_string()),
+        "the stored refresh token is the one Sugar issued"
+    );
+}
