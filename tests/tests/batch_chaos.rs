@@ -248,6 +248,8 @@ async fn two_thousand_items_under_thirty_percent_failures_end_synced_exactly_onc
             ("zoho", 120),
             ("freshsales", 120),
             ("dynamics", 120),
+            // With an alternate key on email: the customers go as `$batch` upserts.
+            ("dynamics-keyed", 120),
             ("sugarcrm", 120),
         ],
     )

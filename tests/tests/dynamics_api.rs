@@ -418,3 +418,57 @@ async fn five_cold_starts_at_once_fetch_one_token() {
         "the token is stored for the next"
     );
 }
+
+/// With an alternate key on email, a batch's new customers go to Dataverse as upserts by that
+/// key, 50 to a `$batch`: a contact Dataverse already holds is updated, not doubled, and the
+/// batch counts as one request.
+#[tokio::test]
+async fn a_batch_of_customers_goes_to_dataverse_fifty_upserts_a_batch() {
+    let api = Api::start().await;
+    with_alternate_key(&api, true).await;
+    let existing = api.dynamics.state.lock().unwrap().insert(
+        "contacts",
+        &[
+            ("lastname", "Old"),
+            ("emailaddress1", "d7@bulk.example.com"),
+        ],
+    );
+    let items: Vec<Value> = (0..120)
+        .map(|i| json!({"customer": {"firstName": "Dee", "lastName": format!("Bulk{i}"), "email": format!("d{i}@bulk.example.com")}}))
+        .collect();
+    let (status, answer) = api
+        .post(
+            Operation::SyncBatch,
+            json!({"connectionId": "demo", "items": items}),
+        )
+        .await;
+    assert_eq!(
+        (status, &answer["counts"]["queued"]),
+        (202, &json!(120)),
+        "{answer}"
+    );
+    let before = api.dynamics.server.control.request_count();
+    let summary = drain_once(&api.app).await;
+    assert_eq!((summary.synced, summary.failed), (120, 0), "{summary:?}");
+    assert_eq!(api.dynamics.state.lock().unwrap().batches, vec![50, 50, 20]);
+    let calls = api.dynamics.server.control.request_count() - before;
+    assert!(
+        calls <= 4,
+        "three batches (and at most one token request): {calls} calls"
+    );
+    let rows = contacts_with_email(&api, "d7@bulk.example.com");
+    assert_eq!(rows.len(), 1, "updated, not doubled");
+    assert_eq!(rows[0]["contactid"], json!(existing));
+    assert_eq!(rows[0]["lastname"], "Bulk7");
+    let all = api.dynamics.state.lock().unwrap().all("contacts").len();
+    assert_eq!(all, 120);
+    // Each record knows its contact.
+    let (_, record) = api
+        .post(
+            Operation::SyncCustomer,
+            json!({"connectionId": "demo", "customer": {"firstName": "Dee", "lastName": "Bulk7", "email": "d7@bulk.example.com"}}),
+        )
+        .await;
+    assert_eq!(record["status"], "unchanged", "{record}");
+    assert_eq!(record["crmId"], json!(existing));
+}

@@ -269,7 +269,7 @@ async fn five_cold_starts_at_once_log_in_once() {
             .unwrap()
             .tokens
             .refresh_tokens
-            .contains(&refresh.expose().to_string()),
+            .contains(refresh.expose()),
         "the stored refresh token is the one Sugar issued"
     );
 }

@@ -30,16 +30,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use reqwest::Method;
-use reqwest::header::{ACCEPT, AUTHORIZATION, IF_MATCH};
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, IF_MATCH,
+};
 use serde_json::{Map, Value, json};
 
 use super::http::{CrmHttp, CrmResponse, Idempotency, status_error};
 use super::oauth::{AccessGrant, OAuthProvider, OAuthSession, TokenGrant};
 use super::{
-    AccountInfo, AdapterContext, ContactLookup, CrmAdapter, CrmContact, StampedRecord,
-    appointment_description, customer_fields, encode_path_segment, has_phone, last_name_stand_in,
-    lead_description, map_properties, not_someone_else, property_name, same_email, stamp_field,
-    stamp_warning, text,
+    AccountInfo, AdapterContext, BulkContact, ContactLookup, CrmAdapter, CrmContact, Outcome,
+    StampedRecord, Upserted, appointment_description, customer_fields, encode_path_segment,
+    has_phone, last_name_stand_in, lead_description, map_properties, not_someone_else,
+    property_name, same_email, stamp_field, stamp_warning, text,
 };
 use crate::connection::{Connection, ConnectionSettings};
 use crate::domain::{Appointment, AppointmentStatus, CrmType, Customer, E164Phone, Lead};
@@ -102,6 +104,12 @@ const APPOINTMENT_FIELDS: &[(&str, &str)] = &[
 
 /// Phone columns read and searched besides the mapped `phone` one.
 const OTHER_PHONE_FIELDS: &[&str] = &["mobilephone", "telephone2"];
+
+/// Contact upserts in one `$batch`. Dataverse takes up to 1,000 requests a batch, but a batch
+/// must also finish within its execution-time limit (2 minutes) and its time counts against the
+/// service protection limits; Microsoft advises small batches (execute-batch-operations-using-web-api,
+/// api-limits), so 50.
+const BATCH_UPSERTS: usize = 50;
 
 /// One Dataverse table as the adapter uses it.
 #[derive(Debug, Clone, Copy)]
@@ -263,9 +271,12 @@ impl DynamicsAdapter {
                 if let Some(prefer) = request.prefer {
                     builder = builder.header("Prefer", prefer);
                 }
-                match request.body {
-                    Some(body) => builder.json(body),
-                    None => builder,
+                match (request.body, request.multipart) {
+                    (_, Some((content_type, text))) => builder
+                        .header(CONTENT_TYPE, content_type)
+                        .body(text.to_string()),
+                    (Some(body), None) => builder.json(body),
+                    (None, None) => builder,
                 }
             })
             .await
@@ -313,6 +324,7 @@ impl DynamicsAdapter {
             body: Some(&body),
             if_match: None,
             prefer: None,
+            multipart: None,
             idempotency: Idempotency::NotIdempotent,
         };
         let response = checked(self.call(&request).await?)?;
@@ -367,6 +379,7 @@ impl DynamicsAdapter {
             body: Some(&body),
             if_match: None,
             prefer: Some("return=representation"),
+            multipart: None,
             idempotency: Idempotency::Idempotent,
         };
         let response = self.call(&request).await?;
@@ -401,6 +414,7 @@ impl DynamicsAdapter {
             body: Some(&body),
             if_match: Some("*"),
             prefer: None,
+            multipart: None,
             idempotency: Idempotency::Idempotent,
         };
         checked(self.call(&request).await?).map(|_| ())
@@ -653,6 +667,99 @@ impl CrmAdapter for DynamicsAdapter {
             .await
     }
 
+    /// With an alternate key on the contacts' email column, a batch's new customers go to
+    /// Dataverse as upserts by that key, 50 to a `$batch`; without one there is nothing to
+    /// upsert by, and each customer is synced alone.
+    fn bulk_contact_limit(&self) -> usize {
+        match &self.alternate_keys.contact {
+            Some(key) if *key == self.email_field("contact", CONTACT_FIELDS) => BATCH_UPSERTS,
+            _ => 0,
+        }
+    }
+
+    /// One `$batch` (`Prefer: odata.continue-on-error`) of `PATCH /contacts({key}='{email}')`
+    /// upserts, each answering its row (201 created, 200 updated). Upserts by key are
+    /// idempotent, so a resend after a lost answer updates what the first created. No stamp is
+    /// written: the key finds the contact again, and an existing contact keeps its stamp. A part
+    /// Dataverse refuses answers that contact's error, and the caller syncs it alone.
+    async fn upsert_contacts(&self, contacts: &[BulkContact<'_>]) -> Result<Vec<Result<Upserted>>> {
+        let Some(column) = self.alternate_keys.contact.as_deref() else {
+            return Err(Error::CrmRejected {
+                message: "a Dataverse bulk upsert needs an alternate key on contacts".into(),
+            });
+        };
+        let boundary = format!("batch_{}", uuid::Uuid::new_v4());
+        let (mut text, mut sent, mut outcomes) = (String::new(), Vec::new(), Vec::new());
+        for (index, contact) in contacts.iter().enumerate() {
+            let mut record = self.contact_record(contact.customer);
+            let Some(key) = record
+                .remove(column)
+                .and_then(|v| v.as_str().map(str::to_string))
+            else {
+                outcomes.push(Err(Error::CrmRejected {
+                    message: format!(
+                        "a Dataverse upsert by '{column}' needs a value for it; synced alone"
+                    ),
+                }));
+                continue;
+            };
+            outcomes.push(Err(Error::CrmUnavailable(
+                "Dataverse's $batch answered nothing for this contact".into(),
+            )));
+            sent.push(index);
+            text.push_str(&format!(
+                "--{boundary}\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\n\
+                 PATCH /api/data/{API_VERSION}/{}({column}={})?$select={} HTTP/1.1\r\n\
+                 Content-Type: application/json\r\nPrefer: return=representation\r\n\r\n{}\r\n",
+                CONTACTS.entity_set,
+                encode_path_segment(&odata_string(&key)),
+                CONTACTS.id_column,
+                Value::Object(record),
+            ));
+        }
+        if sent.is_empty() {
+            return Ok(outcomes);
+        }
+        text.push_str(&format!("--{boundary}--\r\n"));
+        let content_type = format!("multipart/mixed; boundary={boundary}");
+        let request = WebApiRequest {
+            method: Method::POST,
+            path: "$batch",
+            query: &[],
+            body: None,
+            if_match: None,
+            prefer: Some("odata.continue-on-error"),
+            multipart: Some((&content_type, &text)),
+            idempotency: Idempotency::Idempotent,
+        };
+        let response = checked(self.call(&request).await?)?;
+        let answers = batch_answers(&response)?;
+        if answers.len() != sent.len() {
+            return Err(Error::CrmUnavailable(format!(
+                "Dataverse's $batch answered {} parts for {} requests",
+                answers.len(),
+                sent.len()
+            )));
+        }
+        for (index, answer) in sent.into_iter().zip(answers) {
+            let created = answer.status == 201;
+            outcomes[index] = checked(answer).and_then(|answer| {
+                let crm_id = created_id(&answer, CONTACTS.id_column).ok_or_else(|| {
+                    Error::CrmUnavailable(
+                        "Dataverse answered an upsert without the row's id".into(),
+                    )
+                })?;
+                let outcome = if created {
+                    Outcome::Created
+                } else {
+                    Outcome::Updated
+                };
+                Ok(Upserted { crm_id, outcome })
+            });
+        }
+        Ok(outcomes)
+    }
+
     /// A Dynamics lead is a person of its own; qualifying it makes the contact.
     fn lead_needs_contact(&self) -> bool {
         false
@@ -799,6 +906,8 @@ struct WebApiRequest<'a> {
     if_match: Option<&'a str>,
     /// `Prefer`, as `return=representation` for the row in the answer.
     prefer: Option<&'a str>,
+    /// A `$batch` body: its content type (with the boundary) and text, sent instead of `body`.
+    multipart: Option<(&'a str, &'a str)>,
     idempotency: Idempotency,
 }
 
@@ -811,6 +920,7 @@ impl<'a> WebApiRequest<'a> {
             body: None,
             if_match: None,
             prefer: None,
+            multipart: None,
             idempotency: Idempotency::Idempotent,
         }
     }
@@ -869,6 +979,63 @@ fn created_id(response: &CrmResponse, id_column: &str) -> Option<String> {
         })
         .filter(|id| record_id(id).is_ok());
     from_header.or_else(|| text(&response.body, id_column))
+}
+
+/// The parts of a `$batch` answer (`multipart/mixed`, each an `application/http` response
+/// with its status line, headers and body), in order.
+fn batch_answers(response: &CrmResponse) -> Result<Vec<CrmResponse>> {
+    let unreadable = || Error::CrmUnavailable("Dataverse's $batch answer could not be read".into());
+    let boundary = response
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ct| {
+            ct.split(';').find_map(|p| {
+                let (name, value) = p.split_once('=')?;
+                (name.trim() == "boundary").then(|| value.trim().trim_matches('"').to_string())
+            })
+        })
+        .ok_or_else(unreadable)?;
+    let closing = format!("--{boundary}--");
+    let end = response.text.find(&closing).ok_or_else(unreadable)?;
+    response.text[..end]
+        .split(&format!("--{boundary}"))
+        .skip(1)
+        .map(|part| {
+            // The part's own headers, then the HTTP response.
+            let (_, http) = split_head(part.trim_start_matches(['\r', '\n']));
+            let (head, body) = split_head(http);
+            let mut lines = head.lines();
+            let status = lines
+                .next()
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|code| code.parse::<u16>().ok())
+                .ok_or_else(unreadable)?;
+            let mut headers = HeaderMap::new();
+            for (name, value) in lines.filter_map(|l| l.split_once(':')) {
+                if let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(name.trim().as_bytes()),
+                    HeaderValue::from_str(value.trim()),
+                ) {
+                    headers.insert(name, value);
+                }
+            }
+            let text = body.trim_end().to_string();
+            Ok(CrmResponse {
+                status,
+                headers,
+                body: serde_json::from_str(&text).unwrap_or(Value::Null),
+                text,
+            })
+        })
+        .collect()
+}
+
+/// What comes before the first blank line, and after it.
+fn split_head(text: &str) -> (&str, &str) {
+    text.split_once("\r\n\r\n")
+        .or_else(|| text.split_once("\n\n"))
+        .unwrap_or((text, ""))
 }
 
 /// The answer itself when it is a success, else its error.

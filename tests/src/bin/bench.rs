@@ -314,6 +314,7 @@ async fn batch_section() -> Vec<&'static str> {
         ("pipedrive", 1),
         ("freshsales", 1),
         ("dynamics", 1),
+        ("dynamics-keyed", 50),
         ("sugarcrm", 1),
     ] {
         let crm = conformance::start(tag).await;
@@ -334,7 +335,7 @@ async fn batch_section() -> Vec<&'static str> {
             None => "no bulk write: a single sync's calls".into(),
         };
         println!(
-            "  {tag:<11} {per_record:>6.3} calls a record ({} calls for {BATCH_CUSTOMERS}; bulk size {bulk_size}; {goal})",
+            "  {tag:<15} {per_record:>6.3} calls a record ({} calls for {BATCH_CUSTOMERS}; bulk size {bulk_size}; {goal})",
             run.calls
         );
     }
@@ -364,7 +365,7 @@ async fn batch_section() -> Vec<&'static str> {
         let met = share >= 0.9 && run.rate_limited == 0;
         throughput_met &= met;
         println!(
-            "  {tag:<11} {THROUGHPUT_APPOINTMENTS} appointments in {:.1} s, {records_per_second:.2} a second at {calls_per_record:.2} calls ({searches_per_record:.2} searches) each: {:.0}% of the {allowed:.2} a second the limits allow (goal >= 90%{}), 429s: {}",
+            "  {tag:<15} {THROUGHPUT_APPOINTMENTS} appointments in {:.1} s, {records_per_second:.2} a second at {calls_per_record:.2} calls ({searches_per_record:.2} searches) each: {:.0}% of the {allowed:.2} a second the limits allow (goal >= 90%{}), 429s: {}",
             run.elapsed.as_secs_f64(),
             share * 100.0,
             if met { "" } else { ", MISSED" },

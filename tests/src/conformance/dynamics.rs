@@ -18,6 +18,9 @@ pub const CLIENT_SECRET: &str = "dyn~conformance-client-secret-5Qx";
 
 pub struct DynamicsUnderTest {
     pub emulator: DynamicsEmulator,
+    /// Contacts and leads have an alternate key on `emailaddress1`, named in the connection's
+    /// `alternateKeys`: creates are upserts by it, a batch's customers `$batch` upserts.
+    pub keyed: bool,
 }
 
 /// The app registration, with access tokens of an hour as Entra ID issues them.
@@ -30,7 +33,30 @@ pub async fn start() -> Box<dyn EmulatedCrm> {
     let emulator = DynamicsEmulator::start(tokens())
         .await
         .expect("emulator starts");
-    Box::new(DynamicsUnderTest { emulator })
+    Box::new(DynamicsUnderTest {
+        emulator,
+        keyed: false,
+    })
+}
+
+/// Starts a fresh Dynamics emulator whose contacts and leads have an alternate key on email,
+/// with a connection that names it.
+pub async fn start_keyed() -> Box<dyn EmulatedCrm> {
+    let emulator = DynamicsEmulator::start(tokens())
+        .await
+        .expect("emulator starts");
+    {
+        let mut state = emulator.state.lock().unwrap();
+        for table in ["contacts", "leads"] {
+            state
+                .alternate_keys
+                .insert(table.into(), "emailaddress1".into());
+        }
+    }
+    Box::new(DynamicsUnderTest {
+        emulator,
+        keyed: true,
+    })
 }
 
 /// A connection to the emulator: the app's client id and secret (no token yet, so the first
@@ -87,6 +113,12 @@ impl EmulatedCrm for DynamicsUnderTest {
             "accessTokenExpiresAt".into(),
             json!(expires_at.to_rfc3339()),
         );
+        if self.keyed {
+            connection.settings.extra.insert(
+                "alternateKeys".into(),
+                json!({"contact": "emailaddress1", "lead": "emailaddress1"}),
+            );
+        }
         connection
     }
 

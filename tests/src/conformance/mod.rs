@@ -207,6 +207,7 @@ pub async fn start(tag: &str) -> Box<dyn EmulatedCrm> {
         "zoho" => zoho::start().await,
         "freshsales" => freshsales::start().await,
         "dynamics" => dynamics::start().await,
+        "dynamics-keyed" => dynamics::start_keyed().await,
         "sugarcrm" => sugarcrm::start().await,
         other => panic!("no emulator {other}"),
     }

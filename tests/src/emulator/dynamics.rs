@@ -16,7 +16,12 @@
 //! read-only, `regardingobjectid_contact_appointment` and `appointment_activity_parties` with
 //! `participationtypemask` 5/6/7 (reference/entities/appointment, reference/entities/activityparty);
 //! 429 with `Retry-After` and `0x80072322` past 6000 requests in 300 seconds
-//! (data-platform/api-limits). Two details are this emulator's reading, not quoted text: the
+//! (data-platform/api-limits); alternate keys in URLs (`contacts(emailaddress1='...')`),
+//! refused where the table has no such key, and PATCH by one an upsert
+//! (data-platform/use-alternate-key-reference-record, data-platform/use-upsert-insert-update-record);
+//! `$batch` of `application/http` parts answered in order, stopping at the first failure unless
+//! `Prefer: odata.continue-on-error`, at most 1000 requests (webapi/execute-batch-operations-using-web-api).
+//! Two details are this emulator's reading, not quoted text: the
 //! refusal of an unknown column (`0x80060888`, the code Dataverse gives for a query it cannot
 //! parse) and the wording of the refusal to change a closed appointment.
 
@@ -44,6 +49,10 @@ const BUSINESS_UNIT_ID: &str = "a1b2c3d4-e5f6-4a5b-8c7d-9e0f1a2b3c4d";
 /// for field-mapping tests.
 pub const STAMP_COLUMN: &str = "new_crmsyncid";
 pub const CUSTOM_CONTACT_COLUMN: &str = "new_bookingcity";
+/// Requests one `$batch` may hold.
+pub const BATCH_LIMIT: usize = 1000;
+/// Marks a request the emulator runs from inside a `$batch` (never sent by a client).
+const BATCH_PART: &str = "x-emulator-batch-part";
 /// Service protection: requests per user in a five-minute window.
 pub const REQUEST_LIMIT: u32 = 6000;
 
@@ -131,6 +140,8 @@ pub struct DynamicsState {
     pub budget: RequestBudget,
     /// The alternate keys an admin defined: table -> key column (single-column keys).
     pub alternate_keys: BTreeMap<String, String>,
+    /// How many requests each `$batch` held, in order.
+    pub batches: Vec<usize>,
 }
 
 impl DynamicsState {
@@ -146,6 +157,7 @@ impl DynamicsState {
             version: 1_000_000,
             budget: RequestBudget::new(REQUEST_LIMIT, chrono::Duration::minutes(5)),
             alternate_keys: BTreeMap::new(),
+            batches: Vec::new(),
         }
     }
 
@@ -306,7 +318,10 @@ fn authorised(
         );
         return response;
     }
-    if let Err(retry_after) = state.budget.take() {
+    // A request inside a `$batch` was counted with its batch.
+    if !headers.contains_key(BATCH_PART)
+        && let Err(retry_after) = state.budget.take()
+    {
         let mut response = (
             StatusCode::TOO_MANY_REQUESTS,
             Json(error_body(StatusCode::TOO_MANY_REQUESTS)),
@@ -328,6 +343,7 @@ pub fn routes(state: SharedState) -> Router {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token))
         .route("/api/data/v9.2/WhoAmI", get(who_am_i))
+        .route("/api/data/v9.2/$batch", post(batch))
         .route(
             "/api/data/v9.2/{resource}",
             get(retrieve).post(create).patch(update),
@@ -391,6 +407,9 @@ async fn who_am_i(State(state): State<SharedState>, headers: HeaderMap) -> Respo
 }
 
 /// `contacts` or `contacts(<guid>)`.
+/// The row a key names, if one exists, and the alternate key's column and value if it was one.
+type Resolved = (Option<String>, Option<(String, String)>);
+
 /// How a URL names one row: its id, or an alternate key's column and value.
 enum RowKey {
     Id(String),
@@ -448,11 +467,7 @@ fn parse_resource(resource: &str) -> Result<(String, Option<RowKey>), Response> 
 impl DynamicsState {
     /// The id a key names: an id as it is, an alternate key resolved to its row (`Ok(None)`
     /// when no row holds it). A column that is no alternate key of the table is refused.
-    fn resolve(
-        &self,
-        table: &str,
-        key: RowKey,
-    ) -> Result<(Option<String>, Option<(String, String)>), Response> {
+    fn resolve(&self, table: &str, key: RowKey) -> Result<Resolved, Response> {
         match key {
             RowKey::Id(id) => Ok((Some(id), None)),
             RowKey::Alternate { column, value } => {
@@ -1176,6 +1191,263 @@ impl FilterParser {
             other => Err(format!("Syntax error in $filter at {other:?}.")),
         }
     }
+}
+
+/// `POST /api/data/v9.2/$batch` (webapi/execute-batch-operations-using-web-api): a
+/// `multipart/mixed` body of `application/http` parts, each a whole request, run in order and
+/// answered in order as `--batchresponse_<id>` parts with full status lines. At most 1000
+/// requests; change sets are not emulated (400). Without `Prefer: odata.continue-on-error` the
+/// first failing request ends the batch, which answers with its status and that one part; with
+/// it, every request runs and the batch answers 200. The batch counts as one request against
+/// the service protection limit.
+async fn batch(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> Response {
+    let checked = authorised(&state, &headers, |_| StatusCode::OK.into_response());
+    if checked.status() != StatusCode::OK {
+        return checked;
+    }
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let Some(boundary) = multipart_boundary(content_type) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "0x80048d19",
+            "The content type of a $batch request must be multipart/mixed with a boundary.",
+        );
+    };
+    let text = String::from_utf8_lossy(&body).to_string();
+    let parts = match split_multipart(&text, &boundary) {
+        Some(parts) => parts,
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "0x80048d19",
+                "The $batch body does not end with its closing boundary.",
+            );
+        }
+    };
+    if parts.len() > BATCH_LIMIT {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "0x80048d19",
+            format!("The number of requests in a batch exceeds the limit of {BATCH_LIMIT}."),
+        );
+    }
+    let continue_on_error = headers
+        .get("prefer")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|p| p.contains("odata.continue-on-error"));
+    state.lock().unwrap().batches.push(parts.len());
+    let mut answers = Vec::new();
+    for part in parts {
+        let answer = match inner_request(&part) {
+            Ok(inner) => run_part(&state, &headers, inner).await,
+            Err(refusal) => refusal,
+        };
+        let failed = !answer.status().is_success();
+        answers.push(answer);
+        if failed && !continue_on_error {
+            let status = answers.last().expect("one").status();
+            return multipart_answer(status, answers.split_off(answers.len() - 1)).await;
+        }
+    }
+    multipart_answer(StatusCode::OK, answers).await
+}
+
+/// One request of a batch: method, path and query, headers, body.
+struct InnerRequest {
+    method: String,
+    path: String,
+    query: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+fn multipart_boundary(content_type: &str) -> Option<String> {
+    let (kind, params) = content_type.split_once(';')?;
+    if !kind.trim().eq_ignore_ascii_case("multipart/mixed") {
+        return None;
+    }
+    params.split(';').find_map(|p| {
+        let (name, value) = p.split_once('=')?;
+        (name.trim() == "boundary").then(|| value.trim().trim_matches('"').to_string())
+    })
+}
+
+/// The parts between `--boundary` lines; `None` without the closing `--boundary--`.
+fn split_multipart(text: &str, boundary: &str) -> Option<Vec<String>> {
+    let delimiter = format!("--{boundary}");
+    let closing = format!("--{boundary}--");
+    let end = text.find(&closing)?;
+    Some(
+        text[..end]
+            .split(&delimiter)
+            .skip(1)
+            .map(|p| {
+                p.trim_start_matches("\r\n")
+                    .trim_start_matches('\n')
+                    .to_string()
+            })
+            .collect(),
+    )
+}
+
+/// Headers up to the first blank line, and what follows it.
+fn head_and_rest(text: &str) -> (Vec<(String, String)>, &str) {
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .or_else(|| text.split_once("\n\n"))
+        .unwrap_or((text, ""));
+    let headers = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (headers, rest)
+}
+
+fn inner_request(part: &str) -> Result<InnerRequest, Response> {
+    let refused = |message: &str| error(StatusCode::BAD_REQUEST, "0x80048d19", message.to_string());
+    let (part_headers, request) = head_and_rest(part);
+    let part_type = part_headers
+        .iter()
+        .find(|(k, _)| k == "content-type")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("");
+    if part_type.starts_with("multipart/mixed") {
+        return Err(refused("Change sets are not supported by this emulator."));
+    }
+    if !part_type.starts_with("application/http") {
+        return Err(refused("Each batch part must be application/http."));
+    }
+    let (line, after_line) = request
+        .split_once("\r\n")
+        .or_else(|| request.split_once('\n'))
+        .ok_or_else(|| refused("A batch part has no request line."))?;
+    let mut words = line.split_whitespace();
+    let (Some(method), Some(target)) = (words.next(), words.next()) else {
+        return Err(refused("A batch part has no request line."));
+    };
+    // The URL is absolute, or relative to the service root.
+    let url = if target.starts_with("http") {
+        url::Url::parse(target)
+    } else {
+        url::Url::parse(&format!("http://batch.invalid{target}"))
+    }
+    .map_err(|_| refused("A batch part's URL is not valid."))?;
+    let (headers, body) = head_and_rest(after_line);
+    let mut header_map = HeaderMap::new();
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            axum::http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            header_map.insert(name, value);
+        }
+    }
+    Ok(InnerRequest {
+        method: method.to_ascii_uppercase(),
+        path: percent_decoded(url.path()),
+        query: url.query_pairs().into_owned().collect(),
+        headers: header_map,
+        body: Bytes::from(body.trim_end().to_string()),
+    })
+}
+
+fn percent_decoded(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(byte) = u8::from_str_radix(&path[i + 1..i + 3], 16)
+        {
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// Runs one request of a batch through the table handlers, with the batch's token.
+async fn run_part(state: &SharedState, outer: &HeaderMap, inner: InnerRequest) -> Response {
+    let Some(resource) = inner
+        .path
+        .strip_prefix("/api/data/v9.2/")
+        .map(str::to_string)
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "0x80060888",
+            "Resource not found for the segment.",
+        );
+    };
+    let mut headers = inner.headers;
+    if let Some(auth) = outer.get("authorization") {
+        headers.insert("authorization", auth.clone());
+    }
+    headers.insert(BATCH_PART, HeaderValue::from_static("1"));
+    let state = State(state.clone());
+    match inner.method.as_str() {
+        "GET" => retrieve(state, Path(resource), Query(inner.query), headers).await,
+        "POST" => create(state, Path(resource), headers, inner.body).await,
+        "PATCH" => {
+            update(
+                state,
+                Path(resource),
+                Query(inner.query),
+                headers,
+                inner.body,
+            )
+            .await
+        }
+        other => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "0x80060888",
+            format!("{other} is not emulated inside a batch."),
+        ),
+    }
+}
+
+/// The batch's answer: each part's status line, headers and body.
+async fn multipart_answer(status: StatusCode, answers: Vec<Response>) -> Response {
+    let boundary = format!("batchresponse_{}", uuid::Uuid::new_v4());
+    let mut text = String::new();
+    for answer in answers {
+        let (parts, body) = answer.into_parts();
+        let body = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .unwrap_or_default();
+        text.push_str(&format!(
+            "--{boundary}\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\nHTTP/1.1 {} {}\r\n",
+            parts.status.as_u16(),
+            parts.status.canonical_reason().unwrap_or("")
+        ));
+        for (name, value) in &parts.headers {
+            if name == BATCH_PART {
+                continue;
+            }
+            text.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap_or("")));
+        }
+        text.push_str("\r\n");
+        text.push_str(&String::from_utf8_lossy(&body));
+        text.push_str("\r\n");
+    }
+    text.push_str(&format!("--{boundary}--\r\n"));
+    let mut response = (status, text).into_response();
+    response.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_str(&format!("multipart/mixed; boundary={boundary}")).expect("ascii"),
+    );
+    response
+        .headers_mut()
+        .insert("odata-version", HeaderValue::from_static("4.0"));
+    response
 }
 
 #[cfg(test)]
