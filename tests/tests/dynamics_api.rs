@@ -472,3 +472,69 @@ async fn a_batch_of_customers_goes_to_dataverse_fifty_upserts_a_batch() {
     assert_eq!(record["status"], "unchanged", "{record}");
     assert_eq!(record["crmId"], json!(existing));
 }
+
+/// Dataverse refuses a request past its concurrency limit at once (429, `Retry-After`,
+/// `0x80072326`): cold starts syncing at once more than the limit allows wait (`Retry-After`
+/// and up to half as long again, so they do not come back together) and send again, and every
+/// sync lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_past_the_concurrency_limit_are_sent_again_after_the_wait() {
+    let api = Api::start().await;
+    {
+        let mut state = api.dynamics.state.lock().unwrap();
+        state.protection.concurrent_limit = 4;
+        state.protection.work = std::time::Duration::from_millis(100);
+    }
+    // They start together: each waits for the one token request, then all send at once.
+    let bodies: Vec<Value> = (0..6)
+        .map(|i| json!({"connectionId": "demo", "customer": {"lastName": format!("Busy{i}"), "email": format!("busy{i}@example.com")}}))
+        .collect();
+    let answers = from_cold_starts(&api._dir, Operation::SyncCustomer, &bodies).await;
+    for (status, answer) in &answers {
+        assert_eq!(*status, 200, "{answer}");
+    }
+    let refused: Vec<_> = api
+        .dynamics
+        .server
+        .control
+        .requests()
+        .into_iter()
+        .filter(|r| r.status == Some(429))
+        .collect();
+    assert!(!refused.is_empty(), "six at once against a limit of four");
+    assert!(
+        refused
+            .iter()
+            .all(|r| r.response["error"]["code"] == "0x80072326" && !r.injected)
+    );
+    assert_eq!(api.dynamics.state.lock().unwrap().all("contacts").len(), 6);
+}
+
+/// Past the combined execution time of its window, Dataverse asks for the rest of the window:
+/// too long to wait on a live request, so the caller gets 429 with `Retry-After`.
+#[tokio::test]
+async fn the_execution_time_limit_is_passed_on_with_retry_after() {
+    let api = Api::start().await;
+    {
+        let mut state = api.dynamics.state.lock().unwrap();
+        state.protection.execution_limit = std::time::Duration::from_millis(150);
+        state.protection.work = std::time::Duration::from_millis(100);
+    }
+    let (status, first) = api
+        .post(
+            Operation::SyncCustomer,
+            json!({"connectionId": "demo", "customer": {"lastName": "First", "email": "first@example.com"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{first}");
+    let (status, limited) = api
+        .post(
+            Operation::SyncCustomer,
+            json!({"connectionId": "demo", "customer": {"lastName": "Second", "email": "second@example.com"}}),
+        )
+        .await;
+    assert_eq!(status, 429, "{limited}");
+    assert_eq!(limited["error"]["code"], "rate_limited");
+    let last = api.dynamics.server.control.requests().pop().unwrap();
+    assert_eq!(last.response["error"]["code"], "0x80072321");
+}

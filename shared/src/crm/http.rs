@@ -215,10 +215,12 @@ impl CrmHttp {
                         text,
                     };
                     let wait = match status {
+                        // Up to half as long again, so that callers refused together (a
+                        // concurrency limit) do not all come back at the same instant.
                         429 => match (self.rate_limit_wait)(&response.headers) {
                             Some(asked) if asked > self.policy.max_wait => return Ok(response),
-                            Some(asked) => asked,
-                            None => backoff,
+                            Some(asked) => asked + jitter(asked / 2),
+                            None => backoff + jitter(backoff / 2),
                         },
                         500..=599 if idempotency == Idempotency::Idempotent => backoff,
                         _ => return Ok(response),
@@ -257,6 +259,15 @@ impl CrmHttp {
             message
         }
     }
+}
+
+/// A random wait of at most `most`.
+fn jitter(most: Duration) -> Duration {
+    let mut bytes = [0u8; 4];
+    if getrandom::fill(&mut bytes).is_err() {
+        return Duration::ZERO;
+    }
+    most.mul_f64(f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX))
 }
 
 /// `Retry-After` as seconds or an HTTP date.

@@ -49,6 +49,8 @@ const BUSINESS_UNIT_ID: &str = "a1b2c3d4-e5f6-4a5b-8c7d-9e0f1a2b3c4d";
 /// for field-mapping tests.
 pub const STAMP_COLUMN: &str = "new_crmsyncid";
 pub const CUSTOM_CONTACT_COLUMN: &str = "new_bookingcity";
+/// Service protection: concurrent requests per user.
+pub const CONCURRENT_LIMIT: usize = 52;
 /// Requests one `$batch` may hold.
 pub const BATCH_LIMIT: usize = 1000;
 /// Marks a request the emulator runs from inside a `$batch` (never sent by a client).
@@ -142,6 +144,83 @@ pub struct DynamicsState {
     pub alternate_keys: BTreeMap<String, String>,
     /// How many requests each `$batch` held, in order.
     pub batches: Vec<usize>,
+    /// The other two service protection limits: concurrent requests and combined execution time.
+    pub protection: ServiceProtection,
+}
+
+/// Dataverse's per-user concurrency and execution-time limits (data-platform/api-limits): at
+/// most `concurrent_limit` requests at once (refused at once, `0x80072326`), and at most
+/// `execution_limit` of combined execution time in the sliding `execution_window`
+/// (`0x80072321`). `work` is how long each Web API request takes here, so that tests can make
+/// requests overlap and spend execution time.
+#[derive(Debug)]
+pub struct ServiceProtection {
+    pub concurrent_limit: usize,
+    pub execution_limit: std::time::Duration,
+    pub execution_window: std::time::Duration,
+    pub work: std::time::Duration,
+    in_flight: usize,
+    executed: std::collections::VecDeque<(std::time::Instant, std::time::Duration)>,
+}
+
+impl Default for ServiceProtection {
+    fn default() -> Self {
+        ServiceProtection {
+            concurrent_limit: CONCURRENT_LIMIT,
+            execution_limit: std::time::Duration::from_secs(20 * 60),
+            execution_window: std::time::Duration::from_secs(300),
+            work: std::time::Duration::ZERO,
+            in_flight: 0,
+            executed: Default::default(),
+        }
+    }
+}
+
+impl ServiceProtection {
+    /// Admits a request, or the refusal: its code, message and `Retry-After` seconds.
+    fn admit(&mut self) -> Result<(), (&'static str, String, u64)> {
+        let now = std::time::Instant::now();
+        while self
+            .executed
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) >= self.execution_window)
+        {
+            self.executed.pop_front();
+        }
+        let spent: std::time::Duration = self.executed.iter().map(|(_, d)| *d).sum();
+        if spent >= self.execution_limit {
+            let oldest = self.executed.front().map(|(at, _)| *at).unwrap_or(now);
+            let free_in = self
+                .execution_window
+                .saturating_sub(now.duration_since(oldest));
+            return Err((
+                "0x80072321",
+                format!(
+                    "Combined execution time of incoming requests exceeded limit of {} milliseconds over time window of {} seconds.",
+                    self.execution_limit.as_millis(),
+                    self.execution_window.as_secs()
+                ),
+                free_in.as_secs().max(1),
+            ));
+        }
+        if self.in_flight >= self.concurrent_limit {
+            return Err((
+                "0x80072326",
+                format!(
+                    "Number of concurrent requests exceeded the limit of {}.",
+                    self.concurrent_limit
+                ),
+                1,
+            ));
+        }
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    fn done(&mut self, took: std::time::Duration) {
+        self.in_flight -= 1;
+        self.executed.push_back((std::time::Instant::now(), took));
+    }
 }
 
 impl DynamicsState {
@@ -158,6 +237,7 @@ impl DynamicsState {
             budget: RequestBudget::new(REQUEST_LIMIT, chrono::Duration::minutes(5)),
             alternate_keys: BTreeMap::new(),
             batches: Vec::new(),
+            protection: ServiceProtection::default(),
         }
     }
 
@@ -341,13 +421,18 @@ fn authorised(
 
 pub fn routes(state: SharedState) -> Router {
     Router::new()
-        .route("/{tenant}/oauth2/v2.0/token", post(token))
         .route("/api/data/v9.2/WhoAmI", get(who_am_i))
         .route("/api/data/v9.2/$batch", post(batch))
         .route(
             "/api/data/v9.2/{resource}",
             get(retrieve).post(create).patch(update),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            service_protection,
+        ))
+        // Entra ID's token endpoint is not Dataverse's: outside its limits.
+        .route("/{tenant}/oauth2/v2.0/token", post(token))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -356,6 +441,34 @@ pub fn routes(state: SharedState) -> Router {
             )
         })
         .with_state(state)
+}
+
+/// The concurrency and execution-time limits around every Web API request (not the token
+/// endpoint of Entra ID): refused at once with 429, `Retry-After` and the limit's code.
+async fn service_protection(
+    State(state): State<SharedState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let admitted = {
+        let mut s = state.lock().unwrap();
+        s.protection.admit().map(|_| s.protection.work)
+    };
+    let work = match admitted {
+        Ok(work) => work,
+        Err((code, message, retry_after)) => {
+            let mut response = error(StatusCode::TOO_MANY_REQUESTS, code, message);
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from(retry_after));
+            return response;
+        }
+    };
+    let started = std::time::Instant::now();
+    tokio::time::sleep(work).await;
+    let response = next.run(request).await;
+    state.lock().unwrap().protection.done(started.elapsed());
+    response
 }
 
 /// `POST login.microsoftonline.com/{tenant}/oauth2/v2.0/token`, client credentials in the form;
