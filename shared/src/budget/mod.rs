@@ -427,9 +427,11 @@ impl AccountBucket {
                 .map(|(lane, spec)| {
                     let (size, room_us) = match priority {
                         Priority::Live => (spec.live_lease, spec.tau_us() + live_wait_us),
+                        // Rounded as the cost is: a lease of all the room above the reserve
+                        // must fit in it (truncating here made it a microsecond too large).
                         Priority::Batch => (
                             spec.batch_lease,
-                            (f64::from(spec.burst - spec.reserve) * spec.token_us()) as i64,
+                            (f64::from(spec.burst - spec.reserve) * spec.token_us()).round() as i64,
                         ),
                     };
                     let take = LaneTake {
@@ -602,6 +604,41 @@ mod tests {
         }
         let lease = bucket.leases[0].lock().await[0];
         assert_eq!(lease.tokens, 0, "four requests, one lease of four");
+    }
+
+    #[tokio::test]
+    async fn batch_takes_a_lease_that_is_all_the_room_above_the_reserve() {
+        let (budgets, _) = budgets(Duration::ZERO);
+        // 40 searches a second: burst 2, reserve 1, a batch lease of 1, and a token of
+        // 31,578.9 µs, so the room and the lease's cost are the same after rounding.
+        let budget = budgets
+            .for_connection(&connection(
+                CrmType::Hubspot,
+                json!({"searchRequests": 40, "searchWindowSeconds": 1}),
+            ))
+            .unwrap()
+            .unwrap();
+        let spec = budget.plan().search.clone().unwrap();
+        assert_eq!(spec.burst - spec.reserve, spec.batch_lease, "{spec:?}");
+        assert_ne!(spec.token_us().fract(), 0.0);
+        let search = url("/crm/v3/objects/leads/search");
+        let claim = run_as(Priority::Batch, async {
+            budgets
+                .bucket(budget.key(&search), budget.plan())
+                .take(
+                    budgets.inner.store.as_deref().unwrap(),
+                    &[Lane::Search],
+                    Priority::Batch,
+                    Duration::ZERO,
+                )
+                .await
+        })
+        .await
+        .unwrap();
+        assert!(
+            matches!(claim, Claim::Ready(_)),
+            "a full bucket grants batch work its lease"
+        );
     }
 
     #[tokio::test]
