@@ -95,8 +95,14 @@ impl LaneSpec {
         let requests = limit.requests.max(1);
         let window = limit.window.max(Duration::from_millis(100));
         // Leases and the burst are small beside the window, so that the sustained rate stays
-        // close to the limit (95% of it where the window is long beside the lease life).
-        let lease_ttl = (window / 40).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        // close to the limit (95% of it where the window is long beside the lease life). The
+        // lease life is sized from the shortest window the requests must keep (Freshsales'
+        // minute, not its hour).
+        let shortest = also
+            .iter()
+            .map(|l| l.window.max(Duration::from_millis(100)))
+            .fold(window, Duration::min);
+        let lease_ttl = (shortest / 40).clamp(Duration::from_millis(100), Duration::from_secs(60));
         // A live request's CRM calls come one after another, about one per LIVE_CALL: a live
         // lease holds what it spends within the lease life, so few of its tokens lapse.
         let live_lease = ((lease_ttl.as_secs_f64() / LIVE_CALL.as_secs_f64()) as u32)
