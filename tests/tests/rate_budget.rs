@@ -371,10 +371,8 @@ async fn a_rate_limit_refusal_from_a_crm_without_headers_pauses_batch_work() {
         freshsales.base_url(),
         &[("apiKey", "fs-budget-key")],
     );
-    freshsales
-        .server
-        .control
-        .inject(Fault::status(429).retry_after(1));
+    // A refusal that does not say when to come back (no `Retry-After`).
+    freshsales.server.control.inject(Fault::status(429));
     let store = Arc::new(MemoryBudgetStore::default());
     let dir = TempDir::new("budget-freshsales");
     let app = app_with(&dir, store.clone(), &connection).await;
@@ -423,4 +421,52 @@ async fn a_rate_limit_refusal_from_a_crm_without_headers_pauses_batch_work() {
     app.sync_customer(&json!({"connectionId": "crm", "customer": {"email": "fs3@example.com"}}))
         .await
         .expect("live work keeps the reserve");
+}
+
+/// A refusal that says when to come back holds the bucket that long and no longer: on an hourly
+/// limit, dropping to the reserve would pause batch work for many minutes after a 429 that asked
+/// for one second.
+#[tokio::test]
+async fn a_rate_limit_refusal_with_retry_after_holds_batch_work_only_that_long() {
+    use crm_sync_tests::emulator::freshsales::FreshsalesEmulator;
+    let freshsales = FreshsalesEmulator::start(&["fs-budget-key"]).await.unwrap();
+    let connection = connection(
+        CrmType::Freshsales,
+        freshsales.base_url(),
+        &[("apiKey", "fs-budget-key")],
+    );
+    freshsales
+        .server
+        .control
+        .inject(Fault::status(429).retry_after(1));
+    let store = Arc::new(MemoryBudgetStore::default());
+    let dir = TempDir::new("budget-freshsales-retry-after");
+    let app = app_with(&dir, store.clone(), &connection).await;
+    app.sync_customer(&json!({"connectionId": "crm", "customer": {"email": "fs@example.com"}}))
+        .await
+        .expect("the short wait is waited out");
+    let plan = Budgets::new(
+        Arc::new(MemoryBudgetStore::default()),
+        Duration::ZERO,
+        Duration::ZERO,
+    )
+    .for_connection(&connection)
+    .unwrap()
+    .unwrap()
+    .plan()
+    .clone();
+    let left = tokens_left(&store, &connection, freshsales.base_url(), Lane::General);
+    // One second of an hourly bucket (0.26 tokens a second) is less than one token.
+    assert!(
+        left > f64::from(plan.general.burst) - 8.0,
+        "held for the second asked, not down to the reserve ({}): {left:.2} left",
+        plan.general.reserve
+    );
+    // Batch work goes on at once.
+    run_as(Priority::Batch, async {
+        app.sync_customer(&json!({"connectionId": "crm", "customer": {"email": "fs2@example.com"}}))
+            .await
+    })
+    .await
+    .expect("batch work is not paused for longer than asked");
 }

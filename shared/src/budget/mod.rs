@@ -319,7 +319,12 @@ impl RateBudget {
             Lane::General
         };
         let lowered = if reading.refused {
-            bucket.lower(lane, LowerTo::Reserve)
+            bucket.lower(
+                lane,
+                LowerTo::Reserve {
+                    at_most: crate::crm::http::retry_after(headers),
+                },
+            )
         } else {
             reading
                 .remaining
@@ -365,8 +370,10 @@ impl Lease {
 enum LowerTo {
     /// Keep at most this many tokens.
     Tokens(u64),
-    /// Keep only the batch reserve.
-    Reserve,
+    /// Keep only the batch reserve; for at most `at_most` when the refusal said when to come
+    /// back (`Retry-After`): a slow bucket (a daily limit) would otherwise pause batch work for
+    /// hours after a refusal that asked for seconds.
+    Reserve { at_most: Option<Duration> },
 }
 
 /// One account's bucket as this process sees it.
@@ -535,9 +542,16 @@ impl AccountBucket {
             LowerTo::Tokens(n) => {
                 n.saturating_sub(self.held(lane)).min(u64::from(spec.burst)) as f64
             }
-            LowerTo::Reserve => f64::from(spec.reserve),
+            LowerTo::Reserve { .. } => f64::from(spec.reserve),
         };
-        let at_least = now_us + ((f64::from(spec.burst) - keep) * spec.token_us()).round() as i64;
+        let mut at_least =
+            now_us + ((f64::from(spec.burst) - keep) * spec.token_us()).round() as i64;
+        if let LowerTo::Reserve {
+            at_most: Some(wait),
+        } = to
+        {
+            at_least = at_least.min(now_us + wait.as_micros() as i64);
+        }
         let seen = self.seen.lock().expect("not poisoned")[lane.index()];
         if seen.is_some_and(|s| s >= at_least) {
             return None;
