@@ -136,6 +136,20 @@ impl EmulatedCrm for FreshsalesUnderTest {
         }
     }
 
+    /// The per-minute cap becomes `requests` per `window`; the hourly budget is lifted (it
+    /// would outlast a test).
+    fn keep_limit(
+        &self,
+        requests: u32,
+        window: std::time::Duration,
+        _search: (u32, std::time::Duration),
+    ) -> Option<serde_json::Value> {
+        let mut state = self.emulator.state.lock().unwrap();
+        state.budget = crate::emulator::RequestBudget::new(1_000_000, chrono::Duration::hours(1));
+        state.per_minute = crate::emulator::SlidingWindow::new(requests, window);
+        Some(serde_json::json!({"requests": requests, "windowSeconds": window.as_secs_f64()}))
+    }
+
     fn lift_request_budget(&self) {
         let mut state = self.emulator.state.lock().unwrap();
         state.budget = crate::emulator::RequestBudget::new(1_000_000, chrono::Duration::hours(1));

@@ -50,6 +50,21 @@ impl EmulatedCrm for HubSpotUnderTest {
         &self.emulator.server.control
     }
 
+    fn keep_limit(
+        &self,
+        requests: u32,
+        window: std::time::Duration,
+        search: (u32, std::time::Duration),
+    ) -> Option<serde_json::Value> {
+        let mut state = self.emulator.state.lock().unwrap();
+        state.ten_secondly = crate::emulator::SlidingWindow::new(requests, window);
+        state.search_secondly = crate::emulator::SlidingWindow::new(search.0, search.1);
+        Some(
+            serde_json::json!({"requests": requests, "windowSeconds": window.as_secs_f64(),
+                    "searchRequests": search.0, "searchWindowSeconds": search.1.as_secs_f64()}),
+        )
+    }
+
     fn lift_request_budget(&self) {
         self.emulator.state.lock().unwrap().lift_rate_limits();
     }

@@ -69,6 +69,19 @@ pub trait EmulatedCrm: Send + Sync {
     /// Lifts the request limits a soak's volume would spend (rate limits have tests of their
     /// own).
     fn lift_request_budget(&self) {}
+    /// Makes the emulator keep `requests` per `window` (and, where the CRM has a search API of
+    /// its own limit, `search` requests per its window) in place of its default tier's limits,
+    /// refusing past them as the CRM does; answers the connection's `rateBudget` setting for
+    /// the same limits. `None`: this emulator keeps its default limits, which a test's volume
+    /// does not reach (days, 5 minutes at 6,000) or which it has none of.
+    fn keep_limit(
+        &self,
+        _requests: u32,
+        _window: std::time::Duration,
+        _search: (u32, std::time::Duration),
+    ) -> Option<serde_json::Value> {
+        None
+    }
     /// The fault pattern (`Fault::matching`) of the request that creates an entity's record.
     fn create_route(&self, entity: EntityKind) -> &'static str;
     /// Adds a contact as a person using the CRM would, values typed as given.
