@@ -147,7 +147,7 @@ impl EmulatedCrm for FreshsalesUnderTest {
         let mut state = self.emulator.state.lock().unwrap();
         state.budget = crate::emulator::RequestBudget::new(1_000_000, chrono::Duration::hours(1));
         state.per_minute = crate::emulator::SlidingWindow::new(requests, window);
-        Some(serde_json::json!({"requests": requests, "windowSeconds": window.as_secs_f64()}))
+        Some(super::rate_budget_setting(requests, window, None))
     }
 
     fn lift_request_budget(&self) {

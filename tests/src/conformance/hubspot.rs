@@ -59,10 +59,7 @@ impl EmulatedCrm for HubSpotUnderTest {
         let mut state = self.emulator.state.lock().unwrap();
         state.ten_secondly = crate::emulator::SlidingWindow::new(requests, window);
         state.search_secondly = crate::emulator::SlidingWindow::new(search.0, search.1);
-        Some(
-            serde_json::json!({"requests": requests, "windowSeconds": window.as_secs_f64(),
-                    "searchRequests": search.0, "searchWindowSeconds": search.1.as_secs_f64()}),
-        )
+        Some(super::rate_budget_setting(requests, window, Some(search)))
     }
 
     fn lift_request_budget(&self) {

@@ -212,6 +212,21 @@ fn status(response: &Value) -> &str {
 
 /// The emulated CRM `tag` names (`hubspot`, `salesforce`, `pipedrive`, `zoho`, `freshsales`,
 /// `dynamics`, `sugarcrm`), started on a free loopback port.
+/// A connection's `rateBudget` setting for `requests` per `window`, and `search` requests per
+/// its window where the CRM's search API has a limit of its own.
+pub fn rate_budget_setting(
+    requests: u32,
+    window: std::time::Duration,
+    search: Option<(u32, std::time::Duration)>,
+) -> Value {
+    let mut setting = json!({"requests": requests, "windowSeconds": window.as_secs_f64()});
+    if let Some((search_requests, search_window)) = search {
+        setting["searchRequests"] = json!(search_requests);
+        setting["searchWindowSeconds"] = json!(search_window.as_secs_f64());
+    }
+    setting
+}
+
 pub async fn start(tag: &str) -> Box<dyn EmulatedCrm> {
     match tag {
         "hubspot" => hubspot::start().await,

@@ -62,10 +62,7 @@ impl EmulatedCrm for PipedriveUnderTest {
         let mut state = self.emulator.state.lock().unwrap();
         state.burst = crate::emulator::SlidingWindow::new(requests, window);
         state.search_burst = crate::emulator::SlidingWindow::new(search.0, search.1);
-        Some(
-            serde_json::json!({"requests": requests, "windowSeconds": window.as_secs_f64(),
-                    "searchRequests": search.0, "searchWindowSeconds": search.1.as_secs_f64()}),
-        )
+        Some(super::rate_budget_setting(requests, window, Some(search)))
     }
 
     fn lift_request_budget(&self) {
