@@ -29,6 +29,9 @@ pub struct TimeBudget {
     start_by: Instant,
 }
 
+/// The time a run takes when its runtime gives no real deadline (a local run).
+pub const LOCAL_RUN: Duration = Duration::from_secs(60);
+
 impl TimeBudget {
     /// Starts records until `start_by`.
     pub fn until(start_by: Instant) -> Self {
@@ -42,11 +45,20 @@ impl TimeBudget {
 
     /// A Lambda invocation's budget: its deadline (wall clock) less `reserve`, so that a sync
     /// started just before the cut finishes before the function is stopped. The reserve takes
-    /// at most half the time (a short local invocation still drains).
+    /// at most half the time (a short local invocation still drains). A deadline already passed
+    /// when the invocation starts is not Lambda's (Lambda stops a function at its deadline);
+    /// local runtimes send the invocation's own instant, and then `LOCAL_RUN` is the budget.
     pub fn before_deadline(deadline: SystemTime, reserve: Duration) -> Self {
-        let left = deadline
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
+        let left = match deadline.duration_since(SystemTime::now()) {
+            Ok(left) if !left.is_zero() => left,
+            _ => {
+                tracing::warn!(
+                    budget_s = LOCAL_RUN.as_secs(),
+                    "the invocation's deadline has already passed (a local runtime's); running for a fixed time"
+                );
+                LOCAL_RUN
+            }
+        };
         Self::of(left.saturating_sub(reserve).max(left / 2))
     }
 
@@ -499,4 +511,26 @@ fn lanes_by_person(records: Vec<(SyncRecord, Work)>) -> Vec<Vec<(SyncRecord, Wor
         lanes.entry(lane).or_default().push(entry);
     }
     lanes.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_already_passed_is_a_local_runtimes_and_gets_a_fixed_run() {
+        let past = SystemTime::now() - Duration::from_secs(5);
+        let budget = TimeBudget::before_deadline(past, Duration::from_secs(30));
+        assert!(budget.allows_another());
+        let left = budget.start_by - Instant::now();
+        assert!(left > Duration::from_secs(29) && left <= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_lambda_deadline_keeps_the_reserve() {
+        let deadline = SystemTime::now() + Duration::from_secs(100);
+        let budget = TimeBudget::before_deadline(deadline, Duration::from_secs(30));
+        let left = budget.start_by - Instant::now();
+        assert!(left > Duration::from_secs(69) && left <= Duration::from_secs(70));
+    }
 }
