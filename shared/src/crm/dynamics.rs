@@ -365,11 +365,7 @@ impl DynamicsAdapter {
         mut record: Map<String, Value>,
     ) -> Result<String> {
         record.remove(column);
-        let path = format!(
-            "{}({column}={})",
-            table.entity_set,
-            encode_path_segment(&odata_string(value))
-        );
+        let path = key_path(table, column, value);
         let body = Value::Object(record);
         // The row in the answer (201 created, 200 updated), so its id is read from the body.
         let request = WebApiRequest {
@@ -709,10 +705,9 @@ impl CrmAdapter for DynamicsAdapter {
             sent.push(index);
             text.push_str(&format!(
                 "--{boundary}\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\n\
-                 PATCH /api/data/{API_VERSION}/{}({column}={})?$select={} HTTP/1.1\r\n\
+                 PATCH /api/data/{API_VERSION}/{}?$select={} HTTP/1.1\r\n\
                  Content-Type: application/json\r\nPrefer: return=representation\r\n\r\n{}\r\n",
-                CONTACTS.entity_set,
-                encode_path_segment(&odata_string(&key)),
+                key_path(CONTACTS, column, &key),
                 CONTACTS.id_column,
                 Value::Object(record),
             ));
@@ -929,6 +924,16 @@ impl<'a> WebApiRequest<'a> {
 /// Dataverse's date and time form for `UserLocal` columns: stored as UTC, sent with `Z`.
 pub fn dataverse_datetime(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// `{set}({column}='{value}')`: the row of `table` that an alternate key names, encoded for
+/// the URL path.
+fn key_path(table: Table, column: &str, value: &str) -> String {
+    format!(
+        "{}({column}={})",
+        table.entity_set,
+        encode_path_segment(&odata_string(value))
+    )
 }
 
 /// A string literal in `$filter`: single quotes, a quote inside doubled.
