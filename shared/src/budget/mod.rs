@@ -340,9 +340,7 @@ impl RateBudget {
 
 /// Up to a fifth more, so waiters that were refused together do not come back together.
 fn with_jitter(wait: Duration) -> Duration {
-    let spread = wait.as_micros() as u64 / 5 + 1_000;
-    let draw = (uuid::Uuid::new_v4().as_u128() % u128::from(spread)) as u64;
-    wait + Duration::from_micros(draw)
+    wait + crate::crm::http::jitter(wait / 5 + Duration::from_millis(1))
 }
 
 /// What a take came to.

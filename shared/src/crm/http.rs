@@ -261,8 +261,9 @@ impl CrmHttp {
     }
 }
 
-/// A random wait of at most `most`.
-fn jitter(most: Duration) -> Duration {
+/// A random wait of at most `most` (spreads callers refused together: CRM retries, rate-budget
+/// waits).
+pub(crate) fn jitter(most: Duration) -> Duration {
     let mut bytes = [0u8; 4];
     if getrandom::fill(&mut bytes).is_err() {
         return Duration::ZERO;
