@@ -519,7 +519,6 @@ async fn who_am_i(State(state): State<SharedState>, headers: HeaderMap) -> Respo
     })
 }
 
-/// `contacts` or `contacts(<guid>)`.
 /// The row a key names, if one exists, and the alternate key's column and value if it was one.
 type Resolved = (Option<String>, Option<(String, String)>);
 
@@ -540,6 +539,7 @@ fn invalid_key(table: &str) -> Response {
     )
 }
 
+/// `contacts`, `contacts(<guid>)` or `contacts(<column>='<value>')`.
 fn parse_resource(resource: &str) -> Result<(String, Option<RowKey>), Response> {
     let (table, key) = match resource.split_once('(') {
         Some((table, rest)) => (table, Some(rest.strip_suffix(')').unwrap_or(rest))),
@@ -1358,12 +1358,10 @@ async fn batch(State(state): State<SharedState>, headers: HeaderMap, body: Bytes
             Ok(inner) => run_part(&state, &headers, inner).await,
             Err(refusal) => refusal,
         };
-        let failed = !answer.status().is_success();
-        answers.push(answer);
-        if failed && !continue_on_error {
-            let status = answers.last().expect("one").status();
-            return multipart_answer(status, answers.split_off(answers.len() - 1)).await;
+        if !answer.status().is_success() && !continue_on_error {
+            return multipart_answer(answer.status(), vec![answer]).await;
         }
+        answers.push(answer);
     }
     multipart_answer(StatusCode::OK, answers).await
 }
@@ -1461,30 +1459,13 @@ fn inner_request(part: &str) -> Result<InnerRequest, Response> {
     }
     Ok(InnerRequest {
         method: method.to_ascii_uppercase(),
-        path: percent_decoded(url.path()),
+        path: percent_encoding::percent_decode_str(url.path())
+            .decode_utf8_lossy()
+            .into_owned(),
         query: url.query_pairs().into_owned().collect(),
         headers: header_map,
         body: Bytes::from(body.trim_end().to_string()),
     })
-}
-
-fn percent_decoded(path: &str) -> String {
-    let bytes = path.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(byte) = u8::from_str_radix(&path[i + 1..i + 3], 16)
-        {
-            out.push(byte);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).to_string()
 }
 
 /// Runs one request of a batch through the table handlers, with the batch's token.
