@@ -30,22 +30,20 @@ pub fn tokens() -> OAuthTokens {
 
 /// Starts a fresh Dynamics emulator for one test.
 pub async fn start() -> Box<dyn EmulatedCrm> {
-    let emulator = DynamicsEmulator::start(tokens())
-        .await
-        .expect("emulator starts");
-    Box::new(DynamicsUnderTest {
-        emulator,
-        keyed: false,
-    })
+    started(false).await
 }
 
 /// Starts a fresh Dynamics emulator whose contacts and leads have an alternate key on email,
 /// with a connection that names it.
 pub async fn start_keyed() -> Box<dyn EmulatedCrm> {
+    started(true).await
+}
+
+async fn started(keyed: bool) -> Box<dyn EmulatedCrm> {
     let emulator = DynamicsEmulator::start(tokens())
         .await
         .expect("emulator starts");
-    {
+    if keyed {
         let mut state = emulator.state.lock().unwrap();
         for table in ["contacts", "leads"] {
             state
@@ -53,10 +51,7 @@ pub async fn start_keyed() -> Box<dyn EmulatedCrm> {
                 .insert(table.into(), "emailaddress1".into());
         }
     }
-    Box::new(DynamicsUnderTest {
-        emulator,
-        keyed: true,
-    })
+    Box::new(DynamicsUnderTest { emulator, keyed })
 }
 
 /// A connection to the emulator: the app's client id and secret (no token yet, so the first
