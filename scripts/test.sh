@@ -1,26 +1,56 @@
 #!/usr/bin/env bash
-# Every test of the workspace, on a fresh machine too: installs moto (the AWS emulator), cfn-lint,
-# the SAM CLI and openapi-spec-validator from PyPI if missing, validates openapi.yaml and the SAM
-# template, starts moto_server on a free loopback port, runs the tests, and stops moto whatever
-# happens; then fuzzes the API against openapi.yaml with Schemathesis (tests/fuzz/run.sh, which
-# installs its pinned Schemathesis from PyPI once), runs the example n8n workflows in a real n8n
-# (tests/n8n/run.sh, which installs its pinned n8n from the npm registry once), and the connect page
-# in headless Chromium (tests/connect/run.sh, which installs Debian's chromium and chromium-driver once).
+# Every test of the workspace, on a fresh machine too. It starts compiling the tests, installing n8n
+# (tests/n8n/install.sh) and installing Chromium (tests/connect/install.sh) at once, in the
+# background: the build is bound by the CPU, the installs mostly by downloads. Meanwhile it installs
+# moto (the AWS emulator), cfn-lint, the SAM CLI, openapi-spec-validator and Schemathesis from PyPI if
+# missing (one after another: pip installs into one Python), validates openapi.yaml and the SAM
+# template, and starts moto_server on a free loopback port. Then it runs the tests, fuzzes the API
+# against openapi.yaml with Schemathesis (tests/fuzz/run.sh), runs the example n8n workflows in a
+# real n8n (tests/n8n/run.sh) and the connect page in headless Chromium (tests/connect/run.sh). It
+# stops whatever it started, whatever happens, and prints how long each step took.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/tools.sh
+
+work=$(mktemp -d)
+background=()
+cleanup() {
+  for pid in "${background[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+steps=""
+step_done() { steps="$steps, $1 $((SECONDS - $2)) s"; }
+
+# Waits for a background step and prints its output; a failed step fails the run.
+finish() {
+  local name=$1 pid=$2 status=0
+  wait "$pid" || status=$?
+  cat "$work/$name.log"
+  [ "$status" -eq 0 ] || { echo "$name failed (exit $status)" >&2; exit "$status"; }
+}
+
+started=$SECONDS
+cargo test --workspace --locked --no-run >"$work/build.log" 2>&1 &
+build_pid=$!
+tests/n8n/install.sh >"$work/n8n-install.log" 2>&1 &
+n8n_install_pid=$!
+tests/connect/install.sh >"$work/chromium-install.log" 2>&1 &
+chromium_install_pid=$!
+background+=("$build_pid" "$n8n_install_pid" "$chromium_install_pid")
 
 ensure_tool moto_server 'moto[server]'
 ensure_tool cfn-lint cfn-lint
 ensure_tool sam aws-sam-cli
 ensure_tool openapi-spec-validator openapi-spec-validator
+tests/fuzz/install.sh
+step_done "Python tools" "$started"
 
 port=$(free_port)
-moto_log=$(mktemp)
-moto_server -H 127.0.0.1 -p "$port" >"$moto_log" 2>&1 &
-moto_pid=$!
-trap 'kill "$moto_pid" 2>/dev/null || true; rm -f "$moto_log"' EXIT
-wait_for_port "$port" 30 || { cat "$moto_log"; exit 1; }
+moto_server -H 127.0.0.1 -p "$port" >"$work/moto.log" 2>&1 &
+background+=($!)
+wait_for_port "$port" 30 || { cat "$work/moto.log"; exit 1; }
 echo "moto_server on 127.0.0.1:$port"
 
 export CRM_SYNC_TEST_AWS_ENDPOINT="http://127.0.0.1:$port"
@@ -33,15 +63,29 @@ echo "cfn-lint: infra/template.yaml has no errors or warnings"
 openapi-spec-validator openapi.yaml
 # SAM's own validation (transform + cfn-lint); it runs offline. samconfig.toml names the template.
 SAM_CLI_TELEMETRY=0 sam validate --lint --region us-east-1
-log=$(mktemp)
-trap 'kill "$moto_pid" 2>/dev/null || true; rm -f "$moto_log" "$log"' EXIT
-cargo test --workspace --locked 2>&1 | tee "$log"
+
+finish build "$build_pid"
+step_done "build" "$started"
+phase=$SECONDS
+status=0
+cargo test --workspace --locked 2>&1 | tee "$work/test.log" || status=$?
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "workspace: %d passed, %d failed\n", p, f }' "$log"
+     END { printf "workspace: %d passed, %d failed\n", p, f }' "$work/test.log"
+[ "$status" -eq 0 ] || exit "$status"
+step_done "workspace tests" "$phase"
 # The contract fuzzed: every answer as openapi.yaml says, valid requests accepted, invalid refused.
+phase=$SECONDS
 tests/fuzz/run.sh
+step_done "Schemathesis" "$phase"
 # The n8n workflows in a real n8n, against the functions just tested (needs Node.js 20).
+phase=$SECONDS
+finish n8n-install "$n8n_install_pid"
 tests/n8n/run.sh
+step_done "n8n" "$phase"
 # The connect page in headless Chromium, against the same functions and the emulators.
+phase=$SECONDS
+finish chromium-install "$chromium_install_pid"
 tests/connect/run.sh
+step_done "Chromium" "$phase"
+echo "make test: passed in $((SECONDS - started)) s (${steps#, })"

@@ -1,28 +1,15 @@
 #!/usr/bin/env bash
 # The connect page in a real browser: installs Debian's chromium and chromium-driver if they are
-# missing (the packages are kept in ~/.cache/crm-sync/apt for the next install), starts the CRM emulators, every
-# function (local-api, at the paths `make dev` serves) and chromedriver on free loopback ports,
-# and runs tests/tests/connect_browser.rs against them (`--ignored`: a plain `cargo test` skips
-# it). With CRM_SYNC_CONNECT_SCREENSHOT=docs/connect-page.png it saves a screenshot of the page
-# there (the README's). Everything it starts is stopped when it ends.
+# missing (tests/connect/install.sh), starts the CRM emulators, every function (local-api, at the
+# paths `make dev` serves) and chromedriver on free loopback ports, and runs
+# tests/tests/connect_browser.rs against them (`--ignored`: a plain `cargo test` skips it). With
+# CRM_SYNC_CONNECT_SCREENSHOT=docs/connect-page.png it saves a screenshot of the page there (the
+# README's). Everything it starts is stopped when it ends.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/tools.sh
 
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
-  echo "installing chromium and chromium-driver from Debian's packages (once)"
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo=sudo
-  # The downloaded packages are kept outside the clone (apt's own cache may be emptied after
-  # every install), so a reinstall on this machine downloads nothing.
-  cache="${CRM_SYNC_APT_CACHE:-$HOME/.cache/crm-sync/apt}"
-  mkdir -p "$cache/partial"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-    -o Dir::Cache::Archives="$cache" -o APT::Keep-Downloaded-Packages=true \
-    chromium chromium-driver fonts-liberation >/dev/null
-fi
-command -v chromedriver >/dev/null || { echo "chromedriver is still missing" >&2; exit 1; }
+tests/connect/install.sh
 
 cargo build --quiet --locked -p crm-sync-tests --bin crm-emulator --bin local-api
 cargo test --quiet --locked -p crm-sync-tests --test connect_browser --no-run

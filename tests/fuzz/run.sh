@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes the contract: Schemathesis (the version pinned below, installed from PyPI if missing)
+# Fuzzes the contract: Schemathesis (the version tests/fuzz/install.sh pins, from PyPI if missing)
 # sends requests generated from openapi.yaml and its examples, valid and invalid, to every
 # function. local-api serves them as API Gateway and the Lambda runtime deliver them, against the
 # CRM emulators and the local stores, with a connection per CRM seeded (tests/fuzz/schemathesis.toml
@@ -12,14 +12,7 @@ cd "$(dirname "$0")/../.."
 root=$PWD
 source scripts/tools.sh
 
-schemathesis_version=4.32.5
-# ensure_tool installs only a missing command; another installed version is replaced first.
-if command -v schemathesis >/dev/null 2>&1 &&
-  [ "$(schemathesis --version)" != "schemathesis, version $schemathesis_version" ]; then
-  echo "installing schemathesis==$schemathesis_version (found $(schemathesis --version))"
-  python3 -m pip install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version"
-fi
-ensure_tool schemathesis "schemathesis==$schemathesis_version"
+tests/fuzz/install.sh
 
 cargo build --quiet --locked -p crm-sync-tests --bin crm-emulator --bin local-api
 target="${CARGO_TARGET_DIR:-$root/target}"

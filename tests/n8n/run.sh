@@ -1,25 +1,15 @@
 #!/usr/bin/env bash
-# The example workflows in a real n8n: installs the pinned n8n of tests/n8n/package.json once into
-# .cache/n8n (CRM_SYNC_N8N_DIR picks another folder), starts the HubSpot emulator and every function
-# (local-api) on free loopback ports, imports the credential template and both workflows pointed at
-# them, publishes the workflows, starts n8n on loopback and posts bookings and leads to its webhooks
+# The example workflows in a real n8n: installs the pinned n8n once (tests/n8n/install.sh), starts
+# the HubSpot emulator and every function (local-api) on free loopback ports, imports the credential
+# template and both workflows pointed at them, publishes the workflows, starts n8n on loopback and posts bookings and leads to its webhooks
 # (tests/n8n/webhooks.mjs). Everything it starts is stopped when it ends; it fails on the first
 # failed assertion.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/tools.sh
 
-command -v node >/dev/null || { echo "n8n needs Node.js 20 (node is missing)" >&2; exit 1; }
-n8n_dir="${CRM_SYNC_N8N_DIR:-$PWD/.cache/n8n}"
-n8n="$n8n_dir/node_modules/.bin/n8n"
-# Reinstall only when the pinned versions changed (or nothing is installed yet).
-if ! cmp -s tests/n8n/package.json "$n8n_dir/package.json" || [ ! -x "$n8n" ]; then
-  echo "installing n8n into $n8n_dir (once; a few minutes)"
-  rm -rf "$n8n_dir/node_modules" "$n8n_dir/package-lock.json"
-  mkdir -p "$n8n_dir"
-  cp tests/n8n/package.json "$n8n_dir/package.json"
-  (cd "$n8n_dir" && npm install --no-audit --no-fund --omit=dev --loglevel=error)
-fi
+tests/n8n/install.sh
+n8n="${CRM_SYNC_N8N_DIR:-$PWD/.cache/n8n}/node_modules/.bin/n8n"
 
 cargo build --quiet --locked -p crm-sync-tests --bin crm-emulator --bin local-api
 target="${CARGO_TARGET_DIR:-target}"
