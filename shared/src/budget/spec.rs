@@ -4,8 +4,9 @@
 //! A bucket holds `burst` tokens and refills at `per_second`. It is sized so that in any stretch
 //! of the CRM's window at most the documented number of requests is sent:
 //! `burst + per_second × (window + lease_ttl + SEND_SLACK) = requests`. `lease_ttl` is how long a
-//! token claimed in a lease may be held before it is sent; `SEND_SLACK` covers the time between
-//! a token's instant and the request reaching the CRM.
+//! token claimed in a lease may be held before it is sent (none when every lease is one token,
+//! which is sent as soon as it is claimed); `SEND_SLACK` covers the time between a token's instant
+//! and the request reaching the CRM.
 
 use std::time::Duration;
 
@@ -114,7 +115,14 @@ impl LaneSpec {
             .div_ceil(20)
             .max(live_lease + batch_lease)
             .min(requests);
-        let span = |w: Duration| (w + lease_ttl + SEND_SLACK).as_secs_f64();
+        // A token claimed in a lease of one is sent at once; only the further tokens of a larger
+        // lease can be held for up to the lease life.
+        let held = if live_lease.max(batch_lease) > 1 {
+            lease_ttl
+        } else {
+            Duration::ZERO
+        };
+        let span = |w: Duration| (w + held + SEND_SLACK).as_secs_f64();
         let mut per_second = f64::from(requests - burst) / span(window);
         // A shorter limit on the same requests: fit the burst (then the rate) under it too.
         for other in also {
@@ -435,7 +443,12 @@ mod tests {
     /// most the documented number of requests through.
     fn keeps_its_limits(spec: &LaneSpec) {
         for limit in std::iter::once(&spec.limit).chain(&spec.also) {
-            let span = (limit.window + spec.lease_ttl + SEND_SLACK).as_secs_f64();
+            let held = if spec.live_lease.max(spec.batch_lease) > 1 {
+                spec.lease_ttl
+            } else {
+                Duration::ZERO
+            };
+            let span = (limit.window + held + SEND_SLACK).as_secs_f64();
             let most = f64::from(spec.burst) + spec.per_second * span;
             assert!(
                 most <= f64::from(limit.requests) + 1e-6,
@@ -475,6 +488,24 @@ mod tests {
         // 91.8% of the limit: 95 of 100 requests spread over 10 s + 0.25 s + 0.1 s.
         assert!((plan.general.per_second - 95.0 / 10.35).abs() < 1e-9);
         assert_eq!(plan.search.unwrap().limit, HUBSPOT_SEARCH);
+    }
+
+    #[test]
+    fn pipedrive_essential_leases_one_token_so_no_lease_life_is_allowed_for() {
+        let plan = plan_for(&connection(CrmType::Pipedrive, None))
+            .unwrap()
+            .unwrap();
+        assert_eq!(plan.general.limit, RateLimit::per_seconds(20, 2));
+        assert_eq!(
+            (plan.general.burst, plan.general.reserve),
+            (2, 1),
+            "a live lease and a batch lease"
+        );
+        assert_eq!((plan.general.live_lease, plan.general.batch_lease), (1, 1));
+        // 85.7% of the limit: 18 of 20 requests spread over 2 s + 0.1 s of send slack; a token
+        // claimed alone is sent at once, so the 0.1 s lease life adds nothing.
+        assert!((plan.general.per_second - 18.0 / 2.1).abs() < 1e-9);
+        keeps_its_limits(&plan.general);
     }
 
     #[test]
