@@ -20,12 +20,17 @@ FUNCTIONS += connect-sessions connect-page connect-callback
 build: ## Release builds of every function for Lambda (arm64), one cargo invocation
 	cargo lambda build --release --arm64 $(addprefix -p ,$(FUNCTIONS))
 
+# The bench's x86_64 builds are linked position-dependent like the arm64 ones (.cargo/config.toml).
+# With an explicit --target the flags reach only the target's binaries, not proc macros.
+BENCH_TARGET := x86_64-unknown-linux-gnu
+BENCH_BUILD := CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C link-arg=-no-pie" cargo build --release --target $(BENCH_TARGET)
+
 bench: ## Cold starts against a bare lambda_http function, then throughput, latency and memory (release build)
 	# The functions as the deploy build selects them (tools' features would change their dependencies).
-	cargo build --release $(addprefix -p ,$(FUNCTIONS)) -p lambda-floor
-	cargo build --release -p crm-sync-tests --bins
-	./target/release/cold-start 5 200
-	./target/release/bench 2000 8
+	$(BENCH_BUILD) $(addprefix -p ,$(FUNCTIONS)) -p lambda-floor
+	$(BENCH_BUILD) -p crm-sync-tests --bins
+	./target/$(BENCH_TARGET)/release/cold-start 5 200
+	./target/$(BENCH_TARGET)/release/bench 2000 8
 
 # `sam build` (BuildMethod: makefile) runs build-<LogicalId> once per function in the source tree
 # (`build_in_source` in samconfig.toml). The first builds every function; the rest find them built.
