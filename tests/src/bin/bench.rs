@@ -2,8 +2,8 @@
 //! loopback (its own process, so the figures are crm-sync's alone), on the local stores. Prints
 //! throughput, latency percentiles and peak memory.
 //!
-//! `cargo build --release -p crm-sync-tests --bins && target/release/bench [COUNT] [CONCURRENCY]`
-//! (`bench batch`: the batch section alone.)
+//! `make bench`, or `target/x86_64-unknown-linux-gnu/release/bench [COUNT] [CONCURRENCY]` once
+//! `make bench` built it (`bench batch`: the batch section alone.)
 //!
 //! Goals (checked at the end; the process exits non-zero if one is missed):
 //! - an identical resend answers `unchanged` from the sync record alone: no CRM call, p95 < 5 ms;

@@ -5,7 +5,7 @@
 //! zipped `bootstrap` per function, each with its ratio to the floor. A benchmark: it prints figures.
 //!
 //! `make bench` (which builds the functions as `make build` selects them, then the tools), or
-//! `target/release/cold-start [COLD_STARTS] [WARM]` once built.
+//! `target/x86_64-unknown-linux-gnu/release/cold-start [COLD_STARTS] [WARM]` once built.
 //!
 //! With `CRM_SYNC_TEST_AWS_ENDPOINT` set (moto, as `make test` starts it) the functions run in
 //! production configuration (`CRM_SYNC_STORE=aws`, credentials from the environment); without it
