@@ -11,8 +11,9 @@ source scripts/tools.sh
 
 tests/connect/install.sh
 
-cargo build --quiet --locked -p crm-sync-tests --bin crm-emulator --bin local-api
-cargo test --quiet --locked -p crm-sync-tests --test connect_browser --no-run
+# The emulators and local-api as `cargo test --workspace` builds them: make test has built them
+# already, and another package selection would build them again with other features.
+cargo test --quiet --locked --workspace --no-run
 target="${CARGO_TARGET_DIR:-target}"
 
 work=$(mktemp -d)
@@ -59,7 +60,7 @@ CONNECT_TEST_API="$api" CONNECT_TEST_API_KEY="$api_key" CONNECT_TEST_DRIVER="htt
   CONNECT_TEST_HUBSPOT="http://127.0.0.1:${ports[0]}" CONNECT_TEST_SALESFORCE="http://127.0.0.1:${ports[1]}" \
   CONNECT_TEST_PIPEDRIVE="http://127.0.0.1:${ports[2]}" CONNECT_TEST_ZOHO="http://127.0.0.1:${ports[3]}" \
   CONNECT_TEST_FRESHSALES="http://127.0.0.1:${ports[4]}" \
-  cargo test --quiet --locked -p crm-sync-tests --test connect_browser -- --ignored --nocapture || {
+  cargo test --quiet --locked --workspace --test connect_browser -- --ignored --nocapture || {
   echo "--- local-api log"; tail -40 "$work/api.log"; echo "--- chromedriver log"; tail -20 "$work/chromedriver.log"
   exit 1
 }

@@ -14,7 +14,9 @@ source scripts/tools.sh
 
 tests/fuzz/install.sh
 
-cargo build --quiet --locked -p crm-sync-tests --bin crm-emulator --bin local-api
+# The emulators and local-api as `cargo test --workspace` builds them: make test has built them
+# already, and another package selection would build them again with other features.
+cargo test --quiet --locked --workspace --no-run
 target="${CARGO_TARGET_DIR:-$root/target}"
 
 work=$(mktemp -d)

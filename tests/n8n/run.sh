@@ -11,7 +11,9 @@ source scripts/tools.sh
 tests/n8n/install.sh
 n8n="${CRM_SYNC_N8N_DIR:-$PWD/.cache/n8n}/node_modules/.bin/n8n"
 
-cargo build --quiet --locked -p crm-sync-tests --bin crm-emulator --bin local-api
+# The emulators and local-api as `cargo test --workspace` builds them: make test has built them
+# already, and another package selection would build them again with other features.
+cargo test --quiet --locked --workspace --no-run
 target="${CARGO_TARGET_DIR:-target}"
 
 work=$(mktemp -d)
