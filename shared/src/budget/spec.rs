@@ -115,13 +115,7 @@ impl LaneSpec {
             .div_ceil(20)
             .max(live_lease + batch_lease)
             .min(requests);
-        // A token claimed in a lease of one is sent at once; only the further tokens of a larger
-        // lease can be held for up to the lease life.
-        let held = if live_lease.max(batch_lease) > 1 {
-            lease_ttl
-        } else {
-            Duration::ZERO
-        };
+        let held = held_for(lease_ttl, live_lease.max(batch_lease));
         let span = |w: Duration| (w + held + SEND_SLACK).as_secs_f64();
         let mut per_second = f64::from(requests - burst) / span(window);
         // A shorter limit on the same requests: fit the burst (then the rate) under it too.
@@ -157,6 +151,17 @@ impl LaneSpec {
     /// Microseconds a full bucket represents.
     pub fn tau_us(&self) -> i64 {
         (f64::from(self.burst) * self.token_us()).round() as i64
+    }
+}
+
+/// How long a claimed token may wait before it is sent, with leases of at most `largest_lease`
+/// tokens: a token claimed alone is sent at once; only the further tokens of a larger lease can be
+/// held for up to the lease life.
+fn held_for(lease_ttl: Duration, largest_lease: u32) -> Duration {
+    if largest_lease > 1 {
+        lease_ttl
+    } else {
+        Duration::ZERO
     }
 }
 
@@ -443,11 +448,7 @@ mod tests {
     /// most the documented number of requests through.
     fn keeps_its_limits(spec: &LaneSpec) {
         for limit in std::iter::once(&spec.limit).chain(&spec.also) {
-            let held = if spec.live_lease.max(spec.batch_lease) > 1 {
-                spec.lease_ttl
-            } else {
-                Duration::ZERO
-            };
+            let held = held_for(spec.lease_ttl, spec.live_lease.max(spec.batch_lease));
             let span = (limit.window + held + SEND_SLACK).as_secs_f64();
             let most = f64::from(spec.burst) + spec.per_second * span;
             assert!(
