@@ -32,7 +32,7 @@ finish() {
 }
 
 started=$SECONDS
-cargo test --workspace --locked --no-run >"$work/build.log" 2>&1 &
+build_tests >"$work/build.log" 2>&1 &
 build_pid=$!
 tests/n8n/install.sh >"$work/n8n-install.log" 2>&1 &
 n8n_install_pid=$!

@@ -11,6 +11,13 @@ ensure_tool() {
   command -v "$1" >/dev/null 2>&1 || { echo "$1 is still missing after installing $2" >&2; exit 1; }
 }
 
+# Builds every test of the workspace and the tools they start (the CRM emulators, local-api) without
+# running them. Every script builds them this one way: another package selection would unify
+# features differently and build the same binaries again.
+build_tests() {
+  cargo test --quiet --locked --workspace --no-run
+}
+
 # A free TCP port on 127.0.0.1.
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'

@@ -14,9 +14,7 @@ source scripts/tools.sh
 
 tests/fuzz/install.sh
 
-# The emulators and local-api as `cargo test --workspace` builds them: make test has built them
-# already, and another package selection would build them again with other features.
-cargo test --quiet --locked --workspace --no-run
+build_tests
 target="${CARGO_TARGET_DIR:-$root/target}"
 
 work=$(mktemp -d)

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The example workflows in a real n8n: installs the pinned n8n once (tests/n8n/install.sh), starts
 # the HubSpot emulator and every function (local-api) on free loopback ports, imports the credential
-# template and both workflows pointed at them, publishes the workflows, starts n8n on loopback and posts bookings and leads to its webhooks
-# (tests/n8n/webhooks.mjs). Everything it starts is stopped when it ends; it fails on the first
-# failed assertion.
+# template and both workflows pointed at them, publishes the workflows, starts n8n on loopback and
+# posts bookings and leads to its webhooks (tests/n8n/webhooks.mjs). Everything it starts is stopped
+# when it ends; it fails on the first failed assertion.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/tools.sh
@@ -11,9 +11,7 @@ source scripts/tools.sh
 tests/n8n/install.sh
 n8n="${CRM_SYNC_N8N_DIR:-$PWD/.cache/n8n}/node_modules/.bin/n8n"
 
-# The emulators and local-api as `cargo test --workspace` builds them: make test has built them
-# already, and another package selection would build them again with other features.
-cargo test --quiet --locked --workspace --no-run
+build_tests
 target="${CARGO_TARGET_DIR:-target}"
 
 work=$(mktemp -d)
