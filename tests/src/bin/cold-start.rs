@@ -431,7 +431,7 @@ impl Emulator {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(bin_dir.join("crm-emulator"))
+        let mut child = Command::new(bin_dir.join("crm-emulator"))
             .args(["--hubspot", &format!("127.0.0.1:{port}")])
             .args(["--salesforce", "127.0.0.1:0", "--pipedrive", "127.0.0.1:0"])
             .args(["--zoho", "127.0.0.1:0", "--freshsales", "127.0.0.1:0"])
@@ -446,6 +446,12 @@ impl Emulator {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+        // It stops at once when a port it binds is taken (another emulator still running): every
+        // figure after that would be of a CRM that cannot be reached.
+        std::thread::sleep(Duration::from_millis(200));
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("crm-emulator stopped at start ({status}): is another one still running?");
         }
         Emulator(child, format!("http://127.0.0.1:{port}"))
     }
