@@ -2,6 +2,11 @@
 //!
 //! Several local functions run as separate processes, so conditional writes hold an exclusive
 //! file lock while they compare versions, and files are replaced atomically by rename.
+//!
+//! Reading one connection, record or idempotent request is one small file read that no writer can
+//! leave half-written, so it is done in place: a hand-off to a blocking thread and back cost the
+//! warm path more than the read (README, Cold starts). Listings and locked writes run off the
+//! async runtime's threads.
 
 use std::fs::{self, OpenOptions};
 use std::io::ErrorKind;
@@ -67,7 +72,7 @@ impl LocalConnectionStore {
 #[async_trait]
 impl ConnectionStore for LocalConnectionStore {
     async fn get(&self, id: &ConnectionId) -> Result<Connection> {
-        match tokio::fs::read_to_string(self.path(id)).await {
+        match fs::read_to_string(self.path(id)) {
             Ok(json) => Connection::from_secret_json(id, &json),
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 Err(Error::ConnectionNotFound(id.to_string()))
@@ -187,10 +192,7 @@ fn read_record(path: &Path) -> Result<Option<SyncRecord>> {
 #[async_trait]
 impl SyncRecordStore for LocalSyncRecordStore {
     async fn get(&self, key: &RecordKey) -> Result<Option<SyncRecord>> {
-        let path = self.dir.join(format!("{}.json", key.digest()));
-        tokio::task::spawn_blocking(move || read_record(&path))
-            .await
-            .map_err(|e| Error::Store(format!("local store task failed: {e}")))?
+        read_record(&self.dir.join(format!("{}.json", key.digest())))
     }
 
     async fn put(
@@ -296,10 +298,7 @@ impl SyncRecordStore for LocalSyncRecordStore {
     }
 
     async fn get_idempotent(&self, key: &str) -> Result<Option<IdempotentRequest>> {
-        let path = self.dir.join(idempotency_file(key));
-        tokio::task::spawn_blocking(move || read_idempotent(&path))
-            .await
-            .map_err(|e| Error::Store(format!("local store task failed: {e}")))?
+        read_idempotent(&self.dir.join(idempotency_file(key)))
     }
 
     async fn put_idempotent(
