@@ -1,5 +1,5 @@
 # The commands a person runs. `make dev` serves the API locally; `make test` runs every test.
-.PHONY: dev test lint build bench fmt clean-local
+.PHONY: dev test lint build bench hot-text fmt clean-local
 
 dev: ## Run the API on http://127.0.0.1:9000 with embedded stores and the CRM emulators
 	./scripts/dev.sh
@@ -20,10 +20,11 @@ FUNCTIONS += connect-sessions connect-page connect-callback
 build: ## Release builds of every function for Lambda (arm64), one cargo invocation
 	cargo lambda build --release --arm64 $(addprefix -p ,$(FUNCTIONS))
 
-# The bench's x86_64 builds are linked position-dependent like the arm64 ones (.cargo/config.toml).
-# With an explicit --target the flags reach only the target's binaries, not proc macros.
+# The bench's x86_64 builds are linked as the arm64 ones are (.cargo/config.toml): position-dependent,
+# with the cold-start functions first in .text. With an explicit --target the flags reach only the
+# target's binaries, not proc macros.
 BENCH_TARGET := x86_64-unknown-linux-gnu
-BENCH_BUILD := CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C link-arg=-no-pie" cargo build --release --target $(BENCH_TARGET)
+BENCH_BUILD := CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C link-arg=-no-pie -C link-arg=-Wl,-T,functions/hot-text.ld" cargo build --release --target $(BENCH_TARGET)
 
 bench: ## Cold starts against a bare lambda_http function, then throughput, latency and memory (release build)
 	# The functions as the deploy build selects them (tools' features would change their dependencies).
@@ -31,6 +32,14 @@ bench: ## Cold starts against a bare lambda_http function, then throughput, late
 	$(BENCH_BUILD) -p crm-sync-tests --bins
 	./target/$(BENCH_TARGET)/release/cold-start 5 200
 	./target/$(BENCH_TARGET)/release/bench 2000 8
+
+# The profile behind functions/hot-text.ld: the functions and tools built unstripped, in their own
+# target folder, then each function's cold start run under callgrind (valgrind; moto from PyPI).
+HOT_TEXT_BUILD := CARGO_PROFILE_RELEASE_STRIP=none $(BENCH_BUILD) --target-dir target/hot-text
+hot-text: ## Re-derive functions/hot-text.ld, the functions a cold start runs (after changes to what they run)
+	$(HOT_TEXT_BUILD) $(addprefix -p ,$(FUNCTIONS)) -p lambda-floor
+	$(HOT_TEXT_BUILD) -p crm-sync-tests --bins
+	./scripts/hot-text.sh target/hot-text/$(BENCH_TARGET)/release
 
 # `sam build` (BuildMethod: makefile) runs build-<LogicalId> once per function in the source tree
 # (`build_in_source` in samconfig.toml). The first builds every function; the rest find them built.
