@@ -133,9 +133,12 @@ pub async fn the_bucket_refills_at_its_rate(store: &dyn BudgetStore) {
 /// concurrent updates of one item (its threads check and write without a lock): two takers can
 /// both see the old value and write the same new one. The suite counts distinct grants, which
 /// tests crm-sync's conditions, and reports such lost updates apart. The first token is taken
-/// before the fifty start: on an idle bucket each racing taker's start value is its own `now`,
-/// so a lost update there would count as an extra distinct grant; from a started bucket every
-/// value is the first plus whole tokens, and a lost update can only repeat one.
+/// before the fifty start, and the takers know it: an idle bucket's start value is the taker's
+/// own `now`, so a lost update there (a write that starts the bucket over, checked against a stale
+/// item) would count as an extra distinct grant. From a started bucket every value is the first
+/// plus whole tokens, and a lost update can only repeat one. (A taker that does not know the
+/// bucket started is refused its start and retries from the item: every take of
+/// `takes_are_granted_until_the_bucket_is_empty` goes that way.)
 pub async fn fifty_concurrent_takers_never_exceed_the_bucket(store: Arc<dyn BudgetStore>) -> usize {
     // An hour per token: nothing refills while the test runs.
     const HOUR_US: i64 = 3_600_000_000;
@@ -150,12 +153,13 @@ pub async fn fifty_concurrent_takers_never_exceed_the_bucket(store: Arc<dyn Budg
     let Taken::Granted(first) = store.take(&key, &[first], now, &[None]).await.unwrap() else {
         panic!("an idle bucket grants its first token");
     };
+    let started_at = first[0];
     let mut takers = tokio::task::JoinSet::new();
     for _ in 0..50 {
         let (store, key) = (store.clone(), key.clone());
         takers.spawn(async move {
             let (mut granted, mut attempts) = (Vec::new(), 0);
-            let mut known = None;
+            let mut known = Some(started_at);
             loop {
                 let now = now_us();
                 let take = LaneTake {
