@@ -65,13 +65,9 @@ echo "profiling on the local stores"
 unset CRM_SYNC_TEST_AWS_ENDPOINT
 export HOT_TEXT_CONFIGURATION=local
 profile
-port=$(free_port)
-moto_server -H 127.0.0.1 -p "$port" >"$work/moto.log" 2>&1 &
-moto_pid=$!
-wait_for_port "$port" 30 || { cat "$work/moto.log"; exit 1; }
-echo "profiling in production configuration (moto on 127.0.0.1:$port)"
-export CRM_SYNC_TEST_AWS_ENDPOINT=http://127.0.0.1:$port AWS_ACCESS_KEY_ID=testing
-export AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1 HOT_TEXT_CONFIGURATION=aws
+start_moto "$work/moto.log"
+echo "profiling in production configuration"
+export HOT_TEXT_CONFIGURATION=aws
 profile
 
 python3 - "$release/sync-customer" functions/hot-text.ld "$work"/profile.* <<'EOF'
@@ -121,9 +117,10 @@ def pattern(name):
 runs = defaultdict(int)
 production = set()
 for name, count in ran_in.items():
-    runs[pattern(name)] = max(runs[pattern(name)], count)
+    p = pattern(name)
+    runs[p] = max(runs[p], count)
     if name in in_production:
-        production.add(pattern(name))
+        production.add(p)
 patterns = sorted(runs, key=lambda p: (p not in production, -runs[p], p))
 with open(out, "w") as script:
     script.write(

@@ -47,16 +47,8 @@ ensure_tool openapi-spec-validator openapi-spec-validator
 tests/fuzz/install.sh
 step_done "Python tools" "$started"
 
-port=$(free_port)
-moto_server -H 127.0.0.1 -p "$port" >"$work/moto.log" 2>&1 &
-background+=($!)
-wait_for_port "$port" 30 || { cat "$work/moto.log"; exit 1; }
-echo "moto_server on 127.0.0.1:$port"
-
-export CRM_SYNC_TEST_AWS_ENDPOINT="http://127.0.0.1:$port"
-# The SDK must never find real credentials or a real region while testing.
-export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
-unset AWS_PROFILE AWS_SESSION_TOKEN
+start_moto "$work/moto.log"
+background+=("$moto_pid")
 
 cfn-lint infra/template.yaml
 echo "cfn-lint: infra/template.yaml has no errors or warnings"

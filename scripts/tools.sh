@@ -36,6 +36,22 @@ wait_for_port() {
   return 1
 }
 
+# Starts moto_server on a free loopback port, its log in $1, and waits until it answers; sets
+# moto_pid. Points the tests' AWS at it: CRM_SYNC_TEST_AWS_ENDPOINT, and credentials and a region
+# that are not real.
+start_moto() {
+  local log=$1 port
+  port=$(free_port)
+  moto_server -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
+  moto_pid=$!
+  wait_for_port "$port" 30 || { cat "$log"; exit 1; }
+  echo "moto_server on 127.0.0.1:$port"
+  export CRM_SYNC_TEST_AWS_ENDPOINT="http://127.0.0.1:$port"
+  # The SDK must never find real credentials or a real region while testing.
+  export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
+  unset AWS_PROFILE AWS_SESSION_TOKEN
+}
+
 # The demo connection of every CRM, each pointed at its emulator, as JSON files in DIR/connections
 # (the local connection store). A file already there is kept, so an edited connection survives
 # restarts. `demo_connections DIR HUBSPOT SALESFORCE PIPEDRIVE ZOHO FRESHSALES DYNAMICS SUGARCRM`, each
