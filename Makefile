@@ -25,11 +25,12 @@ build: ## Release builds of every function for Lambda (arm64), one cargo invocat
 # target's binaries, not proc macros.
 BENCH_TARGET := x86_64-unknown-linux-gnu
 BENCH_BUILD := CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C link-arg=-no-pie -C link-arg=-Wl,-T,functions/hot-text.ld" cargo build --release --target $(BENCH_TARGET)
+# `$(call bench_binaries,BUILD)`: the functions and the floor as the deploy build selects them (the
+# tools' features would change their dependencies), then the tools (cold-start, bench, emulator).
+bench_binaries = $(1) $(addprefix -p ,$(FUNCTIONS)) -p lambda-floor && $(1) -p crm-sync-tests --bins
 
 bench: ## Cold starts against a bare lambda_http function, then throughput, latency and memory (release build)
-	# The functions as the deploy build selects them (tools' features would change their dependencies).
-	$(BENCH_BUILD) $(addprefix -p ,$(FUNCTIONS)) -p lambda-floor
-	$(BENCH_BUILD) -p crm-sync-tests --bins
+	$(call bench_binaries,$(BENCH_BUILD))
 	./target/$(BENCH_TARGET)/release/cold-start 5 200
 	./target/$(BENCH_TARGET)/release/bench 2000 8
 
@@ -37,8 +38,7 @@ bench: ## Cold starts against a bare lambda_http function, then throughput, late
 # target folder, then each function's cold start run under callgrind (valgrind; moto from PyPI).
 HOT_TEXT_BUILD := CARGO_PROFILE_RELEASE_STRIP=none $(BENCH_BUILD) --target-dir target/hot-text
 hot-text: ## Re-derive functions/hot-text.ld, the functions a cold start runs (after changes to what they run)
-	$(HOT_TEXT_BUILD) $(addprefix -p ,$(FUNCTIONS)) -p lambda-floor
-	$(HOT_TEXT_BUILD) -p crm-sync-tests --bins
+	$(call bench_binaries,$(HOT_TEXT_BUILD))
 	./scripts/hot-text.sh target/hot-text/$(BENCH_TARGET)/release
 
 # `sam build` (BuildMethod: makefile) runs build-<LogicalId> once per function in the source tree
