@@ -274,9 +274,11 @@ impl RateBudget {
                 Priority::Live => Duration::ZERO,
                 Priority::Batch => self.budgets.inner.batch_wait,
             };
+        let mut refused_before = false;
+        let mut due_us = None;
         loop {
             match bucket
-                .take(store.as_ref(), &lanes, priority, live_wait)
+                .take(store.as_ref(), &lanes, priority, live_wait, due_us)
                 .await
             {
                 Ok(Claim::Ready(wait)) => {
@@ -290,7 +292,17 @@ impl RateBudget {
                         tracing::info!(key = %bucket.key, ?priority, wait_ms = wait.as_millis() as u64, "rate budget spent for now");
                         return Err(Error::BudgetExhausted { retry_after: wait });
                     }
-                    tokio::time::sleep(with_jitter(wait)).await;
+                    // The first wait is the bucket's own answer, to the microsecond: a worker
+                    // alone on the account (a scheduled pass) loses nothing to it. Waiters
+                    // refused again lost a race for the same tokens, and spread out.
+                    let wait = if refused_before {
+                        with_jitter(wait)
+                    } else {
+                        wait
+                    };
+                    refused_before = true;
+                    due_us = Some(epoch_us() + wait.as_micros() as i64);
+                    tokio::time::sleep(wait).await;
                 }
                 Err(e) => {
                     tracing::warn!(key = %bucket.key, error = %e, "rate budget unavailable; sending without a token");
@@ -335,6 +347,22 @@ impl RateBudget {
         {
             tracing::warn!(key = %bucket.key, error = %e, "could not correct the rate budget");
         }
+    }
+}
+
+/// How late a timer may wake a refused take and still have it count from the instant it was told
+/// to come back (tokio's timer has a resolution of a millisecond): without it, a bucket drained by
+/// one worker would refill that much slower than it could. The token's request is then sent that
+/// much after the token's instant, well within `SEND_SLACK`.
+const TIMER_LATENESS_US: i64 = 2_000;
+
+/// The instant a take counts from: now, or the instant a refused take was told to come back when
+/// it wakes a little after it.
+fn take_instant(due_us: Option<i64>) -> i64 {
+    let now = epoch_us();
+    match due_us {
+        Some(due) if due <= now => due.max(now - TIMER_LATENESS_US),
+        _ => now,
     }
 }
 
@@ -416,6 +444,7 @@ impl AccountBucket {
         lanes: &[Lane],
         priority: Priority,
         live_wait: Duration,
+        due_us: Option<i64>,
     ) -> Result<Claim> {
         let mut leases = self.leases[priority.index()].lock().await;
         let now = Instant::now();
@@ -425,7 +454,7 @@ impl AccountBucket {
             .filter_map(|lane| self.spec(*lane).map(|spec| (*lane, spec)))
             .collect();
         if !missing.is_empty() {
-            let now_us = epoch_us();
+            let now_us = take_instant(due_us);
             let live_wait_us = live_wait.as_micros() as i64;
             let takes: Vec<(LaneTake, u32)> = missing
                 .iter()
@@ -642,6 +671,7 @@ mod tests {
                     &[Lane::Search],
                     Priority::Batch,
                     Duration::ZERO,
+                    None,
                 )
                 .await
         })
@@ -674,6 +704,7 @@ mod tests {
                     &[Lane::General],
                     Priority::Batch,
                     Duration::ZERO,
+                    None,
                 )
                 .await
         })
@@ -686,6 +717,79 @@ mod tests {
         assert!(batch_tokens <= spec.burst - spec.reserve + spec.batch_lease);
         // The reserve is still there for a live request, with no wait.
         budget.acquire(&target).await.unwrap();
+    }
+
+    /// A batch take from a bucket of 20 per 2 s (as Pipedrive Essential: batch work takes only
+    /// from a full bucket) that was full at `full_at`, coming back for a token due at `due_us`:
+    /// the bucket's new full-at, and the instants just before and after the take.
+    async fn batch_take_from_a_bucket_full_at(
+        full_at: i64,
+        due_us: Option<i64>,
+    ) -> (i64, i64, i64, i64) {
+        let (budgets, store) = budgets(Duration::ZERO);
+        let budget = budgets
+            .for_connection(&connection(
+                CrmType::Sugarcrm,
+                json!({"requests": 20, "windowSeconds": 2}),
+            ))
+            .unwrap()
+            .unwrap();
+        let spec = budget.plan().general.clone();
+        assert_eq!((spec.burst, spec.reserve, spec.batch_lease), (2, 1, 1));
+        let target = reqwest::Url::parse("https://sugar.example.com/rest/v11/Calls").unwrap();
+        let key = budget.key(&target);
+        store
+            .hold_until(&key, Lane::General, full_at)
+            .await
+            .unwrap();
+        let before = epoch_us();
+        let claim = run_as(Priority::Batch, async {
+            budgets
+                .bucket(key.clone(), budget.plan())
+                .take(
+                    budgets.inner.store.as_deref().unwrap(),
+                    &[Lane::General],
+                    Priority::Batch,
+                    Duration::ZERO,
+                    due_us,
+                )
+                .await
+                .unwrap()
+        })
+        .await;
+        let after = epoch_us();
+        assert!(matches!(claim, Claim::Ready(_)), "a full bucket");
+        let cost = spec.token_us().round() as i64;
+        (
+            store.full_at(&key, Lane::General).unwrap(),
+            cost,
+            before,
+            after,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_batch_take_woken_late_counts_from_when_it_was_told_to_come_back() {
+        // Told to come back when the bucket is full; the timer woke it a millisecond late.
+        let due = epoch_us() - 1_000;
+        let (full_at, cost, _, _) = batch_take_from_a_bucket_full_at(due, Some(due)).await;
+        assert_eq!(full_at, due + cost, "the millisecond is not lost");
+
+        // Due ten milliseconds ago: only a timer's lateness is made up.
+        let due = epoch_us() - 10_000;
+        let (full_at, cost, before, after) = batch_take_from_a_bucket_full_at(due, Some(due)).await;
+        assert!(
+            full_at >= before - TIMER_LATENESS_US + cost,
+            "{full_at} {before}"
+        );
+        assert!(
+            full_at <= after - TIMER_LATENESS_US + cost,
+            "{full_at} {after}"
+        );
+
+        // A first take counts from now.
+        let (full_at, cost, before, _) = batch_take_from_a_bucket_full_at(due, None).await;
+        assert!(full_at >= before + cost);
     }
 
     #[tokio::test]

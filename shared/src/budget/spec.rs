@@ -3,10 +3,13 @@
 //!
 //! A bucket holds `burst` tokens and refills at `per_second`. It is sized so that in any stretch
 //! of the CRM's window at most the documented number of requests is sent:
-//! `burst + per_second × (window + lease_ttl + SEND_SLACK) = requests`. `lease_ttl` is how long a
-//! token claimed in a lease may be held before it is sent (none when every lease is one token,
+//! `burst + per_second × (window + lease_ttl + SEND_SLACK) < requests + 1`. `lease_ttl` is how long
+//! a token claimed in a lease may be held before it is sent (none when every lease is one token,
 //! which is sent as soon as it is claimed); `SEND_SLACK` covers the time between a token's instant
-//! and the request reaching the CRM.
+//! and the request reaching the CRM. The bound is `requests + 1` because requests are whole: a
+//! bucket that was full at the start of a stretch has handed out fewer than `burst + per_second ×
+//! span` tokens by any instant inside it (the last one's refill is still under way), so at most
+//! `requests` of them.
 
 use std::time::Duration;
 
@@ -63,6 +66,9 @@ impl Lane {
 
 /// Time between a token's instant and its request reaching the CRM, allowed for in the sizing.
 pub const SEND_SLACK: Duration = Duration::from_millis(100);
+/// What a bucket may let through in a stretch beyond `requests - burst` at its refill rate: just
+/// under one token (see the module's note).
+const UNDER_ONE_TOKEN: f64 = 0.999;
 /// About how long one CRM call of a live request takes, for sizing its lease.
 pub const LIVE_CALL: Duration = Duration::from_millis(250);
 /// Share of the burst batch work leaves for live requests unless the connection says otherwise.
@@ -117,14 +123,21 @@ impl LaneSpec {
             .min(requests);
         let held = held_for(lease_ttl, live_lease.max(batch_lease));
         let span = |w: Duration| (w + held + SEND_SLACK).as_secs_f64();
-        let mut per_second = f64::from(requests - burst) / span(window);
+        // A token's cost is kept in whole microseconds, rounded: each of a window's requests
+        // may come up to half a microsecond early, which the stretch allows for.
+        let rate_under = |requests: u32, burst: u32, w: Duration| {
+            let rounding = Duration::from_micros(u64::from(requests));
+            (f64::from(requests.saturating_sub(burst)) + UNDER_ONE_TOKEN)
+                / (span(w) + rounding.as_secs_f64())
+        };
+        let mut per_second = rate_under(requests, burst, window);
         // A shorter limit on the same requests: fit the burst (then the rate) under it too.
         for other in also {
-            let room = f64::from(other.requests) - per_second * span(other.window);
+            let room =
+                f64::from(other.requests) + UNDER_ONE_TOKEN - per_second * span(other.window);
             if room < f64::from(burst) {
                 burst = room.floor().max(1.0) as u32;
-                let rate = f64::from(other.requests.saturating_sub(burst)) / span(other.window);
-                per_second = per_second.min(rate);
+                per_second = per_second.min(rate_under(other.requests, burst, other.window));
             }
         }
         let reserve = live_lease
@@ -452,13 +465,48 @@ mod tests {
             let span = (limit.window + held + SEND_SLACK).as_secs_f64();
             let most = f64::from(spec.burst) + spec.per_second * span;
             assert!(
-                most <= f64::from(limit.requests) + 1e-6,
+                most < f64::from(limit.requests) + 1.0,
                 "{spec:?} lets {most} through"
+            );
+            assert!(
+                most_in_a_stretch(spec, span) <= limit.requests,
+                "{spec:?} sends {} in {span} s",
+                most_in_a_stretch(spec, span)
             );
         }
         assert!(spec.reserve < spec.burst, "{spec:?}");
         assert!(spec.reserve + spec.batch_lease <= spec.burst, "{spec:?}");
         assert!(spec.live_lease >= 1 && spec.live_lease <= spec.burst);
+    }
+
+    /// The most tokens the bucket grants within `span_s` seconds of a grant when every take
+    /// comes at the earliest instant the store allows it (a full bucket at the start, as
+    /// the store computes it: whole microseconds, a take fits when `max(full_at, now) + cost`
+    /// is within the bucket's room of now).
+    fn most_in_a_stretch(spec: &LaneSpec, span_s: f64) -> u32 {
+        let cost = spec.token_us().round() as i64;
+        let tau = spec.tau_us();
+        let span = (span_s * 1e6).round() as i64;
+        let mut full_at = 0i64;
+        let mut now = 0i64;
+        let mut grants = Vec::new();
+        while grants.len() < 3 * spec.limit.requests as usize + 3 * spec.burst as usize {
+            now = now.max(full_at + cost - tau);
+            full_at = full_at.max(now) + cost;
+            grants.push(now);
+        }
+        let mut most = 0;
+        let mut end = 0;
+        for (start, at) in grants.iter().enumerate() {
+            while end < grants.len() && grants[end] < at + span {
+                end += 1;
+            }
+            if end == grants.len() {
+                break;
+            }
+            most = most.max(end - start);
+        }
+        most as u32
     }
 
     #[test]
@@ -486,8 +534,9 @@ mod tests {
         assert_eq!(plan.general.live_lease, 1);
         assert_eq!(plan.general.batch_lease, 2);
         assert_eq!(plan.general.lease_ttl, Duration::from_millis(250));
-        // 91.8% of the limit: 95 of 100 requests spread over 10 s + 0.25 s + 0.1 s.
-        assert!((plan.general.per_second - 95.0 / 10.35).abs() < 1e-9);
+        // 92.8% of the limit: just under 96 of 100 requests spread over 10 s + 0.25 s + 0.1 s
+        // (and 100 µs for the rounding of a token's cost).
+        assert!((plan.general.per_second - 95.999 / 10.3501).abs() < 1e-9);
         assert_eq!(plan.search.unwrap().limit, HUBSPOT_SEARCH);
     }
 
@@ -503,9 +552,10 @@ mod tests {
             "a live lease and a batch lease"
         );
         assert_eq!((plan.general.live_lease, plan.general.batch_lease), (1, 1));
-        // 85.7% of the limit: 18 of 20 requests spread over 2 s + 0.1 s of send slack; a token
-        // claimed alone is sent at once, so the 0.1 s lease life adds nothing.
-        assert!((plan.general.per_second - 18.0 / 2.1).abs() < 1e-9);
+        // 90.4% of the limit: just under 19 of 20 requests spread over 2 s + 0.1 s of send
+        // slack; a token claimed alone is sent at once, so the 0.1 s lease life adds nothing.
+        assert!((plan.general.per_second - 18.999 / 2.10002).abs() < 1e-9);
+        assert_eq!(most_in_a_stretch(&plan.general, 2.1), 20);
         keeps_its_limits(&plan.general);
     }
 
