@@ -123,12 +123,8 @@ impl LaneSpec {
             .min(requests);
         let held = held_for(lease_ttl, live_lease.max(batch_lease));
         let span = |w: Duration| (w + held + SEND_SLACK).as_secs_f64();
-        // A token's cost is kept in whole microseconds, rounded: each of a window's requests
-        // may come up to half a microsecond early, which the stretch allows for.
         let rate_under = |requests: u32, burst: u32, w: Duration| {
-            let rounding = Duration::from_micros(u64::from(requests));
-            (f64::from(requests.saturating_sub(burst)) + UNDER_ONE_TOKEN)
-                / (span(w) + rounding.as_secs_f64())
+            (f64::from(requests.saturating_sub(burst)) + UNDER_ONE_TOKEN) / span(w)
         };
         let mut per_second = rate_under(requests, burst, window);
         // A shorter limit on the same requests: fit the burst (then the rate) under it too.
@@ -156,9 +152,10 @@ impl LaneSpec {
         }
     }
 
-    /// Microseconds one token takes to refill.
+    /// Microseconds one token takes to refill, whole: the store counts whole microseconds, and a
+    /// token rounded down would come a little early, so the fraction is rounded up.
     pub fn token_us(&self) -> f64 {
-        1e6 / self.per_second
+        (1e6 / self.per_second).ceil()
     }
 
     /// Microseconds a full bucket represents.
@@ -484,7 +481,7 @@ mod tests {
     /// the store computes it: whole microseconds, a take fits when `max(full_at, now) + cost`
     /// is within the bucket's room of now).
     fn most_in_a_stretch(spec: &LaneSpec, span_s: f64) -> u32 {
-        let cost = spec.token_us().round() as i64;
+        let cost = spec.token_us() as i64;
         let tau = spec.tau_us();
         let span = (span_s * 1e6).round() as i64;
         let mut full_at = 0i64;
@@ -534,9 +531,8 @@ mod tests {
         assert_eq!(plan.general.live_lease, 1);
         assert_eq!(plan.general.batch_lease, 2);
         assert_eq!(plan.general.lease_ttl, Duration::from_millis(250));
-        // 92.8% of the limit: just under 96 of 100 requests spread over 10 s + 0.25 s + 0.1 s
-        // (and 100 µs for the rounding of a token's cost).
-        assert!((plan.general.per_second - 95.999 / 10.3501).abs() < 1e-9);
+        // 92.8% of the limit: just under 96 of 100 requests spread over 10 s + 0.25 s + 0.1 s.
+        assert!((plan.general.per_second - 95.999 / 10.35).abs() < 1e-9);
         assert_eq!(plan.search.unwrap().limit, HUBSPOT_SEARCH);
     }
 
@@ -554,7 +550,7 @@ mod tests {
         assert_eq!((plan.general.live_lease, plan.general.batch_lease), (1, 1));
         // 90.4% of the limit: just under 19 of 20 requests spread over 2 s + 0.1 s of send
         // slack; a token claimed alone is sent at once, so the 0.1 s lease life adds nothing.
-        assert!((plan.general.per_second - 18.999 / 2.10002).abs() < 1e-9);
+        assert!((plan.general.per_second - 18.999 / 2.1).abs() < 1e-9);
         assert_eq!(most_in_a_stretch(&plan.general, 2.1), 20);
         keeps_its_limits(&plan.general);
     }

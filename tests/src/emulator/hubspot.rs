@@ -304,6 +304,11 @@ async fn rate_limits(State(state): State<SharedState>, request: Request, next: N
         )
     };
     let headers = response.headers_mut();
+    if max == u32::MAX {
+        // Lifted: there is no limit to report (a limit of 4 billion would resize the caller's
+        // bucket to it).
+        return response;
+    }
     headers.insert("x-hubspot-ratelimit-max", HeaderValue::from(max));
     headers.insert(
         "x-hubspot-ratelimit-remaining",

@@ -393,6 +393,10 @@ async fn burst_limits(State(state): State<SharedState>, request: Request, next: 
         let mut state = state.lock().unwrap();
         (state.burst.limit, state.burst.remaining())
     };
+    if limit == u32::MAX {
+        // Lifted: there is no limit to report.
+        return response;
+    }
     let headers = response.headers_mut();
     headers.insert("x-ratelimit-limit", HeaderValue::from(limit));
     headers.insert("x-ratelimit-remaining", HeaderValue::from(remaining));
