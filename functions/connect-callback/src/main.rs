@@ -4,7 +4,7 @@
 use crm_sync::connect::{ConnectService, http};
 use lambda_http::{Error, run, service_fn};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     crm_sync::telemetry::init();
     let service = ConnectService::from_env().await;

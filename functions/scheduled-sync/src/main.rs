@@ -5,7 +5,7 @@ use crm_sync::sync::TimeBudget;
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use serde_json::Value;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     crm_sync::telemetry::init();
     let app = crm_sync::App::from_env().await;

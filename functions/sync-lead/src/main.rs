@@ -3,7 +3,7 @@
 use crm_sync::http::{Operation, handle};
 use lambda_http::{Error, run, service_fn};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     crm_sync::telemetry::init();
     let app = crm_sync::App::from_env().await;
