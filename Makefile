@@ -20,11 +20,12 @@ FUNCTIONS += connect-sessions connect-page connect-callback
 build: ## Release builds of every function for Lambda (arm64), one cargo invocation
 	cargo lambda build --release --arm64 $(addprefix -p ,$(FUNCTIONS))
 
-# The bench's x86_64 builds are linked as the arm64 ones are (.cargo/config.toml): position-dependent,
-# with the cold-start functions first in .text. With an explicit --target the flags reach only the
-# target's binaries, not proc macros.
+# The bench's x86_64 builds are linked as the arm64 ones are: position-dependent (.cargo/config.toml
+# for arm64), with each function's cold-start functions first in .text (functions/hot-text.rs, for
+# arm64 and where CRM_SYNC_HOT_TEXT=1). With an explicit --target the flags reach only the target's
+# binaries, not proc macros.
 BENCH_TARGET := x86_64-unknown-linux-gnu
-BENCH_BUILD := CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C link-arg=-no-pie -C link-arg=-Wl,-T,functions/hot-text.ld" cargo build --release --target $(BENCH_TARGET)
+BENCH_BUILD := CRM_SYNC_HOT_TEXT=1 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C link-arg=-no-pie" cargo build --release --target $(BENCH_TARGET)
 # `$(call bench_binaries,BUILD)`: the functions and the floor as the deploy build selects them (the
 # tools' features would change their dependencies), then the tools (cold-start, bench, emulator).
 bench_binaries = $(1) $(addprefix -p ,$(FUNCTIONS)) -p lambda-floor && $(1) -p crm-sync-tests --bins
@@ -34,10 +35,10 @@ bench: ## Cold starts against a bare lambda_http function, then throughput, late
 	./target/$(BENCH_TARGET)/release/cold-start 5 200
 	./target/$(BENCH_TARGET)/release/bench 2000 8
 
-# The profile behind functions/hot-text.ld: the functions and tools built unstripped, in their own
+# The profile behind functions/hot-text.tsv: the functions and tools built unstripped, in their own
 # target folder, then each function's cold start run under callgrind (valgrind; moto from PyPI).
 HOT_TEXT_BUILD := CARGO_PROFILE_RELEASE_STRIP=none $(BENCH_BUILD) --target-dir target/hot-text
-hot-text: ## Re-derive functions/hot-text.ld, the functions a cold start runs (after changes to what they run)
+hot-text: ## Re-derive functions/hot-text.tsv, the functions each cold start runs (after changes to what they run)
 	$(call bench_binaries,$(HOT_TEXT_BUILD))
 	./scripts/hot-text.sh target/hot-text/$(BENCH_TARGET)/release
 

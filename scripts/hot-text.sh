@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# Derives functions/hot-text.ld, the linker script that places the functions a cold start runs
+# Derives functions/hot-text.tsv, the functions each function's cold start runs, from which
+# functions/hot-text.rs (the functions' build script) writes the linker script that places them
 # together at the start of `.text` (README, Cold starts). `make hot-text` builds the functions
 # unstripped and calls this with their folder: `scripts/hot-text.sh RELEASE_DIR`.
 #
 # It runs `cold-start` (one cold start and a few warm invocations of every function it measures)
 # with each function under valgrind's callgrind, twice: on the local stores and on moto (production
 # configuration). Every function that ran, with any alias at its address, becomes one input-section
-# pattern: those production configuration ran first, and those more cold starts ran before others.
-# A pattern leaves out what differs between the x86_64 build profiled here and the arm64 deploy
-# build: the hash of a legacy-mangled name (`17h<16 hex>E`) and the crate disambiguators of a
-# v0-mangled one (`Cs<base62>_`). Code outside its function's section (the C runtime's `_start`)
-# stays where it is.
+# pattern, flagged per function by the configuration that ran it. A pattern leaves out what differs
+# between the x86_64 build profiled here and the arm64 deploy build: the hash of a legacy-mangled
+# name (`17h<16 hex>E`) and the crate disambiguators of a v0-mangled one (`Cs<base62>_`). Code
+# outside its function's section (the C runtime's `_start`) stays where it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/tools.sh
@@ -70,37 +70,25 @@ echo "profiling in production configuration"
 export HOT_TEXT_CONFIGURATION=aws
 profile
 
-python3 - "$release/sync-customer" functions/hot-text.ld "$work"/profile.* <<'EOF'
+python3 - "$release" functions/hot-text.tsv "$work"/profile.* <<'EOF'
 import os, re, subprocess, sys
 from collections import defaultdict
 
-binary, out, *profiles = sys.argv[1:]
-# Every function symbol of the binary, and the names that share an address (aliases: the linker
-# names a section after one of them).
-names_at = defaultdict(set)
-address_of = {}
-for line in subprocess.run(["nm", binary], capture_output=True, text=True, check=True).stdout.splitlines():
-    fields = line.split()
-    if len(fields) == 3 and fields[1] in "tTwW":
-        address = int(fields[0], 16)
-        names_at[address].add(fields[2])
-        address_of[fields[2]] = address
-# How many of the profiles (a function's cold start in one configuration) ran each function, and
-# whether one in production configuration did.
-ran_in = defaultdict(int)
-in_production = set()
-for path in profiles:
-    ran = set()
-    with open(path, errors="replace") as profile:
-        for line in profile:
-            if line.startswith(("fn=", "cfn=")):
-                name = line.split("=", 1)[1].strip()
-                if name in address_of:
-                    ran |= names_at[address_of[name]]
-    for name in ran:
-        ran_in[name] += 1
-    if os.path.basename(path).startswith("profile.aws."):
-        in_production |= ran
+release, out, *profiles = sys.argv[1:]
+
+def symbols(binary):
+    """A binary's function symbols, each with every name at its address (aliases: the linker
+    names a section after one of them)."""
+    names_at = defaultdict(set)
+    address_of = {}
+    listing = subprocess.run(["nm", binary], capture_output=True, text=True, check=True).stdout
+    for line in listing.splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[1] in "tTwW":
+            address = int(fields[0], 16)
+            names_at[address].add(fields[2])
+            address_of[fields[2]] = address
+    return {name: names_at[address] for name, address in address_of.items()}
 
 def pattern(name):
     legacy = re.fullmatch(r"(_ZN.*17h)[0-9a-f]{16}E", name)
@@ -110,29 +98,52 @@ def pattern(name):
         return re.sub(r"Cs[0-9A-Za-z]+_", "Cs*_", name)
     return name
 
-# What production configuration runs first, the local stores' own code after it; within each,
-# what more cold starts run first, so that a function's cold start maps one stretch of what they
-# share and less of what only the others run. Within a count, by name (which keeps a module's
-# functions together).
+# Per function and configuration, the patterns of the functions its cold start ran; over all of
+# them, how many cold starts ran each pattern, and whether one in production configuration did.
+aliases_of = {}
+ran_by = defaultdict(lambda: defaultdict(set))  # function -> configuration -> patterns
 runs = defaultdict(int)
 production = set()
-for name, count in ran_in.items():
-    p = pattern(name)
-    runs[p] = max(runs[p], count)
-    if name in in_production:
-        production.add(p)
+for path in profiles:
+    _, configuration, function, _ = os.path.basename(path).split(".", 3)
+    if function not in aliases_of:
+        aliases_of[function] = symbols(os.path.join(release, function))
+    aliases = aliases_of[function]
+    ran = set()
+    with open(path, errors="replace") as profile:
+        for line in profile:
+            if line.startswith(("fn=", "cfn=")):
+                name = line.split("=", 1)[1].strip()
+                ran |= {pattern(alias) for alias in aliases.get(name, ())}
+    ran_by[function][configuration] |= ran
+    for p in ran:
+        runs[p] += 1
+    if configuration == "aws":
+        production |= ran
+
+functions = sorted(ran_by)
+# The order for a function that was not profiled: what production configuration runs first, the
+# local stores' own code after it; within each, what more cold starts run first, so that a cold
+# start maps one stretch of what the functions share. Within a count, by name (which keeps a
+# module's functions together). A profiled function takes what it ran in production
+# configuration, then what it ran on the local stores, each in this order.
 patterns = sorted(runs, key=lambda p: (p not in production, -runs[p], p))
-with open(out, "w") as script:
-    script.write(
-        "/* The functions a cold start runs, placed together at the start of .text: the pages a cold\n"
-        "   start maps are then mostly these (README, Cold starts). Generated by `make hot-text`\n"
-        "   (scripts/hot-text.sh) from cold-start's cases under callgrind; do not edit. */\n"
-        "SECTIONS {\n  .text.hot : {\n"
+
+def flag(function, p):
+    if p in ran_by[function]["aws"]:
+        return "p"
+    return "l" if p in ran_by[function]["local"] else "-"
+
+with open(out, "w") as table:
+    table.write(
+        "# The functions each function's cold start runs, for the order of its .text: read by\n"
+        "# functions/hot-text.rs when a function is linked for Lambda (README, Cold starts).\n"
+        "# Generated by `make hot-text` (scripts/hot-text.sh) from cold-start's cases under\n"
+        "# callgrind; do not edit. A line is a section-name pattern and a flag per function below:\n"
+        "# p ran in production configuration, l on the local stores only, - not at all.\n"
     )
+    table.write("# functions\t" + "\t".join(functions) + "\n")
     for p in patterns:
-        script.write(f"    *(.text.{p} .text.unlikely.{p})\n")
-    script.write("  }\n}\nINSERT BEFORE .text;\n")
-print(f"{len(ran_in)} functions ran in {len(profiles)} cold starts; {len(patterns)} patterns in {out}")
+        table.write(p + "\t" + "".join(flag(f, p) for f in functions) + "\n")
+print(f"{len(patterns)} patterns from {len(profiles)} cold starts of {len(functions)} functions in {out}")
 EOF
-# A changed script is not an input cargo tracks: the functions' next build must link again.
-touch functions/*/src/main.rs
