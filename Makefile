@@ -20,12 +20,12 @@ FUNCTIONS += connect-sessions connect-page connect-callback
 build: ## Release builds of every function for Lambda (arm64), one cargo invocation
 	cargo lambda build --release --arm64 $(addprefix -p ,$(FUNCTIONS))
 
-# The bench's x86_64 builds are linked as the arm64 ones are: position-dependent (.cargo/config.toml
-# for arm64), with each function's cold-start functions first in .text (functions/hot-text.rs, for
+# The bench's x86_64 builds are linked as the arm64 ones are: position-dependent, with v0 symbol
+# names (.cargo/config.toml for arm64), with each function's cold-start functions first in .text (functions/hot-text.rs, for
 # arm64 and where CRM_SYNC_HOT_TEXT=1). With an explicit --target the flags reach only the target's
 # binaries, not proc macros.
 BENCH_TARGET := x86_64-unknown-linux-gnu
-BENCH_BUILD := CRM_SYNC_HOT_TEXT=1 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C link-arg=-no-pie" cargo build --release --target $(BENCH_TARGET)
+BENCH_BUILD := CRM_SYNC_HOT_TEXT=1 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C link-arg=-no-pie -C symbol-mangling-version=v0" cargo build --release --target $(BENCH_TARGET)
 # `$(call bench_binaries,BUILD)`: the functions and the floor as the deploy build selects them (the
 # tools' features would change their dependencies), then the tools (cold-start, bench, emulator).
 bench_binaries = $(1) $(addprefix -p ,$(FUNCTIONS)) -p lambda-floor && $(1) -p crm-sync-tests --bins
