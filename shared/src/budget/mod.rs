@@ -647,6 +647,29 @@ mod tests {
         assert_eq!(lease.tokens, 0, "four requests, one lease of four");
     }
 
+    /// One take of batch work from the bucket of `budget` for a request to `target`.
+    async fn batch_take(
+        budgets: &Budgets,
+        budget: &RateBudget,
+        target: &reqwest::Url,
+        lane: Lane,
+        due_us: Option<i64>,
+    ) -> Result<Claim> {
+        run_as(Priority::Batch, async {
+            budgets
+                .bucket(budget.key(target), budget.plan())
+                .take(
+                    budgets.inner.store.as_deref().unwrap(),
+                    &[lane],
+                    Priority::Batch,
+                    Duration::ZERO,
+                    due_us,
+                )
+                .await
+        })
+        .await
+    }
+
     #[tokio::test]
     async fn batch_takes_a_lease_that_is_all_the_room_above_the_reserve() {
         let (budgets, _) = budgets(Duration::ZERO);
@@ -662,20 +685,9 @@ mod tests {
         let spec = budget.plan().search.clone().unwrap();
         assert_eq!(spec.burst - spec.reserve, spec.batch_lease, "{spec:?}");
         let search = url("/crm/v3/objects/leads/search");
-        let claim = run_as(Priority::Batch, async {
-            budgets
-                .bucket(budget.key(&search), budget.plan())
-                .take(
-                    budgets.inner.store.as_deref().unwrap(),
-                    &[Lane::Search],
-                    Priority::Batch,
-                    Duration::ZERO,
-                    None,
-                )
-                .await
-        })
-        .await
-        .unwrap();
+        let claim = batch_take(&budgets, &budget, &search, Lane::Search, None)
+            .await
+            .unwrap();
         assert!(
             matches!(claim, Claim::Ready(_)),
             "a full bucket grants batch work its lease"
@@ -695,20 +707,9 @@ mod tests {
         let spec = budget.plan().general.clone();
         let target = reqwest::Url::parse("https://sugar.example.com/rest/v11/Contacts").unwrap();
         let mut batch_tokens = 0;
-        while run_as(Priority::Batch, async {
-            budgets
-                .bucket(budget.key(&target), budget.plan())
-                .take(
-                    budgets.inner.store.as_deref().unwrap(),
-                    &[Lane::General],
-                    Priority::Batch,
-                    Duration::ZERO,
-                    None,
-                )
-                .await
-        })
-        .await
-        .is_ok_and(|c| matches!(c, Claim::Ready(_)))
+        while batch_take(&budgets, &budget, &target, Lane::General, None)
+            .await
+            .is_ok_and(|c| matches!(c, Claim::Ready(_)))
         {
             batch_tokens += 1;
             assert!(batch_tokens <= spec.burst, "batch ran past the bucket");
@@ -742,20 +743,9 @@ mod tests {
             .await
             .unwrap();
         let before = epoch_us();
-        let claim = run_as(Priority::Batch, async {
-            budgets
-                .bucket(key.clone(), budget.plan())
-                .take(
-                    budgets.inner.store.as_deref().unwrap(),
-                    &[Lane::General],
-                    Priority::Batch,
-                    Duration::ZERO,
-                    due_us,
-                )
-                .await
-                .unwrap()
-        })
-        .await;
+        let claim = batch_take(&budgets, &budget, &target, Lane::General, due_us)
+            .await
+            .unwrap();
         let after = epoch_us();
         assert!(matches!(claim, Claim::Ready(_)), "a full bucket");
         let cost = spec.token_us().round() as i64;
