@@ -274,7 +274,7 @@ impl RateBudget {
                 Priority::Live => Duration::ZERO,
                 Priority::Batch => self.budgets.inner.batch_wait,
             };
-        let mut refused_before = false;
+        // When a refused take was told to come back; set once this take has been refused.
         let mut due_us = None;
         loop {
             match bucket
@@ -295,12 +295,11 @@ impl RateBudget {
                     // The first wait is the bucket's own answer, to the microsecond: a worker
                     // alone on the account (a scheduled pass) loses nothing to it. Waiters
                     // refused again lost a race for the same tokens, and spread out.
-                    let wait = if refused_before {
+                    let wait = if due_us.is_some() {
                         with_jitter(wait)
                     } else {
                         wait
                     };
-                    refused_before = true;
                     due_us = Some(epoch_us() + wait.as_micros() as i64);
                     tokio::time::sleep(wait).await;
                 }
